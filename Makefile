@@ -1,0 +1,65 @@
+# fhir_notify: the top-level entry points.
+#
+#   make            build the extension and the bridge
+#   make install    install both (the extension into PostgreSQL's directories)
+#   make check      every test, on throwaway clusters (installs build deps first)
+#   make demo       the live chart-review demo on a throwaway database
+#   make bench      the benchmarks (BENCH_QUICK=1 for a short run)
+#   make format     clang-format every C file; make format-check verifies
+#
+# The extension itself is a PGXS module described in extension/extension.mk;
+# it is driven from here so that `make check` can install the build
+# dependencies before PGXS is first needed.
+
+PG_CONFIG ?= pg_config
+EXTENSION_MAKE = $(MAKE) --no-print-directory -f extension/extension.mk PG_CONFIG=$(PG_CONFIG)
+BRIDGE_MAKE = $(MAKE) --no-print-directory -C bridge
+
+C_SOURCES = $(wildcard extension/*.c extension/*.h bridge/*.c bridge/*.h bench/*.c bench/*.h)
+
+.PHONY: all extension bridge install uninstall check installcheck demo bench \
+	format format-check clean deps
+
+all: extension bridge
+
+extension:
+	$(EXTENSION_MAKE) all
+
+bridge:
+	$(BRIDGE_MAKE) all
+
+install: all
+	$(EXTENSION_MAKE) install
+	$(BRIDGE_MAKE) install
+
+uninstall:
+	$(EXTENSION_MAKE) uninstall
+	$(BRIDGE_MAKE) uninstall
+
+deps:
+	scripts/install-deps
+
+# Every test. Never touches an installed cluster: tests run against a private
+# copy of the PostgreSQL installation with this extension in it.
+check: deps
+	$(MAKE) all
+	scripts/check
+
+demo: deps
+	$(MAKE) all
+	demo/run
+
+bench: deps
+	$(MAKE) all
+	bench/run
+
+format:
+	clang-format -i $(C_SOURCES)
+
+format-check:
+	clang-format --dry-run --Werror $(C_SOURCES)
+
+clean:
+	$(EXTENSION_MAKE) clean
+	$(BRIDGE_MAKE) clean
+	rm -rf tmp_check results regression.diffs regression.out output_iso

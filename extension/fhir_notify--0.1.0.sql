@@ -1,0 +1,163 @@
+-- fhir_notify 0.1.0: the change log, its snapshot ticks, and the functions
+-- that capture changes and read them back in order.
+\echo Use "CREATE EXTENSION fhir_notify" to load this file. \quit
+
+-- ---------------------------------------------------------------------------
+-- The change log. One row per change of a watched resource, written by the
+-- capture trigger in the writing transaction, so a rolled-back write leaves
+-- nothing. Rows are read back by snapshot ticks (below), never by position
+-- alone: positions are taken at insert time but transactions commit in any
+-- order.
+-- ---------------------------------------------------------------------------
+CREATE TABLE fhir_notify.changes (
+	position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	xid xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+	action text NOT NULL CHECK (action IN ('created', 'updated', 'deleted')),
+	resource_type text NOT NULL,
+	resource_id text NOT NULL,
+	version_id text,
+	patient_ids text[] NOT NULL,
+	resource jsonb,
+	actor text,
+	changed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	source_table text NOT NULL
+);
+CREATE INDEX changes_xid_idx ON fhir_notify.changes (xid);
+
+COMMENT ON TABLE fhir_notify.changes IS
+	'Every captured change of a watched FHIR resource, with the patients it belongs to';
+
+-- ---------------------------------------------------------------------------
+-- Ticks, as PgQ does it: a tick records a transaction snapshot. The changes
+-- of tick N are those whose transaction is visible in tick N's snapshot but
+-- was not in tick N-1's. Every committed change therefore falls in exactly
+-- one tick however transactions interleave, and a long-open transaction
+-- holds back only its own changes. Tick ids are consecutive.
+-- ---------------------------------------------------------------------------
+CREATE TABLE fhir_notify.ticks (
+	tick_id bigint PRIMARY KEY,
+	snapshot pg_catalog.pg_snapshot NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+
+COMMENT ON TABLE fhir_notify.ticks IS
+	'Snapshot ticks: the changes of tick N became visible between tick N-1 and tick N';
+
+-- The first tick: changes are delivered from here on.
+INSERT INTO fhir_notify.ticks (tick_id, snapshot)
+	VALUES (1, pg_catalog.pg_current_snapshot());
+
+/*
+ * Records a new tick if any change became visible since the newest tick, and
+ * returns the newest tick's id. Callers run it in its own READ COMMITTED
+ * transaction (autocommit). Ticks are serialised by a table lock, so tick
+ * N+1 is taken only after tick N committed.
+ */
+CREATE FUNCTION fhir_notify.tick() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	newest fhir_notify.ticks;
+	current_snapshot pg_snapshot;
+BEGIN
+	LOCK TABLE fhir_notify.ticks IN EXCLUSIVE MODE;
+	SELECT * INTO newest FROM fhir_notify.ticks ORDER BY tick_id DESC LIMIT 1;
+	current_snapshot := pg_current_snapshot();
+	IF NOT EXISTS (
+		SELECT 1 FROM fhir_notify.changes c
+		WHERE c.xid >= pg_snapshot_xmin(newest.snapshot)
+		  AND c.xid < pg_snapshot_xmax(current_snapshot)
+		  AND pg_visible_in_snapshot(c.xid, current_snapshot)
+		  AND NOT pg_visible_in_snapshot(c.xid, newest.snapshot))
+	THEN
+		RETURN newest.tick_id;
+	END IF;
+	INSERT INTO fhir_notify.ticks (tick_id, snapshot)
+		VALUES (newest.tick_id + 1, current_snapshot);
+	RETURN newest.tick_id + 1;
+END
+$$;
+
+/*
+ * The changes of one tick, in position order. Empty when the tick or its
+ * predecessor no longer exists (pruned, or not yet taken): callers compare
+ * with fhir_notify.oldest_tick() to tell a gap from an empty tick.
+ */
+CREATE FUNCTION fhir_notify.batch(tick bigint)
+RETURNS SETOF fhir_notify.changes
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT c.*
+	FROM fhir_notify.ticks cur
+	JOIN fhir_notify.ticks prev ON prev.tick_id = cur.tick_id - 1
+	JOIN fhir_notify.changes c
+	  ON c.xid >= pg_snapshot_xmin(prev.snapshot)
+	 AND c.xid < pg_snapshot_xmax(cur.snapshot)
+	 AND pg_visible_in_snapshot(c.xid, cur.snapshot)
+	 AND NOT pg_visible_in_snapshot(c.xid, prev.snapshot)
+	WHERE cur.tick_id = tick
+	ORDER BY c.position
+$$;
+
+/*
+ * The changes of the ticks after after_tick, up to max_ticks ticks, in
+ * (tick, position) order: what a reader calls after a doorbell, and what a
+ * resuming client is served from.
+ */
+CREATE FUNCTION fhir_notify.read(after_tick bigint, max_ticks integer DEFAULT 100)
+RETURNS TABLE (tick_id bigint, change fhir_notify.changes)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT t.tick_id, c
+	FROM fhir_notify.ticks t,
+	     LATERAL fhir_notify.batch(t.tick_id) c
+	WHERE t.tick_id > after_tick
+	  AND t.tick_id <= after_tick + max_ticks
+	ORDER BY t.tick_id, c.position
+$$;
+
+/* The oldest tick whose successor's batch can still be read. */
+CREATE FUNCTION fhir_notify.oldest_tick() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT min(tick_id) FROM fhir_notify.ticks $$;
+
+/* The newest tick. */
+CREATE FUNCTION fhir_notify.newest_tick() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT max(tick_id) FROM fhir_notify.ticks $$;
+
+/*
+ * Deletes ticks older than keep (always keeping the newest) and the changes
+ * that only those ticks delivered. Returns the number of changes deleted.
+ * A client whose cursor is older than the oldest remaining tick is told to
+ * resync.
+ */
+CREATE FUNCTION fhir_notify.prune(keep interval) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	oldest_kept fhir_notify.ticks;
+	deleted bigint;
+BEGIN
+	LOCK TABLE fhir_notify.ticks IN EXCLUSIVE MODE;
+	SELECT * INTO oldest_kept FROM fhir_notify.ticks
+	WHERE created_at >= clock_timestamp() - keep
+	   OR tick_id = (SELECT max(tick_id) FROM fhir_notify.ticks)
+	ORDER BY tick_id LIMIT 1;
+	DELETE FROM fhir_notify.ticks WHERE tick_id < oldest_kept.tick_id;
+	DELETE FROM fhir_notify.changes c
+	WHERE c.xid < pg_snapshot_xmax(oldest_kept.snapshot)
+	  AND pg_visible_in_snapshot(c.xid, oldest_kept.snapshot);
+	GET DIAGNOSTICS deleted = ROW_COUNT;
+	RETURN deleted;
+END
+$$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA fhir_notify FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA fhir_notify FROM PUBLIC;
