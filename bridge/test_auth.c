@@ -7,11 +7,19 @@
  * are signed here with EVP_DigestSign and HMAC, independently of the
  * verification code under test. Prints one line per failed check and ends
  * with "auth: N passed, M failed"; exits non-zero on any failure.
+ *
+ * With arguments it verifies one token instead, so that tests/test_tokens.py
+ * can check tokens minted by PyJWT against this C code:
+ *   test_auth verify [--secret F] [--pem F] [--jwks F] [--aud A] [--iss I]
+ *                    [--allows PATIENT TYPE]... TOKEN
+ * prints "ok SUBJECT", "invalid: REASON" or "expired: REASON" (exit 0, 1, 2)
+ * and "allows PATIENT TYPE yes|no" per --allows ("-" for NULL).
  */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -945,10 +953,77 @@ test_scopes(const char *secret_file)
 	}
 }
 
+/* The "verify" mode: one token against key files given on the command line. */
+static int
+verify_command(int argc, char **argv)
+{
+	auth_config config = {0};
+	char err[512];
+	auth_keys *keys;
+	auth_grant grant;
+	auth_result result;
+	int i;
+
+	for (i = 2; i < argc - 1; i++)
+	{
+		if (strcmp(argv[i], "--secret") == 0)
+			config.hs256_secret_file = argv[++i];
+		else if (strcmp(argv[i], "--pem") == 0)
+			config.public_key_file = argv[++i];
+		else if (strcmp(argv[i], "--jwks") == 0)
+			config.jwks_file = argv[++i];
+		else if (strcmp(argv[i], "--aud") == 0)
+			config.audience = argv[++i];
+		else if (strcmp(argv[i], "--iss") == 0)
+			config.issuer = argv[++i];
+		else if (strcmp(argv[i], "--allows") == 0 && i + 3 < argc)
+			i += 2; /* read after verification */
+		else
+			break;
+	}
+	if (i != argc - 1)
+	{
+		fprintf(stderr, "usage: test_auth verify [--secret F] [--pem F] [--jwks F] [--aud A] "
+		                "[--iss I] [--allows PATIENT TYPE]... TOKEN\n");
+		return 3;
+	}
+	keys = auth_keys_load(&config, err, sizeof(err));
+	if (keys == NULL)
+	{
+		printf("load: %s\n", err);
+		return 3;
+	}
+	result = auth_verify(keys, argv[argc - 1], (long long) time(NULL), &grant, err, sizeof(err));
+	if (result == AUTH_OK)
+		printf("ok %s\n", grant.subject);
+	else
+		printf("%s: %s\n", result == AUTH_EXPIRED ? "expired" : "invalid", err);
+	for (i = 2; i < argc - 1; i++)
+	{
+		if (strcmp(argv[i], "--allows") == 0)
+		{
+			const char *patient = strcmp(argv[i + 1], "-") == 0 ? NULL : argv[i + 1];
+			const char *type = strcmp(argv[i + 2], "-") == 0 ? NULL : argv[i + 2];
+
+			printf("allows %s %s %s\n", argv[i + 1], argv[i + 2],
+			       auth_grant_allows(&grant, patient, type) ? "yes" : "no");
+			i += 2;
+		}
+		else if (argv[i][0] == '-')
+			i++;
+	}
+	auth_grant_clear(&grant);
+	auth_keys_free(keys);
+	return result == AUTH_OK ? 0 : result == AUTH_EXPIRED ? 2 : 1;
+}
+
 int
-main(void)
+main(int argc, char **argv)
 {
 	EVP_PKEY *rsa, *rsa_other, *ec;
+
+	if (argc > 1 && strcmp(argv[1], "verify") == 0)
+		return verify_command(argc, argv);
 
 	strcpy(tmpdir, "/tmp/test_auth.XXXXXX");
 	if (mkdtemp(tmpdir) == NULL)
