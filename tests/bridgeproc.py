@@ -116,6 +116,7 @@ class FhirStore:
     """Writes FHIR resources into fhir.resources as WintEHR's storage engine does.
 
     Each call is its own transaction unless it runs inside `with store.transaction():`.
+    actor, when given, is recorded as who made the change (the fhir_notify.actor setting).
     """
 
     def __init__(self, cluster, dbname, user="postgres"):
@@ -126,13 +127,18 @@ class FhirStore:
         """A transaction around several writes; raise psycopg.Rollback() inside to roll back."""
         return self.conn.transaction()
 
-    def create(self, resource):
+    def _set_actor(self, actor):
+        if actor is not None:
+            self.conn.execute("SELECT pg_catalog.set_config('fhir_notify.actor', %s, true)", (actor,))
+
+    def create(self, resource, actor=None):
         """Inserts version 1 of resource (a dict with resourceType and id); returns what was stored."""
         stored = copy.deepcopy(resource)
         stored.setdefault("meta", {})
         stored["meta"]["versionId"] = "1"
         stored["meta"]["lastUpdated"] = _now_iso()
         with self.conn.transaction():
+            self._set_actor(actor)
             row_id = self.conn.execute(
                 "INSERT INTO fhir.resources (resource_type, fhir_id, version_id, resource)"
                 " VALUES (%s, %s, 1, %s) RETURNING id",
@@ -142,10 +148,11 @@ class FhirStore:
                 " VALUES (%s, 1, 'create', %s)", (row_id, Jsonb(stored)))
         return stored
 
-    def update(self, resource):
+    def update(self, resource, actor=None):
         """Stores resource as the next version of the same type and id; returns what was stored."""
         stored = copy.deepcopy(resource)
         with self.conn.transaction():
+            self._set_actor(actor)
             row_id, version = self.conn.execute(
                 "SELECT id, version_id FROM fhir.resources"
                 " WHERE resource_type = %s AND fhir_id = %s FOR UPDATE",
@@ -162,9 +169,10 @@ class FhirStore:
                 " VALUES (%s, %s, 'update', %s)", (row_id, version, Jsonb(stored)))
         return stored
 
-    def delete(self, resource_type, resource_id):
+    def delete(self, resource_type, resource_id, actor=None):
         """Soft-deletes as WintEHR does: deleted = true and a version bump, JSON unchanged."""
         with self.conn.transaction():
+            self._set_actor(actor)
             row_id, version, resource = self.conn.execute(
                 "UPDATE fhir.resources SET deleted = true, version_id = version_id + 1,"
                 " last_updated = now() WHERE resource_type = %s AND fhir_id = %s"

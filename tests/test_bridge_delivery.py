@@ -64,18 +64,19 @@ def test_two_clients_on_one_patient_both_get_each_change(bridge, store, token):
         first.subscribe("patient-a", [patient])
         second.subscribe("patient-a-conditions", [patient], ["Condition"])
         before = datetime.datetime.now(datetime.timezone.utc)
-        created = store.create(condition(patient))
-        updated = store.update(dict(created, code={"text": "Essential hypertension"}))
+        created = store.create(condition(patient), actor="nurse.jones")
+        updated = store.update(dict(created, code={"text": "Essential hypertension"}), actor="dr.house")
         for client in (first, second):
             message = client.recv_update()
             data = assert_update(message, "created", "Condition", created["id"], patient, created)
             assert data["version_id"] == "1"
-            assert "actor" in data
+            assert data["actor"] == "nurse.jones"
             changed_at = datetime.datetime.fromisoformat(data["changed_at"].replace("Z", "+00:00"))
             assert abs((changed_at - before).total_seconds()) < 60
             message = client.recv_update()
             data2 = assert_update(message, "updated", "Condition", created["id"], patient, updated)
             assert data2["version_id"] == "2"
+            assert data2["actor"] == "dr.house"
             assert data2["cursor"] != data["cursor"]
 
 
@@ -288,35 +289,41 @@ def test_binary_frame_closes_with_1003(bridge, token):
         assert code == 1003, (code, messages)
 
 
-def test_slow_client_does_not_stall_a_fast_one(bridge, store, token):
+def test_slow_client_does_not_stall_a_fast_one(db, store, token):
+    """A client that never reads: the fast client still gets everything; the stuck one is
+    told (every update, a resync or a close 1013), never silently left stale."""
     patient = new_id("pat")
-    count = 30
-    slow = RawClient("127.0.0.1", bridge.port, bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):],
-                     receive_buffer=4096)
-    try:
-        slow.send_json({"type": "subscribe", "data": {"subscription_id": "slow",
-                                                      "patient_ids": [patient]}})
-        with bridge.connect(token) as fast:
-            fast.subscribe("fast", [patient])
-            written = []
-            for i in range(count):
-                written.append(store.create(condition(patient, note=[{"text": f"{i} " + "y" * 60000}])))
-            for resource in written:
-                assert_update(fast.recv_update(), "created", "Condition", resource["id"], patient)
-            fast.ping()
-        # The stuck client is told, not silently left stale: it has every update, a resync,
-        # or is closed with 1013.
-        frames = slow.read_frames(timeout=20)
+    count = 50
+    with Bridge(shared_cluster(), db, secret=SECRET, args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
+                                                             "--send-queue-limit", "10"]) as bridge:
+        path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
+        slow = RawClient("127.0.0.1", bridge.port, path, receive_buffer=4096)
+        try:
+            slow.send_json({"type": "subscribe", "data": {"subscription_id": "slow",
+                                                          "patient_ids": [patient]}})
+            with bridge.connect(token) as fast:
+                fast.subscribe("fast", [patient])
+                written = []
+                for i in range(count):
+                    written.append(store.create(condition(patient, note=[{"text": f"{i} " + "y" * 100000}])))
+                for resource in written:
+                    assert_update(fast.recv_update(), "created", "Condition", resource["id"], patient)
+                fast.ping()
+            frames = slow.read_frames(timeout=30)
+        finally:
+            slow.close()
         messages = [json.loads(payload) for opcode, payload in frames if opcode == 1]
         closes = [payload for opcode, payload in frames if opcode == 8]
-        updates = [m for m in messages if m.get("type") == "update"]
-        ids = [m["data"]["resource_id"] for m in updates]
-        complete = ids == [r["id"] for r in written]
-        resynced = any(m.get("type") == "resync" for m in messages)
+        ids = [m["data"]["resource_id"] for m in messages if m.get("type") == "update"]
+        resyncs = [m for m in messages if m.get("type") == "resync"]
         closed_1013 = any(payload[:2] == (1013).to_bytes(2, "big") for payload in closes)
-        assert complete or resynced or closed_1013, (len(updates), [m.get("type") for m in messages], closes)
-        if not (resynced or closed_1013):
-            assert ids == [r["id"] for r in written]
-    finally:
-        slow.close()
-    assert bridge.health() == 200
+        summary = (len(ids), [m.get("type") for m in messages], closes)
+        if resyncs:
+            assert resyncs[0]["data"]["patient_id"] == patient, resyncs
+            assert resyncs[0]["data"]["subscription_id"] == "slow", resyncs
+        elif not closed_1013:
+            assert ids == [r["id"] for r in written], summary
+        assert bridge.health() == 200
+        metrics = bridge.metrics()
+        if resyncs:
+            assert metrics["fhir_notify_bridge_queue_drops_total"] >= 1, metrics

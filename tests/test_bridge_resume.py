@@ -7,6 +7,7 @@
   nothing (own cluster: restarting it would disturb other tests).
 """
 
+import json
 import time
 
 import pytest
@@ -232,8 +233,11 @@ def test_database_restart_loses_and_duplicates_nothing(own_cluster, outage_db, o
         finally:
             store.close()
         # Stop right after writing: the bridge may or may not have read those two yet.
+        reconnects = outage_bridge.metrics()["fhir_notify_bridge_database_reconnects_total"]
         own_cluster.stop()
         outage_bridge.wait_health(503)
+        status, _, body = outage_bridge.http_get("/healthz")
+        assert status == 503 and json.loads(body)["database"] == "disconnected", (status, body)
         own_cluster.start()
         store = FhirStore(own_cluster, outage_db)
         try:
@@ -245,6 +249,7 @@ def test_database_restart_loses_and_duplicates_nothing(own_cluster, outage_db, o
                               resource["id"], patient, resource)
             client.expect_no_message(within=1.0)
             client.ping()
+            assert outage_bridge.metrics()["fhir_notify_bridge_database_reconnects_total"] > reconnects
         finally:
             store.close()
 
