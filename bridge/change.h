@@ -34,7 +34,7 @@ typedef struct change
 	"(r.change).actor, "                                                                           \
 	"pg_catalog.to_char((r.change).changed_at AT TIME ZONE 'UTC', "                                \
 	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "                                                       \
-	"(pg_catalog.extract(epoch FROM (r.change).changed_at) * 1000000)::int8"
+	"(pg_catalog.date_part('epoch', (r.change).changed_at) * 1000000)::int8"
 #define CHANGE_NCOLUMNS 11
 
 /* Builds a change (one reference) from row of res, columns from first_column; NULL if unusable. */
