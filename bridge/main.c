@@ -253,8 +253,8 @@ main(int argc, char **argv)
 	info.port = port;
 	info.iface = host[0] && strcmp(host, "0.0.0.0") != 0 && strcmp(host, "*") != 0 ? host : NULL;
 	info.protocols = protocols;
-	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 |
-	               LWS_SERVER_OPTION_HTTP_HEADERS_SECURITY_BEST_PRACTICES_ENFORCE;
+	/* no lws security-header preset: its CSP would block the --static demo page's scripts */
+	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
 	if (strcmp(host, "0.0.0.0") == 0 || strchr(host, '.'))
 		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
 	info.max_http_header_data = 16384;
