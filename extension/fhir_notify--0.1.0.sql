@@ -163,6 +163,17 @@ $$;
 -- Routing (compartment.c)
 -- ---------------------------------------------------------------------------
 
+/*
+ * The ids of the Patients a FHIR resource belongs to (the R4 Patient
+ * compartment plus fhir_notify.extra_links), distinct and sorted in C
+ * collation; '{}' when none. The same routine the capture trigger uses.
+ */
+CREATE FUNCTION fhir_notify.patient_refs(resource jsonb) RETURNS text[]
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'patient_refs';
+
+COMMENT ON FUNCTION fhir_notify.patient_refs(jsonb) IS
+	'The ids of the patients a FHIR resource belongs to, distinct and sorted';
 
 
 -- ---------------------------------------------------------------------------
