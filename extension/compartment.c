@@ -171,6 +171,7 @@ static char *extra_links_setting = NULL;
 static const ExtraLinks *extra_links = NULL;
 
 PG_FUNCTION_INFO_V1(patient_refs);
+PG_FUNCTION_INFO_V1(patient_refs_typed);
 
 /*
  * Orders counted strings like strcmp orders C strings.
@@ -340,7 +341,8 @@ check_extra_links(char **newval, void **extra, GucSource source)
 			                    item);
 			GUC_check_errhint("Write entries such as \"Device.patient\" or "
 			                  "\"Observation.performer[]\": a resource type, then member "
-			                  "names separated by dots, \"[]\" after an array member.");
+			                  "names separated by dots (at most 4), \"[]\" after an array "
+			                  "member.");
 			free(links);
 			return false;
 		}
@@ -602,6 +604,19 @@ compartment_patient_ids(JsonbContainer *resource, const char *resource_type, con
 }
 
 /*
+ * The ids as a text[]; '{}' when there are none.
+ */
+static ArrayType *
+ids_to_text_array(const PatientIds *ids)
+{
+	Datum *elements = palloc(Max(ids->count, 1) * sizeof(Datum));
+
+	for (int i = 0; i < ids->count; i++)
+		elements[i] = PointerGetDatum(cstring_to_text(ids->ids[i]));
+	return construct_array(elements, ids->count, TEXTOID, -1, false, TYPALIGN_INT);
+}
+
+/*
  * SQL: fhir_notify.patient_refs(resource jsonb) RETURNS text[]. The ids of
  * the patients a resource belongs to, distinct and sorted; '{}' for none.
  */
@@ -610,11 +625,33 @@ patient_refs(PG_FUNCTION_ARGS)
 {
 	Jsonb *resource = PG_GETARG_JSONB_P(0);
 	PatientIds ids;
-	Datum *elements;
 
 	compartment_patient_ids(&resource->root, NULL, NULL, &ids);
-	elements = palloc(Max(ids.count, 1) * sizeof(Datum));
-	for (int i = 0; i < ids.count; i++)
-		elements[i] = PointerGetDatum(cstring_to_text(ids.ids[i]));
-	PG_RETURN_ARRAYTYPE_P(construct_array(elements, ids.count, TEXTOID, -1, false, TYPALIGN_INT));
+	PG_RETURN_ARRAYTYPE_P(ids_to_text_array(&ids));
+}
+
+/*
+ * SQL: fhir_notify.patient_refs(resource jsonb, resource_type text,
+ * logical_id text DEFAULT NULL) RETURNS text[]. As above, with the type and
+ * id taken from the arguments when not NULL, as the capture trigger does for
+ * tables that keep them outside the JSON (fhirbase).
+ */
+Datum
+patient_refs_typed(PG_FUNCTION_ARGS)
+{
+	Jsonb *resource;
+	char *resource_type = NULL;
+	char *logical_id = NULL;
+	PatientIds ids;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	resource = PG_GETARG_JSONB_P(0);
+	if (!PG_ARGISNULL(1))
+		resource_type = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (!PG_ARGISNULL(2))
+		logical_id = text_to_cstring(PG_GETARG_TEXT_PP(2));
+
+	compartment_patient_ids(&resource->root, resource_type, logical_id, &ids);
+	PG_RETURN_ARRAYTYPE_P(ids_to_text_array(&ids));
 }
