@@ -86,7 +86,8 @@ typedef struct Collector
 
 /*
  * The FHIR R4 (4.0.1) Patient CompartmentDefinition joined with the search
- * parameter expressions (see docs in README, "Routing"). "[]" marks an array.
+ * parameter expressions (README.md, "Routing"); sql/routing_types.sql tests
+ * every row. "[]" marks an array.
  * Patient additionally belongs to itself (see compartment_patient_ids).
  */
 static const struct
