@@ -127,6 +127,8 @@ client_close(client *c, int code, const char *reason)
 		return;
 	c->close_code = code;
 	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
+	c->close_deadline_us = now_monotonic_us() + CLOSE_FLUSH_US;
+	client_arm_timer(c);
 	lws_callback_on_writable(c->wsi);
 }
 
@@ -180,15 +182,17 @@ void
 client_arm_timer(client *c)
 {
 	long long now_mono = now_monotonic_us();
-	long long deadlines[3];
+	long long deadlines[4];
 	int n = 0;
 	long long delay;
 
-	if (!c->authenticated)
+	if (c->close_code)
+		deadlines[n++] = c->close_deadline_us - now_mono; /* the only deadline left */
+	else if (!c->authenticated)
 		deadlines[n++] = c->connected_us + AUTH_TIMEOUT_US - now_mono;
-	if (c->authenticated && c->expires_us)
+	if (!c->close_code && c->authenticated && c->expires_us)
 		deadlines[n++] = c->expires_us - now_wall_us();
-	if (c->stuck_since_us)
+	if (!c->close_code && c->stuck_since_us)
 		deadlines[n++] = c->stuck_since_us + STUCK_CLIENT_US - now_mono;
 	if (n == 0)
 	{
@@ -208,7 +212,15 @@ client_timer_fired(client *c)
 	long long now_mono = now_monotonic_us();
 
 	if (c->close_code)
-		return 0;
+	{
+		if (now_mono < c->close_deadline_us)
+		{
+			client_arm_timer(c);
+			return 0;
+		}
+		log_info("client %s: could not flush before closing, dropping the connection", c->id);
+		return -1;
+	}
 	if (c->stuck_since_us && now_mono >= c->stuck_since_us + STUCK_CLIENT_US)
 	{
 		static const char reason[] = "client too slow";
