@@ -132,15 +132,26 @@ client_close(client *c, int code, const char *reason)
 	lws_callback_on_writable(c->wsi);
 }
 
+/* Messages written per writeable callback while the socket takes them. */
+#define WRITES_PER_CALLBACK 16
+
 /* See client.h. */
 int
 client_write_next(client *c)
 {
-	if (c->queue_len > 0)
+	for (int n = 0; c->queue_len > 0 && n < WRITES_PER_CALLBACK; n++)
 	{
-		message *msg = c->queue[c->queue_head];
+		message *msg;
 		int written;
 
+		/*
+		 * One write per callback is always safe; more only while the
+		 * kernel takes them whole (lws holds back a partial write and
+		 * reports the pipe choked until it is flushed).
+		 */
+		if (n > 0 && lws_send_pipe_choked(c->wsi))
+			break;
+		msg = c->queue[c->queue_head];
 		c->queue_head = (c->queue_head + 1) % c->queue_cap;
 		c->queue_len--;
 		if (msg->kind == MESSAGE_UPDATE)
@@ -159,17 +170,26 @@ client_write_next(client *c)
 			metrics_observe_delay((double) (now_wall_us() - msg->changed_at_us) / 1e6);
 		}
 		message_unref(msg);
-		if (c->queue_len > 0 || c->close_code)
-			lws_callback_on_writable(c->wsi);
-		else if (c->stuck_since_us)
-		{
-			c->stuck_since_us = 0;
-			client_arm_timer(c);
-		}
+	}
+	if (c->queue_len > 0)
+	{
+		lws_callback_on_writable(c->wsi);
 		return 0;
+	}
+	if (c->stuck_since_us)
+	{
+		c->stuck_since_us = 0;
+		client_arm_timer(c);
 	}
 	if (c->close_code)
 	{
+		/* the close frame goes in a callback of its own, after the last message */
+		if (!c->close_sent_pending)
+		{
+			c->close_sent_pending = true;
+			lws_callback_on_writable(c->wsi);
+			return 0;
+		}
 		lws_close_reason(c->wsi, (enum lws_close_status) c->close_code,
 		                 (unsigned char *) c->close_reason, strlen(c->close_reason));
 		return -1;

@@ -58,6 +58,7 @@ typedef struct client
 	int close_code; /* pending close, sent once the queue is flushed */
 	char close_reason[64];
 	long long close_deadline_us; /* monotonic: past it the connection is dropped unflushed */
+	bool close_sent_pending;     /* the queue is flushed; the close goes in the next callback */
 
 	char *rx; /* the message being reassembled from fragments */
 	size_t rx_len;
