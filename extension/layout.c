@@ -383,8 +383,11 @@ check_columns(Relation rel, Layout *layout, bool deleted_value_given)
 		        (errcode(ERRCODE_DATATYPE_MISMATCH),
 		         errmsg("column \"%s\" of table \"%s\" is of type %s, not jsonb",
 		                layout->resource_column, relname, format_type_be(type)),
-		         errhint("Pass options => '{\"resource\": \"content\"}' to name the jsonb column "
-		                 "that holds the resource, or convert the column to jsonb.")));
+		         errhint("Convert the column to jsonb (ALTER TABLE ... ALTER COLUMN %s TYPE jsonb "
+		                 "USING %s::jsonb), or name another column with options => "
+		                 "'{\"resource\": \"column_name\"}'.",
+		                 quote_identifier(layout->resource_column),
+		                 quote_identifier(layout->resource_column))));
 
 	for (size_t i = 0; i < lengthof(optional); i++)
 		if (optional[i].column != NULL && column_type(rel, optional[i].column) == InvalidOid)

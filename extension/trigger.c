@@ -83,6 +83,7 @@ typedef struct RowImage
 	char *id;
 	char *version;
 	PatientIds patients;
+	const char *problem; /* what is odd about the content, for the warning */
 } RowImage;
 
 static HTAB *capture_targets = NULL;
@@ -145,7 +146,7 @@ capture_init(void)
  * left out since the last one. Never an error: the clinical write goes on.
  */
 static void
-capture_warning(const char *source_table, const char *problem)
+capture_warning(const char *source_table, const char *problem, bool recorded)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
@@ -158,7 +159,9 @@ capture_warning(const char *source_table, const char *problem)
 	ereport(
 	    WARNING,
 	    (errcode(ERRCODE_DATA_EXCEPTION),
-	     errmsg("fhir_notify: change of \"%s\" captured incompletely: %s", source_table, problem),
+	     recorded ? errmsg("fhir_notify: change of \"%s\" recorded without patients: %s",
+	                       source_table, problem)
+	              : errmsg("fhir_notify: change of \"%s\" not recorded: %s", source_table, problem),
 	     suppressed_warnings > 0 ? errdetail("%d similar warnings were suppressed before this one.",
 	                                         suppressed_warnings)
 	                             : 0));
@@ -310,9 +313,9 @@ json_version(JsonbContainer *object)
 
 /*
  * Reads one side of a change from tuple: resource, type, id, version,
- * deleted state, and the patients it belongs to. Content problems are
- * warned about and leave image->usable false when the change cannot be
- * recorded at all.
+ * deleted state, and the patients it belongs to. Odd content is noted in
+ * image->problem; image->usable is false when the change cannot be
+ * recorded at all (no type or no id).
  */
 static void
 read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image)
@@ -353,19 +356,17 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 			image->deleted = strcmp(TextDatumGetCString(value), target->layout.deleted_value) == 0;
 	}
 
-	if (image->resource == NULL && !image->deleted)
-		capture_warning(target->source_table, "the resource is NULL");
-	else if (image->resource != NULL && !image->is_object)
-		capture_warning(target->source_table, "the resource is not a JSON object");
-
 	image->usable = image->type != NULL && image->id != NULL;
+	if (image->resource == NULL && !image->deleted)
+		image->problem = "the resource is NULL";
+	else if (image->resource != NULL && !image->is_object)
+		image->problem = "the resource is not a JSON object";
+	else if (image->type == NULL)
+		image->problem = "the resource has no resourceType";
+	else if (image->id == NULL)
+		image->problem = "the resource has no id";
 	if (!image->usable)
-	{
-		capture_warning(target->source_table, image->type == NULL
-		                                          ? "the resource has no resourceType; not recorded"
-		                                          : "the resource has no id; not recorded");
 		return;
-	}
 	if (image->is_object)
 		compartment_patient_ids(&image->resource->root, image->type, image->id, &image->patients);
 }
@@ -586,6 +587,16 @@ record_change(CaptureTarget *target, const char *action, RowImage *image, Patien
 }
 
 /*
+ * Warns (rate-limited) about odd content of one side of a change.
+ */
+static void
+warn_content(CaptureTarget *target, RowImage *image)
+{
+	if (image->problem != NULL)
+		capture_warning(target->source_table, image->problem, image->usable);
+}
+
+/*
  * Works out what a row change means for the resource and records it:
  * created, updated, deleted (hard or soft), undeleted, and patients that an
  * update took away from the resource.
@@ -601,6 +612,7 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
 		read_image(target, trigdata->tg_trigtuple, desc, &new);
+		warn_content(target, &new);
 		if (new.usable && !new.deleted)
 			record_change(target, "created", &new, &new.patients, true);
 		return;
@@ -608,6 +620,7 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 	{
 		read_image(target, trigdata->tg_trigtuple, desc, &old);
+		warn_content(target, &old);
 		if (old.usable && !old.deleted)
 			record_change(target, "deleted", &old, &old.patients, false);
 		return;
@@ -615,6 +628,7 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 
 	read_image(target, trigdata->tg_trigtuple, desc, &old);
 	read_image(target, trigdata->tg_newtuple, desc, &new);
+	warn_content(target, &new); /* odd old content loses nothing */
 	if (!new.usable)
 		return;
 	if (!old.usable || (old.deleted && !new.deleted))
@@ -678,7 +692,7 @@ fhir_notify_capture(PG_FUNCTION_ARGS)
 		                         "fhir_notify.watch() again for this table",
 		                         target->missing);
 
-		capture_warning(target->source_table, problem);
+		capture_warning(target->source_table, problem, false);
 		pfree(problem);
 		return PointerGetDatum(NULL);
 	}
