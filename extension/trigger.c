@@ -10,9 +10,9 @@
  *	  - does no catalog lookups per row: the layout is parsed from the
  *	    trigger's arguments once per backend and kept, keyed by trigger oid,
  *	    until the table's relcache entry is invalidated;
- *	  - inserts through one plan prepared once per backend, as the owner of
- *	    the change log (like SECURITY DEFINER), so the writing role needs no
- *	    grant on fhir_notify and cannot write the log itself;
+ *	  - appends to the change log as its owner (like SECURITY DEFINER; see
+ *	    change_log.c), so the writing role needs no grant on fhir_notify
+ *	    and cannot write the log itself;
  *	  - does all per-row work in a memory context reset after every row.
  */
 #include "postgres.h"
@@ -21,7 +21,6 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -32,10 +31,10 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "fhir_notify.h"
+#include "change_log.h"
 #include "layout.h"
 
 PG_FUNCTION_INFO_V1(fhir_notify_capture);
@@ -91,11 +90,6 @@ static MemoryContext capture_cache_context = NULL;
 static MemoryContext capture_row_context = NULL;
 static int capture_depth = 0;
 
-/* The prepared INSERT into the change log, and whose rights it runs with. */
-static SPIPlanPtr insert_plan = NULL;
-static Oid log_owner = InvalidOid;
-static Oid log_relid = InvalidOid;
-
 /* Rate limit of content warnings. */
 static TimestampTz last_warning = 0;
 static int suppressed_warnings = 0;
@@ -110,8 +104,6 @@ capture_relcache_callback(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	CaptureTarget *target;
 
-	if (relid == InvalidOid || relid == log_relid)
-		log_owner = InvalidOid;
 	if (capture_targets == NULL)
 		return;
 	hash_seq_init(&status, capture_targets);
@@ -138,6 +130,7 @@ capture_init(void)
 	                        &capture_warning_interval, 60, 0, 86400, PGC_SUSET, GUC_UNIT_S, NULL,
 	                        NULL, NULL);
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+	change_log_init();
 }
 
 /*
@@ -488,100 +481,29 @@ current_actor(void)
 }
 
 /*
- * The owner of fhir_notify.changes, whose rights the insert runs with.
- */
-static Oid
-change_log_owner(void)
-{
-	HeapTuple tuple;
-	Oid namespace;
-
-	if (OidIsValid(log_owner))
-		return log_owner;
-	namespace = get_namespace_oid("fhir_notify", false);
-	log_relid = get_relname_relid("changes", namespace);
-	if (!OidIsValid(log_relid))
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
-		                errmsg("relation \"fhir_notify.changes\" does not exist"),
-		                errhint("Reinstall the extension: DROP EXTENSION fhir_notify CASCADE; "
-		                        "CREATE EXTENSION fhir_notify;")));
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(log_relid));
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", log_relid);
-	log_owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return log_owner;
-}
-
-/*
- * Appends one row to the change log as its owner, and rings the doorbell.
- * Unrouted changes are skipped unless the table records them.
+ * Appends one row to the change log and rings the doorbell. Unrouted
+ * changes are skipped unless the table records them.
  */
 static void
 record_change(CaptureTarget *target, const char *action, RowImage *image, PatientIds *patients,
               bool with_resource)
 {
-	static Oid argtypes[8] = {TEXTOID,      TEXTOID,  TEXTOID, TEXTOID,
-	                          TEXTARRAYOID, JSONBOID, TEXTOID, TEXTOID};
-	Datum values[8];
-	char nulls[8];
-	Datum *ids;
-	Oid owner;
-	Oid save_userid;
-	int save_sec_context;
-	int rc;
+	ChangeRow row;
 
 	if (patients->count == 0 && !target->layout.record_unrouted)
 		return;
 
-	memset(nulls, ' ', sizeof(nulls));
-	ids = palloc(sizeof(Datum) * (patients->count + 1));
-	for (int i = 0; i < patients->count; i++)
-		ids[i] = CStringGetTextDatum(patients->ids[i]);
-
-	values[0] = CStringGetTextDatum(action);
-	values[1] = CStringGetTextDatum(image->type);
-	values[2] = CStringGetTextDatum(image->id);
-	if (image->version != NULL)
-		values[3] = CStringGetTextDatum(image->version);
-	else
-		nulls[3] = 'n';
-	values[4] =
-	    PointerGetDatum(construct_array(ids, patients->count, TEXTOID, -1, false, TYPALIGN_INT));
+	row.action = action;
+	row.resource_type = image->type;
+	row.resource_id = image->id;
+	row.version_id = image->version;
+	row.patients = patients;
+	row.resource = NULL;
 	if (with_resource && image->resource != NULL)
-		values[5] = JsonbPGetDatum(image->is_object ? complete_resource(image) : image->resource);
-	else
-		nulls[5] = 'n';
-	values[6] = CStringGetTextDatum(current_actor());
-	values[7] = CStringGetTextDatum(target->source_table);
-
-	owner = change_log_owner();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-	                                  SECURITY_RESTRICTED_OPERATION);
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (insert_plan == NULL)
-	{
-		SPIPlanPtr plan = SPI_prepare(
-		    "INSERT INTO fhir_notify.changes (action, resource_type, resource_id, version_id, "
-		    "patient_ids, resource, actor, source_table) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-		    8, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		insert_plan = plan;
-	}
-	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "insert into fhir_notify.changes failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
-
-	/* On error the (sub)transaction abort restores the user. */
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+		row.resource = image->is_object ? complete_resource(image) : image->resource;
+	row.actor = current_actor();
+	row.source_table = target->source_table;
+	change_log_append(&row);
 
 	doorbell_ring();
 }
