@@ -182,10 +182,15 @@ change_log_lookup(void)
 			log_direct = false;
 	if (log_direct && TupleDescAttr(desc, log_attnums[COL_POSITION] - 1)->attidentity == '\0')
 		log_direct = false;
+	if (log_direct)
+#if PG_VERSION_NUM >= 170000
+		log_sequence = getIdentitySequence(rel, log_attnums[COL_POSITION], true);
+#else
+		log_sequence = getIdentitySequence(log_relid, log_attnums[COL_POSITION], true);
+#endif
+	else
+		log_sequence = InvalidOid;
 	table_close(rel, AccessShareLock);
-
-	log_sequence =
-	    log_direct ? getIdentitySequence(log_relid, log_attnums[COL_POSITION], true) : InvalidOid;
 	if (!OidIsValid(log_sequence))
 		log_direct = false;
 	log_known = true;

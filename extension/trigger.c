@@ -19,6 +19,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -190,6 +191,27 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
 }
 
 /*
+ * The schema-qualified name of the table that was watched: the table the
+ * trigger fires on, or for a partition the partitioned table watch() was
+ * given (whose trigger PostgreSQL cloned onto the partition).
+ */
+static char *
+watched_table_name(Relation rel, Trigger *trigger)
+{
+	Oid relid = RelationGetRelid(rel);
+
+	if (trigger->tgisclone && rel->rd_rel->relispartition)
+	{
+		List *ancestors = get_partition_ancestors(relid);
+
+		if (ancestors != NIL)
+			relid = llast_oid(ancestors);
+	}
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+	                                  get_rel_name(relid));
+}
+
+/*
  * The cached description of the table a trigger fires on, (re)built from the
  * trigger's arguments and the relation's columns when missing or stale.
  */
@@ -231,8 +253,7 @@ capture_target(TriggerData *trigdata)
 	old = MemoryContextSwitchTo(capture_cache_context);
 	target->relid = RelationGetRelid(rel);
 	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
-	target->source_table = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-	                                                  RelationGetRelationName(rel));
+	target->source_table = watched_table_name(rel, trigger);
 	columns[0].name = target->layout.resource_column;
 	columns[0].column = &target->resource;
 	columns[1].name = target->layout.type_column;
