@@ -60,10 +60,11 @@ typedef struct CaptureTarget
 {
 	Oid trigger_oid; /* hash key */
 	Oid relid;
-	bool valid;         /* false once the relation changed: rebuild */
-	bool columns_ok;    /* false when a column named at watch() time is gone */
-	char *missing;      /* the column that is gone */
-	Layout layout;      /* strings in capture_cache_context */
+	bool valid;            /* false once the relation changed: rebuild */
+	MemoryContext context; /* holds what the entry points to */
+	bool columns_ok;       /* false when a column named at watch() time is gone */
+	char *missing;         /* the column that is gone */
+	Layout layout;
 	char *source_table; /* schema-qualified name of the table */
 	CaptureColumn resource;
 	CaptureColumn type;
@@ -168,7 +169,7 @@ capture_warning(const char *source_table, const char *problem, bool recorded)
  * Returns false when the relation has no such column any more.
  */
 static bool
-resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
+resolve_column(TupleDesc desc, const char *name, CaptureColumn *column, MemoryContext context)
 {
 	memset(column, 0, sizeof(*column));
 	if (name == NULL)
@@ -184,7 +185,7 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
 		column->attnum = attr->attnum;
 		column->is_text = attr->atttypid == TEXTOID || attr->atttypid == VARCHAROID;
 		getTypeOutputInfo(attr->atttypid, &output, &varlena);
-		fmgr_info_cxt(output, &column->output, capture_cache_context);
+		fmgr_info_cxt(output, &column->output, context);
 		return true;
 	}
 	return false;
@@ -246,11 +247,18 @@ capture_target(TriggerData *trigdata)
 	}
 
 	target = hash_search(capture_targets, &trigger->tgoid, HASH_ENTER, &found);
-	if (found && target->valid)
+	if (!found)
+	{
+		target->valid = false;
+		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
+		                                        ALLOCSET_SMALL_SIZES);
+	}
+	if (target->valid)
 		return target;
 
-	/* Strings of a stale entry are left in the cache context: rare and small. */
-	old = MemoryContextSwitchTo(capture_cache_context);
+	/* Nothing uses a stale entry between two rows: its memory can go. */
+	MemoryContextReset(target->context);
+	old = MemoryContextSwitchTo(target->context);
 	target->relid = RelationGetRelid(rel);
 	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
 	target->source_table = watched_table_name(rel, trigger);
@@ -267,7 +275,8 @@ capture_target(TriggerData *trigdata)
 	target->columns_ok = target->layout.resource_column != NULL;
 	target->missing = target->layout.resource_column ? NULL : "resource";
 	for (int i = 0; i < (int) lengthof(columns); i++)
-		if (!resolve_column(desc, columns[i].name, columns[i].column) && target->columns_ok)
+		if (!resolve_column(desc, columns[i].name, columns[i].column, target->context) &&
+		    target->columns_ok)
 		{
 			target->columns_ok = false;
 			target->missing = pstrdup(columns[i].name);
