@@ -26,6 +26,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -76,10 +77,11 @@ typedef struct CaptureTarget
 /* One side (OLD or NEW) of a change, read from the row. */
 typedef struct RowImage
 {
-	bool usable;     /* type and id known: the change can be recorded */
-	bool deleted;    /* the row marks the resource deleted */
-	Jsonb *resource; /* NULL when the column is NULL */
-	bool is_object;  /* resource is a JSON object, so it can be routed */
+	bool usable;        /* type and id known: the change can be recorded */
+	bool deleted;       /* the row marks the resource deleted */
+	Jsonb *resource;    /* NULL when the column is NULL */
+	Datum raw_resource; /* the column as stored, maybe toasted */
+	bool is_object;     /* resource is a JSON object, so it can be routed */
 	char *type;
 	char *id;
 	char *version;
@@ -341,17 +343,24 @@ json_version(JsonbContainer *object)
  * recorded at all (no type or no id).
  */
 static void
-read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image)
+read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image,
+           const RowImage *before)
 {
 	bool isnull;
 	Datum value;
+	bool same_json = false;
 
 	memset(image, 0, sizeof(*image));
 
 	value = heap_getattr(tuple, target->resource.attnum, desc, &isnull);
+	image->raw_resource = isnull ? (Datum) 0 : value;
+	/* An UPDATE that left the JSON alone stores the same bytes (or toast pointer). */
+	if (!isnull && before != NULL && before->resource != NULL &&
+	    datumIsEqual(value, before->raw_resource, false, -1))
+		same_json = true;
 	if (!isnull)
 	{
-		image->resource = DatumGetJsonbP(value);
+		image->resource = same_json ? before->resource : DatumGetJsonbP(value);
 		image->is_object =
 		    JB_ROOT_IS_OBJECT(image->resource) && !JB_ROOT_IS_SCALAR(image->resource);
 	}
@@ -390,7 +399,10 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 		image->problem = "the resource has no id";
 	if (!image->usable)
 		return;
-	if (image->is_object)
+	if (same_json && before->usable && strcmp(before->type, image->type) == 0 &&
+	    strcmp(before->id, image->id) == 0)
+		image->patients = before->patients;
+	else if (image->is_object)
 		compartment_patient_ids(&image->resource->root, image->type, image->id, &image->patients);
 }
 
@@ -563,7 +575,7 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
-		read_image(target, trigdata->tg_trigtuple, desc, &new);
+		read_image(target, trigdata->tg_trigtuple, desc, &new, NULL);
 		warn_content(target, &new);
 		if (new.usable && !new.deleted)
 			record_change(target, "created", &new, &new.patients, true);
@@ -571,15 +583,15 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 	}
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 	{
-		read_image(target, trigdata->tg_trigtuple, desc, &old);
+		read_image(target, trigdata->tg_trigtuple, desc, &old, NULL);
 		warn_content(target, &old);
 		if (old.usable && !old.deleted)
 			record_change(target, "deleted", &old, &old.patients, false);
 		return;
 	}
 
-	read_image(target, trigdata->tg_trigtuple, desc, &old);
-	read_image(target, trigdata->tg_newtuple, desc, &new);
+	read_image(target, trigdata->tg_trigtuple, desc, &old, NULL);
+	read_image(target, trigdata->tg_newtuple, desc, &new, &old);
 	warn_content(target, &new); /* odd old content loses nothing */
 	if (!new.usable)
 		return;
