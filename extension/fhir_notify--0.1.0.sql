@@ -210,11 +210,14 @@ COMMENT ON TABLE fhir_notify.watched_tables IS
 -- regclass is dumped by name and survives pg_upgrade.
 SELECT pg_catalog.pg_extension_config_dump('fhir_notify.watched_tables', '');
 
--- The watched tables that still exist, by name.
+-- The watched tables that still exist and still have the capture trigger
+-- (a dropped table's oid may be reused), by name.
 CREATE VIEW fhir_notify.watched AS
 	SELECT w.relation AS "table", w.layout, w.options, w.since
 	FROM fhir_notify.watched_tables w
-	WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) w.relation);
+	WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+	              WHERE t.tgrelid OPERATOR(pg_catalog.=) w.relation
+	                AND t.tgname OPERATOR(pg_catalog.=) 'fhir_notify_capture');
 
 /* The row trigger: records each change of a watched table (trigger.c). */
 CREATE FUNCTION fhir_notify.capture() RETURNS trigger
@@ -282,7 +285,8 @@ BEGIN
 	               'FOR EACH STATEMENT EXECUTE FUNCTION fhir_notify.capture_truncate()', tbl);
 
 	DELETE FROM fhir_notify.watched_tables w
-	WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = w.relation);
+	WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t
+	                  WHERE t.tgrelid = w.relation AND t.tgname = 'fhir_notify_capture');
 	INSERT INTO fhir_notify.watched_tables AS w (relation, layout, options, trigger_arguments)
 	VALUES (tbl, substr(arguments[1], length('layout=') + 1), coalesce(options, '{}'), arguments)
 	ON CONFLICT (relation) DO UPDATE
