@@ -233,8 +233,8 @@ append_direct(const ChangeRow *row)
 	else
 		nulls[COL_VERSION_ID] = true;
 	values[COL_PATIENT_IDS] = patient_array(row->patients);
-	if (row->resource != NULL)
-		values[COL_RESOURCE] = JsonbPGetDatum(row->resource);
+	if (row->has_resource)
+		values[COL_RESOURCE] = row->resource;
 	else
 		nulls[COL_RESOURCE] = true;
 	values[COL_ACTOR] = CStringGetTextDatum(row->actor);
@@ -277,8 +277,8 @@ append_spi(const ChangeRow *row)
 	else
 		nulls[3] = 'n';
 	values[4] = patient_array(row->patients);
-	if (row->resource != NULL)
-		values[5] = JsonbPGetDatum(row->resource);
+	if (row->has_resource)
+		values[5] = row->resource;
 	else
 		nulls[5] = 'n';
 	values[6] = CStringGetTextDatum(row->actor);

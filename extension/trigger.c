@@ -540,9 +540,18 @@ record_change(CaptureTarget *target, const char *action, RowImage *image, Patien
 	row.resource_id = image->id;
 	row.version_id = image->version;
 	row.patients = patients;
-	row.resource = NULL;
-	if (with_resource && image->resource != NULL)
-		row.resource = image->is_object ? complete_resource(image) : image->resource;
+	row.has_resource = with_resource && image->resource != NULL;
+	row.resource = (Datum) 0;
+	if (row.has_resource)
+	{
+		Jsonb *complete = image->is_object ? complete_resource(image) : image->resource;
+
+		/*
+		 * Unchanged JSON is logged as the table stored it: a large resource
+		 * is then copied compressed instead of compressed a second time.
+		 */
+		row.resource = complete == image->resource ? image->raw_resource : JsonbPGetDatum(complete);
+	}
 	row.actor = current_actor();
 	row.source_table = target->source_table;
 	change_log_append(&row);
