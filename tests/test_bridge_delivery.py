@@ -11,16 +11,13 @@ import uuid
 import psycopg
 import pytest
 
-from _local_tokens import AUDIENCE, ISSUER, SECRET, hs256
-from bridgeproc import (Bridge, FhirStore, assert_update, bridge_logs, condition,  # noqa: F401
-                        create_fhir_database, new_id, observation, shared_cluster)
+from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update, bridge_logs,  # noqa: F401
+                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
 from wsclient import RawClient
 
 MAX_FRAME_SIZE = 65536
 
 
-# Waiting for the bridge (branch bridge-core) and watch() (ext-capture); removed per test as they land.
-pytestmark = pytest.mark.xfail(strict=True, reason="bridge not built yet")
 
 @pytest.fixture(scope="module")
 def db():
@@ -29,7 +26,7 @@ def db():
 
 @pytest.fixture(scope="module")
 def bridge(db):
-    with Bridge(shared_cluster(), db, secret=SECRET,
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
                 args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
                       "--max-frame-size", str(MAX_FRAME_SIZE)]) as b:
         yield b
@@ -294,7 +291,7 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
     told (every update, a resync or a close 1013), never silently left stale."""
     patient = new_id("pat")
     count = 50
-    with Bridge(shared_cluster(), db, secret=SECRET, args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
                                                              "--send-queue-limit", "10"]) as bridge:
         path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
         slow = RawClient("127.0.0.1", bridge.port, path, receive_buffer=4096)

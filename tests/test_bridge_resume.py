@@ -12,16 +12,13 @@ import time
 
 import pytest
 
-from _local_tokens import AUDIENCE, ISSUER, SECRET, hs256
-from bridgeproc import (Bridge, FhirStore, assert_update, bridge_connections, bridge_logs,  # noqa: F401
-                        condition, create_fhir_database, new_id, observation, shared_cluster)
+from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update, bridge_connections, bridge_logs,  # noqa: F401
+                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
 from pgcluster import Cluster
 
-ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER]
+ARGS = VALIDATION_ARGS
 
 
-# Waiting for the bridge (branch bridge-core) and watch() (ext-capture); removed per test as they land.
-pytestmark = pytest.mark.xfail(strict=True, reason="bridge not built yet")
 
 @pytest.fixture(scope="module")
 def db():
@@ -30,7 +27,7 @@ def db():
 
 @pytest.fixture(scope="module")
 def bridge(db):
-    with Bridge(shared_cluster(), db, secret=SECRET, args=ARGS) as b:
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as b:
         yield b
         assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
 
@@ -135,7 +132,7 @@ def prune_db():
 
 @pytest.fixture(scope="module")
 def prune_bridge(prune_db):
-    with Bridge(shared_cluster(), prune_db, secret=SECRET,
+    with Bridge(shared_cluster(), prune_db, secret_file=SECRET_FILE,
                 args=ARGS + ["--resume-max-changes", "5"]) as b:
         yield b
         assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
@@ -216,7 +213,7 @@ def outage_db(own_cluster):
 
 @pytest.fixture(scope="module")
 def outage_bridge(own_cluster, outage_db):
-    with Bridge(own_cluster, outage_db, secret=SECRET, args=ARGS) as b:
+    with Bridge(own_cluster, outage_db, secret_file=SECRET_FILE, args=ARGS) as b:
         yield b
         assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
 
