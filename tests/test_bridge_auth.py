@@ -286,3 +286,56 @@ def test_closed_error_is_reported(hs_bridge):
             for _ in range(5):
                 client.recv_json()
         assert closed.value.code == 4001
+
+
+def test_reauthenticate_replaces_the_rights_of_a_live_connection(hs_bridge, store):
+    first, second = new_id("pat"), new_id("pat")
+    with hs_bridge.connect(hs256(scope="patient/*.read", patient=first)) as client:
+        client.subscribe("first", [first])
+        client.send_json({"type": "authenticate", "token": hs256(scope="patient/*.read", patient=second)})
+        assert client.recv_json()["type"] == "auth_success"
+        # The first patient is no longer allowed: neither an old subscription nor a new one
+        # may deliver its changes.
+        client.send_json({"type": "subscribe", "data": {"subscription_id": "again",
+                                                        "patient_ids": [first]}})
+        answer = client.recv_json()
+        assert answer.get("type") == "error" and answer["error"] == "FORBIDDEN", answer
+        client.subscribe("second", [second])
+        store.create(condition(first))
+        barrier = store.create(condition(second))
+        assert_update(client.recv_update(), "created", "Condition", barrier["id"], second)
+        client.expect_no_message()
+
+
+def test_reauthenticate_with_a_bad_token_closes(hs_bridge):
+    with hs_bridge.connect(hs256()) as client:
+        client.send_json({"type": "authenticate", "token": hs256(secret=b"wrong")})
+        code, _, messages = client.wait_closed()
+    assert code == 4001, (code, messages)
+    assert [m.get("type") for m in messages] == ["error"] and messages[0]["error"] == "AUTH_FAILED", messages
+
+
+def test_authorize_sql_policy_decides_user_and_patient(db, store):
+    cluster = shared_cluster()
+    blocked, allowed = new_id("pat"), new_id("pat")
+    cluster.execute("CREATE TABLE IF NOT EXISTS public.care_team (username text, patient_id text)", dbname=db)
+    cluster.execute("INSERT INTO public.care_team VALUES ('dr.smith', %s)", (allowed,), dbname=db)
+    query = ("SELECT EXISTS (SELECT 1 FROM public.care_team WHERE username = $1 AND patient_id = $2)")
+    with Bridge(cluster, db, secret_file=SECRET_FILE,
+                args=VALIDATION_ARGS + ["--authorize-sql", query]) as bridge:
+        with bridge.connect(hs256(sub="dr.smith")) as client:
+            client.send_json({"type": "subscribe", "data": {"subscription_id": "blocked",
+                                                            "patient_ids": [blocked]}})
+            answer = client.recv_json()
+            assert answer.get("type") == "error" and answer["error"] == "FORBIDDEN", answer
+            assert answer.get("subscription_id") == "blocked", answer
+            client.subscribe("allowed", [allowed])
+            store.create(condition(blocked))
+            barrier = store.create(condition(allowed))
+            assert_update(client.recv_update(), "created", "Condition", barrier["id"], allowed)
+            client.expect_no_message()
+        with bridge.connect(hs256(sub="dr.jones")) as client:
+            client.send_json({"type": "subscribe", "data": {"subscription_id": "allowed",
+                                                            "patient_ids": [allowed]}})
+            answer = client.recv_json()
+            assert answer.get("type") == "error" and answer["error"] == "FORBIDDEN", answer

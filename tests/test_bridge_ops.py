@@ -331,3 +331,23 @@ def test_safety_poll_delivers_when_no_doorbell_rings(db, store):
             created = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
             client.expect_no_message()
+
+
+def test_custom_doorbell_channel(store):
+    """The database rings on fhir_notify.channel, the bridge listens on --channel; with the
+    safety poll an hour away, only that doorbell can deliver."""
+    cluster = shared_cluster()
+    db = create_fhir_database(cluster)
+    cluster.execute(f'ALTER DATABASE "{db}" SET fhir_notify.channel = \'chart_bell\'')
+    writer = FhirStore(cluster, db)
+    try:
+        with Bridge(cluster, db, secret_file=SECRET_FILE,
+                    args=ARGS + ["--channel", "chart_bell", "--poll-interval", "3600"]) as bridge:
+            patient = new_id("pat")
+            with bridge.connect(hs256()) as client:
+                client.subscribe("chart", [patient])
+                for _ in range(3):
+                    created = writer.create(condition(patient))
+                    assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+    finally:
+        writer.close()

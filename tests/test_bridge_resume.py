@@ -123,6 +123,49 @@ def test_malformed_cursor_is_a_bad_request(bridge, token):
         client.ping()
 
 
+def test_resume_across_a_bridge_restart(db, store, token):
+    """Cursors live in the database, not in one bridge process: a client whose bridge was
+    restarted (or who reconnects to another bridge) resumes exactly."""
+    patient = new_id("pat")
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as first_bridge:
+        with first_bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"],
+                                   patient)["cursor"]
+            assert first_bridge.stop() == 0
+    missed = [store.create(condition(patient)), store.create(observation(patient))]
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as second_bridge:
+        with second_bridge.connect(token) as client:
+            client.subscribe("chart", [patient], since=cursor)
+            for resource in missed:
+                assert_update(client.recv_update(), "created", resource["resourceType"], resource["id"],
+                              patient, resource)
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
+
+
+def test_cursor_older_than_resume_max_age_gets_resync(db, store, token):
+    patient = new_id("pat")
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS + ["--resume-max-age", "1"]) as bridge:
+        with bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"],
+                                   patient)["cursor"]
+        store.create(condition(patient))
+        time.sleep(2.5)
+        with bridge.connect(token) as client:
+            client.subscribe("chart", [patient], since=cursor)
+            message = client.recv_json()
+            assert message.get("type") == "resync", message
+            assert message["data"]["patient_id"] == patient and message["data"]["subscription_id"] == "chart"
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
+
+
 # -- pruned log: resync --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
