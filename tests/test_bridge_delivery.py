@@ -11,16 +11,13 @@ import uuid
 import psycopg
 import pytest
 
-from _local_tokens import AUDIENCE, ISSUER, SECRET, hs256
-from bridgeproc import (Bridge, FhirStore, assert_update, bridge_logs, condition,  # noqa: F401
-                        create_fhir_database, new_id, observation, shared_cluster)
-from wsclient import RawClient
+from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update, bridge_logs,  # noqa: F401
+                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
+from wsclient import HandshakeRejected, RawClient
 
 MAX_FRAME_SIZE = 65536
 
 
-# Waiting for the bridge (branch bridge-core) and watch() (ext-capture); removed per test as they land.
-pytestmark = pytest.mark.xfail(strict=True, reason="bridge not built yet")
 
 @pytest.fixture(scope="module")
 def db():
@@ -29,7 +26,7 @@ def db():
 
 @pytest.fixture(scope="module")
 def bridge(db):
-    with Bridge(shared_cluster(), db, secret=SECRET,
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
                 args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
                       "--max-frame-size", str(MAX_FRAME_SIZE)]) as b:
         yield b
@@ -294,7 +291,7 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
     told (every update, a resync or a close 1013), never silently left stale."""
     patient = new_id("pat")
     count = 50
-    with Bridge(shared_cluster(), db, secret=SECRET, args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
                                                              "--send-queue-limit", "10"]) as bridge:
         path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
         slow = RawClient("127.0.0.1", bridge.port, path, receive_buffer=4096)
@@ -318,6 +315,7 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
         resyncs = [m for m in messages if m.get("type") == "resync"]
         closed_1013 = any(payload[:2] == (1013).to_bytes(2, "big") for payload in closes)
         summary = (len(ids), [m.get("type") for m in messages], closes)
+        print(f"stuck client: {len(ids)} updates, {len(resyncs)} resyncs, close frames {closes}")
         if resyncs:
             assert resyncs[0]["data"]["patient_id"] == patient, resyncs
             assert resyncs[0]["data"]["subscription_id"] == "slow", resyncs
@@ -327,3 +325,80 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
         metrics = bridge.metrics()
         if resyncs:
             assert metrics["fhir_notify_bridge_queue_drops_total"] >= 1, metrics
+
+
+def test_a_long_open_transaction_holds_back_only_its_own_changes(bridge, store, db, token):
+    """Transactions commit out of position order: the earlier writer, committing last, is
+    neither lost nor holding back the later one."""
+    patient = new_id("pat")
+    slow_writer = FhirStore(shared_cluster(), db)
+    try:
+        with bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            with slow_writer.transaction():
+                held = slow_writer.create(condition(patient, text="written first, committed last"))
+                quick = store.create(condition(patient, text="written second, committed first"))
+                assert_update(client.recv_update(), "created", "Condition", quick["id"], patient, quick)
+                client.expect_no_message()
+            assert_update(client.recv_update(), "created", "Condition", held["id"], patient, held)
+            barrier = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", barrier["id"], patient)
+            client.expect_no_message()
+    finally:
+        slow_writer.close()
+
+
+def test_a_resource_of_two_patients_reaches_both_rooms(bridge, store, token):
+    first, second = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client_1, bridge.connect(token) as client_2, \
+            bridge.connect(token) as both:
+        client_1.subscribe("one", [first])
+        client_2.subscribe("two", [second])
+        both.subscribe("both", [first, second])
+        # Observation's compartment params are subject and performer.
+        shared = store.create(observation(first, performer=[{"reference": f"Patient/{second}"}]))
+        assert_update(client_1.recv_update(), "created", "Observation", shared["id"], first, shared)
+        assert_update(client_2.recv_update(), "created", "Observation", shared["id"], second, shared)
+        messages = both.recv_updates(2)
+        assert sorted(m["data"]["patient_id"] for m in messages) == sorted([first, second]), messages
+        barrier = store.create(condition(first))
+        assert_update(both.recv_update(), "created", "Condition", barrier["id"], first)
+        both.expect_no_message()
+
+
+def test_many_clients_on_one_patient_all_get_the_change(bridge, store, token):
+    patient = new_id("pat")
+    clients = []
+    try:
+        for i in range(30):
+            clients.append(bridge.connect(token))
+            clients[-1].subscribe(f"chart-{i}", [patient])
+        created = store.create(condition(patient))
+        for client in clients:
+            assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_named_room_subscription_is_acknowledged_and_carries_no_patient_data(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.send_json({"type": "subscribe", "data": {"subscription_id": "room-pharmacy",
+                                                        "room": "pharmacy:queue"}})
+        answer = client.recv_json()
+        assert answer.get("type") == "subscription", answer
+        assert answer["data"]["action"] == "created" and answer["data"]["room"] == "pharmacy:queue", answer
+        client.subscribe("chart", [patient], ["Observation"])
+        store.create(condition(patient))
+        barrier = store.create(observation(patient))
+        assert_update(client.recv_update(), "created", "Observation", barrier["id"], patient)
+        client.expect_no_message()
+
+
+def test_the_ws_path_alias_works_and_other_paths_do_not(bridge, token):
+    with bridge.connect(token, path="/ws") as client:
+        client.ping()
+    with pytest.raises(HandshakeRejected) as rejected:
+        bridge.connect(token, path="/api/nothing-here")
+    assert rejected.value.status == 404

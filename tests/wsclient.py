@@ -91,8 +91,11 @@ class WSClient:
         self.send_raw(json.dumps(message))
 
     def send_raw(self, data):
-        """Sends one frame: text for str, binary for bytes."""
-        _run(self.ws.send(data), 10)
+        """Sends one frame: text for str, binary for bytes; Closed if the socket is closed."""
+        try:
+            _run(self.ws.send(data), 10)
+        except websockets.exceptions.ConnectionClosed:
+            raise Closed(self.ws.close_code, self.ws.close_reason) from None
 
     def subscribe(self, subscription_id, patient_ids, resource_types=None, since=None,
                   timeout=DEFAULT_TIMEOUT):
