@@ -245,13 +245,15 @@ class Bridge:
 
     args are extra command-line arguments; secret_file is passed as
     --jwt-secret-file unless it is None. env adds environment variables.
-    With wait=False the caller checks readiness itself.
+    With wait=False the caller checks readiness itself. ssl_context (trusting
+    the bridge's --tls-cert) makes the harness speak https and wss.
     """
 
     def __init__(self, cluster, dbname="postgres", args=(), secret_file=None, env=None, wait=True,
-                 db=None, listen=True, log_level=LOG_LEVEL, start_timeout=30):
+                 db=None, listen=True, log_level=LOG_LEVEL, start_timeout=30, ssl_context=None):
         self.cluster = cluster
         self.dbname = dbname
+        self.ssl_context = ssl_context
         self.dir = tempfile.mkdtemp(prefix="fhir_notify-bridge-")
         self.port = free_port()
         self.log_path = os.path.join(self.dir, "bridge.log")
@@ -319,8 +321,12 @@ class Bridge:
             time.sleep(0.1)
 
     def http_get(self, path, headers=None, timeout=10):
-        """(status, headers dict, body text) of a plain HTTP GET."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        """(status, headers dict, body text) of a plain HTTP GET (HTTPS with ssl_context)."""
+        if self.ssl_context:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request("GET", path, headers=headers or {})
             response = conn.getresponse()
@@ -367,14 +373,16 @@ class Bridge:
     # -- clients -----------------------------------------------------------------
 
     def url(self, token=None, path="/api/ws"):
+        scheme = "wss" if self.ssl_context else "ws"
         if token is None:
-            return f"ws://127.0.0.1:{self.port}{path}"
-        return f"ws://127.0.0.1:{self.port}{path}?token={urllib.parse.quote(token, safe='')}"
+            return f"{scheme}://127.0.0.1:{self.port}{path}"
+        return f"{scheme}://127.0.0.1:{self.port}{path}?token={urllib.parse.quote(token, safe='')}"
 
     def connect(self, token=None, path="/api/ws", headers=None, origin=None, welcome=True):
         """A WSClient; with welcome (the default) its welcome message is read and checked
         and kept in client.welcome."""
-        client = WSClient(self.url(token, path), headers=headers, origin=origin)
+        client = WSClient(self.url(token, path), headers=headers, origin=origin,
+                          ssl_context=self.ssl_context)
         client.welcome = None
         if welcome:
             try:

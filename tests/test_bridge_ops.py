@@ -4,10 +4,12 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
 
 import pytest
+import websockets.exceptions
 
 import tokens
 from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update,  # noqa: F401
@@ -351,3 +353,51 @@ def test_custom_doorbell_channel(store):
                     assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
     finally:
         writer.close()
+
+
+def self_signed_certificate(directory):
+    """(certificate PEM path, key PEM path) for 127.0.0.1, made now."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([
+                       x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                       critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_tls_serves_wss_and_https(db, store, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(cafile=cert)
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, ssl_context=context,
+                args=ARGS + ["--tls-cert", cert, "--tls-key", key]) as bridge:
+        patient = new_id("pat")
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            created = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+        # Plain ws on the TLS port gets no welcome.
+        bridge.ssl_context = None
+        with pytest.raises((websockets.exceptions.InvalidMessage, OSError)):
+            bridge.connect(hs256())
+        bridge.ssl_context = context
+        assert bridge.health() == 200

@@ -71,7 +71,8 @@ class HandshakeRejected(Exception):
 class WSClient:
     """One WebSocket connection. Use as a context manager or call close()."""
 
-    def __init__(self, url, headers=None, origin=None, timeout=DEFAULT_TIMEOUT, max_size=2**24):
+    def __init__(self, url, headers=None, origin=None, timeout=DEFAULT_TIMEOUT, max_size=2**24,
+                 ssl_context=None):
         self.url = url
         self.received = []  # every JSON message returned so far, for failure messages
 
@@ -79,7 +80,7 @@ class WSClient:
             return await websockets.connect(url, extra_headers=headers or {}, origin=origin,
                                             max_size=max_size, max_queue=None, compression=None,
                                             open_timeout=timeout, close_timeout=5,
-                                            ping_interval=None)
+                                            ping_interval=None, ssl=ssl_context)
         try:
             self.ws = _run(connect(), timeout + 1)
         except websockets.exceptions.InvalidStatusCode as e:
