@@ -252,3 +252,31 @@ def test_a_recreated_change_log_resyncs_every_subscription():
             assert resync["data"]["reason"] == "log_reset" and resync["data"]["patient_id"] == patient, resync
             cluster.execute(INSERT_CHANGE, ("after", [patient]), dbname=dbname)
             assert client.recv_update(timeout=15)["data"]["resource_id"] == "after"
+
+
+def test_overlapping_resumed_subscriptions_give_one_copy(db, store):
+    """A client re-sending all its subscriptions with `since` (as WintEHR's client re-sends
+    them on reconnect) gets each missed change once per patient, however they overlap."""
+    patient, other = new_id("pat"), new_id("pat")
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+        missed = [store.create(condition(patient)), store.create(observation(patient)),
+                  store.create(condition(other))]
+        with bridge.connect(hs256()) as client:
+            for sid, patients, types in [("everything", [patient, other], []),
+                                         ("conditions", [patient], ["Condition"]),
+                                         ("again", [patient], [])]:
+                client.send_json({"type": "subscribe", "data": {"subscription_id": sid, "patient_ids": patients,
+                                                                "resource_types": types, "since": cursor}})
+            messages = [client.recv_json() for _ in range(6)]
+            assert [m["type"] for m in messages].count("subscription") == 3, messages
+            got = [(m["data"]["resource_id"], m["data"]["patient_id"]) for m in messages if m["type"] == "update"]
+            assert sorted(got) == sorted([(missed[0]["id"], patient), (missed[1]["id"], patient),
+                                          (missed[2]["id"], other)]), got
+            client.expect_no_message()
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
