@@ -32,32 +32,10 @@
 #define DRAIN_TIMEOUT_US    (5 * 1000000LL)
 #define INSECURE_WARNING_US (60 * 1000000LL)
 
-bridge the_bridge;
-
 static volatile sig_atomic_t terminate_requested;
 static volatile sig_atomic_t reload_requested;
 static lws_sorted_usec_list_t housekeeping_timer;
 static long long last_insecure_warning_us;
-
-/* See bridge.h. */
-cursor
-bridge_current_cursor(void)
-{
-	return (cursor){the_bridge.last_tick + 1, 0};
-}
-
-/* See bridge.h. */
-bool
-bridge_current_cursor_text(char *out, size_t outlen)
-{
-	if (the_bridge.last_tick == 0)
-	{
-		snprintf(out, outlen, "%s", "");
-		return false;
-	}
-	cursor_format(bridge_current_cursor(), out, outlen);
-	return true;
-}
 
 static void
 on_signal(int signo)

@@ -287,13 +287,14 @@ reader_result(pg_link *link, const PGresult *res)
 	if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK)
 	{
 		const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 
 		step_failed = true;
-		log_error("database: %s failed: %s%s%s",
+		log_error("database: %s failed: %s (sqlstate %s)",
 		          step == STEP_LISTEN   ? "listen"
 		          : step == STEP_RESUME ? "catch-up read"
 		                                : "reading the change log",
-		          PQresultErrorMessage(res), sqlstate ? "sqlstate " : "", sqlstate ? sqlstate : "");
+		          primary ? primary : "unknown error", sqlstate ? sqlstate : "none");
 		return;
 	}
 	switch (step)
