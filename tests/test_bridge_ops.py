@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 
+import psycopg
 import pytest
 import websockets.exceptions
 
@@ -432,3 +433,46 @@ def test_bridge_started_before_the_extension_exists_recovers_once_it_does():
                 assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
         finally:
             store.close()
+
+
+def _doorbell_database(cluster, mode):
+    """A new watched database whose writers use fhir_notify.doorbell = mode; xfail when this
+    build of the extension does not offer mode."""
+    db = create_fhir_database(cluster)
+    try:
+        cluster.execute(f'ALTER DATABASE "{db}" SET fhir_notify.doorbell = \'{mode}\'')
+    except psycopg.errors.Error as error:
+        pytest.xfail(f"fhir_notify.doorbell = {mode} is not available in this build: {error}")
+    return db
+
+
+def _every_change_once(cluster, db, bridge, writers=3, per_writer=10):
+    patient = new_id("pat")
+    stores = [FhirStore(cluster, db) for _ in range(writers)]
+    try:
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            written = []
+            for i in range(per_writer):
+                for w, store in enumerate(stores):
+                    written.append(store.create(condition(patient, text=f"w{w} {i}"))["id"])
+            received = [m["data"]["resource_id"] for m in client.recv_updates(len(written))]
+            client.expect_no_message()
+        assert received == written
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_doorbell_off_is_served_by_the_safety_poll():
+    cluster = shared_cluster()
+    db = _doorbell_database(cluster, "off")
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "1"]) as bridge:
+        _every_change_once(cluster, db, bridge)
+
+
+def test_ticker_doorbell_delivers_without_the_safety_poll():
+    cluster = shared_cluster()
+    db = _doorbell_database(cluster, "ticker")
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "3600"]) as bridge:
+        _every_change_once(cluster, db, bridge)
