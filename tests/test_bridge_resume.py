@@ -16,6 +16,7 @@ import pytest
 from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update, bridge_connections, bridge_logs,  # noqa: F401
                         condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
 from pgcluster import Cluster
+from wsclient import RawClient
 
 ARGS = VALIDATION_ARGS
 
@@ -372,3 +373,38 @@ def test_killed_bridge_connections_lose_and_duplicate_nothing(own_cluster, outag
             assert_update(client.recv_update(), "created", "Condition", after["id"], patient, after)
         finally:
             store.close()
+
+
+def test_clients_leaving_during_catch_up_and_authorization_do_not_hurt_the_bridge(db, store, token):
+    """Clients that vanish or resubscribe while their catch-up read or policy check is still
+    in the database: the answers must find nobody, and nobody else is disturbed."""
+    cluster = shared_cluster()
+    patient = new_id("pat")
+    for _ in range(3):
+        store.create(condition(patient))
+    query = "SELECT pg_catalog.pg_sleep(0.05) IS NOT NULL AND $1::text IS NOT NULL AND $2::text IS NOT NULL"
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--authorize-sql", query]) as bridge:
+        path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
+        for i in range(40):
+            raw = RawClient("127.0.0.1", bridge.port, path)
+            subscribe = {"type": "subscribe", "data": {"subscription_id": "chart", "patient_ids": [patient],
+                                                       "since": "1-0"}}
+            raw.send_json(subscribe)
+            if i % 2:
+                subscribe["data"]["patient_ids"] = [new_id("pat")]
+                raw.send_json(subscribe)  # replaces the first while it is in flight
+                raw.send_json({"type": "unsubscribe", "data": {"subscription_id": "chart"}})
+            raw.close()
+        with bridge.connect(token) as client:
+            answer = client.subscribe("chart", [patient], since="1-0")
+            assert answer["data"]["action"] == "created"
+            # Catch-up from the start of the log: the three changes (or an honest resync).
+            first = client.recv_json()
+            assert first.get("type") in ("update", "resync"), first
+            live = store.create(condition(patient, text="live"))
+            while True:
+                message = client.recv_json()
+                if message.get("type") == "update" and message["data"]["resource_id"] == live["id"]:
+                    break
+        assert bridge.health() == 200
+        assert bridge.proc.poll() is None
