@@ -293,9 +293,9 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
     """A client that never reads: the fast client still gets everything; the stuck one is
     told (every update, a resync or a close 1013), never silently left stale."""
     patient = new_id("pat")
-    count = 50
+    count = 40
     with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
-                                                             "--send-queue-limit", "10"]) as bridge:
+                                                             "--send-queue-limit", "20"]) as bridge:
         path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
         slow = RawClient("127.0.0.1", bridge.port, path, receive_buffer=4096)
         try:
@@ -305,7 +305,7 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
                 fast.subscribe("fast", [patient])
                 written = []
                 for i in range(count):
-                    written.append(store.create(condition(patient, note=[{"text": f"{i} " + "y" * 100000}])))
+                    written.append(store.create(condition(patient, note=[{"text": f"{i} " + "y" * 200000}])))
                 for resource in written:
                     assert_update(fast.recv_update(), "created", "Condition", resource["id"], patient)
                 fast.ping()
@@ -318,10 +318,29 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
         resyncs = [m for m in messages if m.get("type") == "resync"]
         closed_1013 = any(payload[:2] == (1013).to_bytes(2, "big") for payload in closes)
         summary = (len(ids), [m.get("type") for m in messages], closes)
-        print(f"stuck client: {len(ids)} updates, {len(resyncs)} resyncs, close frames {closes}")
+        order = [r["id"] for r in written]
+        print(f"stuck client: {len(ids)} updates, {len(resyncs)} resyncs, close frames {closes}; "
+              f"got {[order.index(i) if i in order else i for i in ids]} "
+              f"types {[m.get('type') for m in messages]}")
         if resyncs:
-            assert resyncs[0]["data"]["patient_id"] == patient, resyncs
-            assert resyncs[0]["data"]["subscription_id"] == "slow", resyncs
+            for resync in resyncs:
+                assert resync["data"]["patient_id"] == patient, resyncs
+                assert resync["data"]["subscription_id"] == "slow", resyncs
+            # Between resyncs, runs of consecutive updates; before the first resync, from the
+            # start; after the last one, to the end: the gaps are exactly where it was told.
+            runs, run = [], []
+            for m in messages:
+                if m.get("type") == "resync":
+                    runs.append(run)
+                    run = []
+                elif m.get("type") == "update":
+                    run.append(order.index(m["data"]["resource_id"]))
+            runs.append(run)
+            for run in runs:
+                assert run == list(range(run[0], run[0] + len(run))) if run else True, summary
+            assert not runs[0] or runs[0][0] == 0, summary
+            if not closed_1013:
+                assert not runs[-1] or runs[-1][-1] == count - 1, summary
         elif not closed_1013:
             assert ids == [r["id"] for r in written], summary
         assert bridge.health() == 200
