@@ -476,3 +476,56 @@ def test_ticker_doorbell_delivers_without_the_safety_poll():
     db = _doorbell_database(cluster, "ticker")
     with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "3600"]) as bridge:
         _every_change_once(cluster, db, bridge)
+
+
+def test_default_leeway_allows_small_clock_skew(bridge):
+    """--jwt-leeway defaults to 30 s: a token a few seconds early or late is accepted, one a
+    minute late is expired."""
+    for options in [{"claims": {"nbf": int(time.time()) + 10}}, {"exp_in": -10}]:
+        with bridge.connect(hs256(**options)) as client:
+            client.ping()
+    with bridge.connect(hs256(exp_in=-90), welcome=False) as client:
+        code, _, messages = client.wait_closed()
+    assert code == 4001 and messages[0]["error"] == "TOKEN_EXPIRED", messages
+
+
+def test_sighup_reloads_the_config_file(db, tmp_path):
+    port = free_port()
+    config = tmp_path / "bridge.conf"
+
+    def write_config(max_subscriptions, origin):
+        config.write_text(f"db = {shared_cluster().dsn(db)}\n"
+                          f"listen = 127.0.0.1:{port}\n"
+                          f"jwt-secret-file = {SECRET_FILE}\n"
+                          f"jwt-audience = {AUDIENCE}\n"
+                          f"max-subscriptions = {max_subscriptions}\n"
+                          f"allowed-origin = {origin}\n")
+
+    write_config(1, "https://old.example")
+    with Bridge(shared_cluster(), db, db=False, listen=False, wait=False,
+                args=["--config", str(config)]) as bridge:
+        bridge.port = port
+        bridge.wait_healthy()
+        with bridge.connect(hs256(iss=None), origin="https://old.example") as client:
+            client.subscribe("one", [new_id("pat")])
+            client.send_json({"type": "subscribe", "data": {"subscription_id": "two",
+                                                            "patient_ids": [new_id("pat")]}})
+            assert client.recv_json()["error"] == "LIMIT_EXCEEDED"
+        write_config(3, "https://new.example")
+        offset = bridge.log_size()
+        bridge.signal(signal.SIGHUP)
+        bridge.wait_for_log("reload", since=offset)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = bridge.connect(hs256(iss=None), origin="https://new.example")
+                break
+            except HandshakeRejected:
+                assert time.monotonic() < deadline, "the new allowed origin never applied"
+                time.sleep(0.2)
+        with client:
+            for sub in ["one", "two", "three"]:
+                client.subscribe(sub, [new_id("pat")])
+        with pytest.raises(HandshakeRejected):
+            bridge.connect(hs256(iss=None), origin="https://old.example")
+        assert bridge.proc.poll() is None
