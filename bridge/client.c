@@ -350,6 +350,14 @@ subscription_activate(subscription *sub)
 
 /* See client.h. */
 void
+subscription_activate_caught_up(subscription *sub)
+{
+	sub->active = true;
+	sub->active_from = (cursor){sub->since.tick, sub->since.position + 1};
+}
+
+/* See client.h. */
+void
 subscription_resync(subscription *sub, const char *reason)
 {
 	char cursor_text[CURSOR_TEXT_LEN];

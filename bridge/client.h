@@ -27,7 +27,7 @@ typedef struct subscription
 	int ntypes;
 	char *room;         /* a named room (nothing flows there yet) */
 	bool active;        /* receives live updates */
-	cursor active_from; /* live updates from this cursor on reached the client */
+	cursor active_from; /* every change it takes from this cursor on reached the client */
 	bool has_since;
 	cursor since;
 	int pending_authorizations; /* --authorize-sql answers still awaited */
@@ -106,6 +106,8 @@ void subscription_free(subscription *sub);
 void client_remove_subscription(client *c, subscription *sub);
 /* Starts live delivery for sub from the current cursor. */
 void subscription_activate(subscription *sub);
+/* Starts live delivery for sub after a complete catch-up from sub->since. */
+void subscription_activate_caught_up(subscription *sub);
 /* Sends a resync for every patient of sub and activates it. */
 void subscription_resync(subscription *sub, const char *reason);
 

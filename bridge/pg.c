@@ -336,9 +336,14 @@ reader_query_done(pg_link *link)
 		free(job_in_flight);
 		job_in_flight = NULL;
 	}
-	else if (done == STEP_LISTEN && !failed)
-		the_bridge.database_connected = true;
-	else if (done == STEP_TICK && !failed)
+	else if (done == STEP_TICK || done == STEP_READ)
+	{
+		/* healthy means the change log can be read, not only that a socket is open */
+		if (failed && the_bridge.database_connected)
+			log_warning("database: the change log cannot be read; reporting unhealthy");
+		the_bridge.database_connected = !failed;
+	}
+	if (done == STEP_TICK && !failed)
 	{
 		if (the_bridge.last_tick == 0)
 		{
@@ -354,6 +359,15 @@ reader_query_done(pg_link *link)
 			            newest_tick, the_bridge.last_tick);
 			the_bridge.last_tick = newest_tick;
 			ring_set_floor((cursor){newest_tick + 1, 0});
+			/* nobody's chart can be trusted to match the new log */
+			for (client *c = the_bridge.clients; c; c = c->next)
+			{
+				for (int i = 0; i < c->nsubs; i++)
+				{
+					if (c->subs[i]->active)
+						subscription_resync(c->subs[i], "log_reset");
+				}
+			}
 		}
 		if (newest_tick > the_bridge.last_tick)
 		{

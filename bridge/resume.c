@@ -112,7 +112,7 @@ resume_database_done(subscription *sub, const PGresult *res, long long upto_tick
 	if (from_ring && resume_ring_covers(sub))
 	{
 		if (send_from_ring(sub, sub->since, true))
-			subscription_activate(sub);
+			subscription_activate_caught_up(sub);
 		return;
 	}
 	changes = xcalloc((size_t) rows + 1, sizeof(change *));
@@ -146,7 +146,7 @@ resume_database_done(subscription *sub, const PGresult *res, long long upto_tick
 			deliver_catch_up(sub, changes[i], false);
 		/* what was fanned out while the read was answered */
 		send_from_ring(sub, (cursor){upto_tick, LLONG_MAX}, false);
-		subscription_activate(sub);
+		subscription_activate_caught_up(sub);
 		log_debug("client %s: caught up %d updates from the database", sub->client->id, count);
 	}
 	for (int i = 0; i < nchanges; i++)
