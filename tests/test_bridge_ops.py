@@ -286,9 +286,6 @@ def test_bridge_started_before_the_database_is_unhealthy_then_recovers():
         with Cluster(port=port) as cluster:
             install_fhir_schema(cluster, "postgres")
             bridge.wait_health(200, timeout=60)
-            # Until the bridge bug shown by test_bridge_started_before_the_extension_exists... is
-            # fixed, /healthz 200 comes before the bridge has its starting point in the log.
-            bridge.wait_for_log("reading the change log after tick")
             store = FhirStore(cluster, "postgres")
             try:
                 patient = new_id("pat")
@@ -408,9 +405,6 @@ def test_tls_serves_wss_and_https(db, store, tmp_path):
         assert bridge.health() == 200
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: /healthz is 200 once LISTEN succeeds, before the "
-                   "first fhir_notify.tick(); the first successful tick then becomes the starting "
-                   "point and skips the changes committed meanwhile (bridge/pg.c reader_query_done)")
 def test_bridge_started_before_the_extension_exists_recovers_once_it_does():
     """A database without fhir_notify yet (being restored, extension not created): the bridge
     is not healthy while it cannot read the change log, and delivers once the extension is there."""
