@@ -408,3 +408,36 @@ def test_clients_leaving_during_catch_up_and_authorization_do_not_hurt_the_bridg
                     break
         assert bridge.health() == 200
         assert bridge.proc.poll() is None
+
+
+def test_resume_requested_during_a_database_outage_is_served_after_it(own_cluster, outage_db, outage_bridge,
+                                                                       token):
+    """A failover drops both: the client reconnects to the bridge while the database is still
+    down; its catch-up waits for the database, then sends exactly what was missed."""
+    patient = new_id("pat")
+    store = FhirStore(own_cluster, outage_db)
+    try:
+        with outage_bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+        missed = [store.create(condition(patient)), store.create(observation(patient))]
+    finally:
+        store.close()
+    own_cluster.stop()
+    outage_bridge.wait_health(503)
+    assert outage_bridge.metrics()["fhir_notify_bridge_database_connected"] == 0
+    with outage_bridge.connect(token) as client:
+        client.subscribe("chart", [patient], since=cursor)
+        own_cluster.start()
+        for resource in missed:
+            assert_update(client.recv_update(timeout=60), "created", resource["resourceType"], resource["id"],
+                          patient, resource)
+        outage_bridge.wait_health(200, timeout=60)
+        store = FhirStore(own_cluster, outage_db)
+        try:
+            live = store.create(condition(patient))
+        finally:
+            store.close()
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
