@@ -58,6 +58,16 @@ def test_welcome_message(bridge, token):
         assert client.ping()["timestamp"].endswith("Z")
 
 
+def test_subscription_answer_echoes_the_subscription(bridge, token):
+    patient, other = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client:
+        answer = client.subscribe("chart", [patient, other], ["Condition", "Observation"])
+        data = answer["data"]
+        assert sorted(data["patient_ids"]) == sorted([patient, other]), answer
+        assert sorted(data["resource_types"]) == ["Condition", "Observation"], answer
+        assert isinstance(data["cursor"], str) and data["cursor"], answer
+
+
 def test_two_clients_on_one_patient_both_get_each_change(bridge, store, token):
     patient = new_id("pat")
     with bridge.connect(token) as first, bridge.connect(token) as second:

@@ -259,6 +259,15 @@ def test_cursor_older_than_the_pruned_log_gets_resync(prune_bridge, prune_db, to
                 live = store.create(condition(patient))
                 assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
                 client.expect_no_message()
+            # The client reloads the chart and continues from the resync's cursor.
+            resync_cursor = resyncs[0]["data"]["cursor"]
+            after_resync = [store.create(condition(patient)), store.create(condition(other))]
+            with prune_bridge.connect(token) as client:
+                client.subscribe("chart", [patient, other], since=resync_cursor)
+                assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+                assert_update(client.recv_update(), "created", "Condition", after_resync[0]["id"], patient)
+                assert_update(client.recv_update(), "created", "Condition", after_resync[1]["id"], other)
+                client.expect_no_message()
     finally:
         store.close()
 
