@@ -52,7 +52,8 @@ static int capture_warning_interval = 60;
 typedef struct CaptureColumn
 {
 	AttrNumber attnum; /* 0 when the layout has no such column */
-	bool is_text;      /* text-like: read without the output function */
+	Oid type;
+	bool is_text; /* text-like: read without the output function */
 	FmgrInfo output;
 } CaptureColumn;
 
@@ -63,8 +64,8 @@ typedef struct CaptureTarget
 	Oid relid;
 	bool valid;            /* false once the relation changed: rebuild */
 	MemoryContext context; /* holds what the entry points to */
-	bool columns_ok;       /* false when a column named at watch() time is gone */
-	char *missing;         /* the column that is gone */
+	bool columns_ok;       /* false when a column named at watch() time is gone or altered */
+	char *problem;         /* what is wrong with it, for the warning */
 	Layout layout;
 	char *source_table; /* schema-qualified name of the table */
 	CaptureColumn resource;
@@ -185,6 +186,7 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column, MemoryCo
 		if (attr->attisdropped || strcmp(NameStr(attr->attname), name) != 0)
 			continue;
 		column->attnum = attr->attnum;
+		column->type = attr->atttypid;
 		column->is_text = attr->atttypid == TEXTOID || attr->atttypid == VARCHAROID;
 		getTypeOutputInfo(attr->atttypid, &output, &varlena);
 		fmgr_info_cxt(output, &column->output, context);
@@ -274,15 +276,42 @@ capture_target(TriggerData *trigdata)
 	columns[3].column = &target->version;
 	columns[4].name = target->layout.deleted_column;
 	columns[4].column = &target->deleted;
-	target->columns_ok = target->layout.resource_column != NULL;
-	target->missing = target->layout.resource_column ? NULL : "resource";
-	for (int i = 0; i < (int) lengthof(columns); i++)
-		if (!resolve_column(desc, columns[i].name, columns[i].column, target->context) &&
-		    target->columns_ok)
+	target->columns_ok = true;
+	target->problem = NULL;
+	for (int i = 0; i < (int) lengthof(columns) && target->columns_ok; i++)
+		if (!resolve_column(desc, columns[i].name, columns[i].column, target->context))
 		{
 			target->columns_ok = false;
-			target->missing = pstrdup(columns[i].name);
+			target->problem =
+			    psprintf("column \"%s\" named at watch() time is gone", columns[i].name);
 		}
+	if (target->layout.resource_column == NULL)
+	{
+		target->columns_ok = false;
+		target->problem = "the trigger names no resource column";
+	}
+	/*
+	 * The types watch() checked may have been altered since; reading a json
+	 * or text column as jsonb, or a text column as boolean, would read
+	 * garbage (and crashed the server).
+	 */
+	else if (target->columns_ok && target->resource.type != JSONBOID)
+	{
+		target->columns_ok = false;
+		target->problem =
+		    psprintf("column \"%s\" is of type %s now, not jsonb", target->layout.resource_column,
+		             format_type_be(target->resource.type));
+	}
+	else if (target->columns_ok && target->deleted.attnum != 0 &&
+	         (target->layout.deleted_kind == DELETED_BOOLEAN ? target->deleted.type != BOOLOID
+	                                                         : target->deleted.type == BOOLOID))
+	{
+		target->columns_ok = false;
+		target->problem =
+		    psprintf("column \"%s\" is of type %s now, not %s", target->layout.deleted_column,
+		             format_type_be(target->deleted.type),
+		             target->layout.deleted_kind == DELETED_BOOLEAN ? "boolean" : "text");
+	}
 	MemoryContextSwitchTo(old);
 	target->valid = true;
 	return target;
@@ -379,13 +408,24 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 	if (image->version == NULL && image->is_object)
 		image->version = json_version(&image->resource->root);
 
-	if (target->deleted.attnum != 0)
+	if (target->deleted.attnum != 0 && target->layout.deleted_kind == DELETED_BOOLEAN)
 	{
 		value = heap_getattr(tuple, target->deleted.attnum, desc, &isnull);
-		if (!isnull && target->layout.deleted_kind == DELETED_BOOLEAN)
-			image->deleted = DatumGetBool(value);
-		else if (!isnull)
-			image->deleted = strcmp(TextDatumGetCString(value), target->layout.deleted_value) == 0;
+		image->deleted = !isnull && DatumGetBool(value);
+	}
+	else if (target->deleted.attnum != 0)
+	{
+		/* Any text-like type (varchar, char(n), name): by its output, blank-padding aside. */
+		char *status = column_text(tuple, desc, &target->deleted);
+
+		if (status != NULL && target->deleted.type == BPCHAROID)
+		{
+			int len = strlen(status);
+
+			while (len > 0 && status[len - 1] == ' ')
+				status[--len] = '\0';
+		}
+		image->deleted = status != NULL && strcmp(status, target->layout.deleted_value) == 0;
 	}
 
 	image->usable = image->type != NULL && image->id != NULL;
@@ -661,9 +701,8 @@ fhir_notify_capture(PG_FUNCTION_ARGS)
 	target = capture_target(trigdata);
 	if (!target->columns_ok)
 	{
-		char *problem = psprintf("column \"%s\" named at watch() time is gone; run "
-		                         "fhir_notify.watch() again for this table",
-		                         target->missing);
+		char *problem =
+		    psprintf("%s; run fhir_notify.watch() again for this table", target->problem);
 
 		capture_warning(target->source_table, problem, false);
 		pfree(problem);
