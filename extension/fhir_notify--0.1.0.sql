@@ -159,6 +159,43 @@ BEGIN
 END
 $$;
 
+/*
+ * Lets a reader (the bridge's role) read the change log: USAGE on the
+ * schema and EXECUTE on tick, read, batch, oldest_tick and newest_tick,
+ * nothing else (no table, no prune, no capture trigger). Run by the
+ * extension's owner or a superuser.
+ */
+CREATE FUNCTION fhir_notify.grant_reader(reader regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF reader IS NULL THEN
+		RAISE EXCEPTION 'cannot grant reading to a NULL role';
+	END IF;
+	EXECUTE format('GRANT USAGE ON SCHEMA fhir_notify TO %s', reader);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION fhir_notify.tick(), '
+	               'fhir_notify.read(bigint, integer), fhir_notify.batch(bigint), '
+	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick() TO %s', reader);
+END
+$$;
+
+/* Takes back what grant_reader() gave. */
+CREATE FUNCTION fhir_notify.revoke_reader(reader regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF reader IS NULL THEN
+		RAISE EXCEPTION 'cannot revoke reading from a NULL role';
+	END IF;
+	EXECUTE format('REVOKE EXECUTE ON FUNCTION fhir_notify.tick(), '
+	               'fhir_notify.read(bigint, integer), fhir_notify.batch(bigint), '
+	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick() FROM %s', reader);
+	EXECUTE format('REVOKE USAGE ON SCHEMA fhir_notify FROM %s', reader);
+END
+$$;
+
 -- ---------------------------------------------------------------------------
 -- Routing (compartment.c)
 -- ---------------------------------------------------------------------------

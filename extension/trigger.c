@@ -126,7 +126,8 @@ capture_init(void)
 	DefineCustomStringVariable(
 	    "fhir_notify.actor", "Who makes the changes of this session or transaction.",
 	    "Recorded with every captured change. The application may SET LOCAL it per "
-	    "transaction; when empty the session user and application_name are recorded.",
+	    "transaction; when empty the session user and application_name are recorded. "
+	    "Any session may set it to anything: it is what the writer says, not proof.",
 	    &capture_actor, "", PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("fhir_notify.warning_interval",
 	                        "Least seconds between two warnings about odd resource content.",
