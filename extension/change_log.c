@@ -23,6 +23,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/transam.h"
 #include "access/xact.h"
@@ -226,7 +227,7 @@ change_log_open(void)
 
 	if (log_known)
 	{
-		rel = try_table_open(log_relid, RowExclusiveLock);
+		rel = try_relation_open(log_relid, RowExclusiveLock);
 		if (rel != NULL && log_known)
 			return rel;
 		if (rel != NULL)
@@ -249,7 +250,7 @@ change_log_open(void)
 			                errmsg("relation \"fhir_notify.changes\" does not exist"),
 			                errhint("Reinstall the extension: DROP EXTENSION fhir_notify CASCADE; "
 			                        "CREATE EXTENSION fhir_notify;")));
-		rel = try_table_open(relid, RowExclusiveLock);
+		rel = try_relation_open(relid, RowExclusiveLock);
 		if (rel != NULL && RelationGetNamespace(rel) == namespace &&
 		    strcmp(RelationGetRelationName(rel), "changes") == 0)
 			break;
