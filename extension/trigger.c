@@ -261,8 +261,17 @@ capture_target(TriggerData *trigdata)
 	if (target->valid)
 		return target;
 
-	/* Nothing uses a stale entry between two rows: its memory can go. */
-	MemoryContextReset(target->context);
+	/*
+	 * Nothing uses a stale entry between two rows: its memory can go. A
+	 * capture nested in another (a trigger on the change log writing a
+	 * watched table) may rebuild the entry the outer capture is still
+	 * reading; then the old memory is left to the cache context instead.
+	 */
+	if (capture_depth == 0)
+		MemoryContextReset(target->context);
+	else
+		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
+		                                        ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(target->context);
 	target->relid = RelationGetRelid(rel);
 	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
