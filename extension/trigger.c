@@ -33,6 +33,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "fhir_notify.h"
@@ -60,8 +61,9 @@ typedef struct CaptureColumn
 /* What the trigger knows about one watched table, per backend. */
 typedef struct CaptureTarget
 {
-	Oid trigger_oid; /* hash key */
-	Oid relid;
+	Oid trigger_oid;       /* hash key */
+	Oid relid;             /* the table the trigger fires on */
+	Oid source_relid;      /* the table that was watched: relid, or a partition's root */
 	bool valid;            /* false once the relation changed: rebuild */
 	MemoryContext context; /* holds what the entry points to */
 	bool columns_ok;       /* false when a column named at watch() time is gone or altered */
@@ -113,8 +115,18 @@ capture_relcache_callback(Datum arg, Oid relid)
 		return;
 	hash_seq_init(&status, capture_targets);
 	while ((target = hash_seq_search(&status)) != NULL)
-		if (relid == InvalidOid || target->relid == relid)
+		if (relid == InvalidOid || target->relid == relid || target->source_relid == relid)
 			target->valid = false;
+}
+
+/*
+ * Forgets every cached table when a schema changes (renamed: the source
+ * table's qualified name changes without a relcache invalidation).
+ */
+static void
+capture_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	capture_relcache_callback(arg, InvalidOid);
 }
 
 /*
@@ -136,6 +148,7 @@ capture_init(void)
 	                        &capture_warning_interval, 60, 0, 86400, PGC_SUSET, GUC_UNIT_S, NULL,
 	                        NULL, NULL);
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, capture_namespace_callback, (Datum) 0);
 	change_log_init();
 }
 
@@ -202,7 +215,7 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column, MemoryCo
  * given (whose trigger PostgreSQL cloned onto the partition).
  */
 static char *
-watched_table_name(Relation rel, Trigger *trigger)
+watched_table_name(Relation rel, Trigger *trigger, Oid *source_relid)
 {
 	Oid relid = RelationGetRelid(rel);
 
@@ -213,6 +226,7 @@ watched_table_name(Relation rel, Trigger *trigger)
 		if (ancestors != NIL)
 			relid = llast_oid(ancestors);
 	}
+	*source_relid = relid;
 	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 	                                  get_rel_name(relid));
 }
@@ -255,6 +269,8 @@ capture_target(TriggerData *trigdata)
 	if (!found)
 	{
 		target->valid = false;
+		target->relid = InvalidOid;
+		target->source_relid = InvalidOid;
 		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
 		                                        ALLOCSET_SMALL_SIZES);
 	}
@@ -275,7 +291,7 @@ capture_target(TriggerData *trigdata)
 	old = MemoryContextSwitchTo(target->context);
 	target->relid = RelationGetRelid(rel);
 	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
-	target->source_table = watched_table_name(rel, trigger);
+	target->source_table = watched_table_name(rel, trigger, &target->source_relid);
 	columns[0].name = target->layout.resource_column;
 	columns[0].column = &target->resource;
 	columns[1].name = target->layout.type_column;
