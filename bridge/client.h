@@ -54,6 +54,8 @@ typedef struct client
 	int queue_cap;
 	int queued_updates;
 	long long stuck_since_us; /* monotonic; set when the queue overflowed */
+	long long
+	    last_progress_us; /* monotonic: the last write, or when the queue last filled from empty */
 
 	int close_code; /* pending close, sent once the queue is flushed */
 	char close_reason[64];
@@ -94,6 +96,14 @@ int client_timer_fired(client *c);
 #define AUTH_TIMEOUT_US (10 * 1000000LL)
 /* A pending close that cannot flush the queue (the peer does not read) is forced after this. */
 #define CLOSE_FLUSH_US (5 * 1000000LL)
+/*
+ * Past --send-queue-limit a client's queue overflows if nothing was written
+ * to it for this long (it is not reading), or at once when it is this many
+ * times over the limit: a client that reads as fast as it can but is
+ * behind a burst (a bulk import, large resources) is not a slow client.
+ */
+#define STALLED_CLIENT_US (1 * 1000000LL)
+#define QUEUE_HARD_FACTOR 8
 /* A client that has not emptied an overflowed queue for this long is closed with 1013. */
 #define STUCK_CLIENT_US (10 * 1000000LL)
 void client_release(client *c);

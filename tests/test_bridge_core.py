@@ -280,3 +280,36 @@ def test_overlapping_resumed_subscriptions_give_one_copy(db, store):
             live = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
             client.expect_no_message()
+
+
+# -- a client that stops reading -------------------------------------------------------------
+
+def test_stalled_client_is_dropped_to_resync_then_closed_1013_while_others_get_everything(db, store):
+    from wsclient import RawClient
+
+    patient = new_id("pat")
+    big = "y" * 100000
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS + ["--send-queue-limit", "5"]) as bridge:
+        path = bridge.url(hs256())[len(f"ws://127.0.0.1:{bridge.port}"):]
+        stalled = RawClient("127.0.0.1", bridge.port, path, receive_buffer=4096)
+        try:
+            stalled.send_json({"type": "subscribe", "data": {"subscription_id": "stalled",
+                                                             "patient_ids": [patient]}})
+            with bridge.connect(hs256()) as fast:
+                fast.subscribe("fast", [patient])
+                written = []
+                for burst in range(3):
+                    written += [store.create(condition(patient, note=[{"text": f"{burst} {i} {big}"}]))
+                                for i in range(30)]
+                    time.sleep(1.5)  # the stalled client has written nothing for a while now
+                for resource in written:
+                    assert_update(fast.recv_update(), "created", "Condition", resource["id"], patient)
+                fast.ping()
+            bridge.wait_for_log("not reading its updates, closing with 1013", timeout=30)
+        finally:
+            stalled.close()
+        metrics = bridge.metrics()
+        assert metrics["fhir_notify_bridge_queue_drops_total"] >= 1, metrics
+        assert metrics["fhir_notify_bridge_resyncs_total"] >= 1, metrics
+        assert metrics["fhir_notify_bridge_slow_client_closes_total"] >= 1, metrics
+        assert bridge.health() == 200
