@@ -12,6 +12,7 @@ import json
 import uuid
 
 import psycopg
+from psycopg.types.json import Jsonb
 import pytest
 
 from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update, bridge_logs,  # noqa: F401
@@ -600,3 +601,23 @@ def test_hard_delete_arrives_as_deleted(bridge, store, token):
             store.conn.execute("DELETE FROM fhir.resources WHERE fhir_id = %s", (created["id"],))
         data = assert_update(client.recv_update(), "deleted", "Condition", created["id"], patient)
         assert data["resource"] is None
+
+
+def test_a_burst_of_many_changes_and_many_ticks_arrives_complete_and_in_order(bridge, store, db, token):
+    """One transaction of 1500 changes, then 300 small transactions (far more ticks than one
+    read takes): a client that keeps reading gets every change once, in commit order."""
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        big = [observation(patient, value=i) for i in range(1500)]
+        with store.transaction():
+            with store.conn.cursor() as cur:
+                cur.executemany("INSERT INTO fhir.resources (resource_type, fhir_id, resource)"
+                                " VALUES ('Observation', %s, %s)",
+                                [(r["id"], Jsonb(r)) for r in big])
+        expected = [r["id"] for r in big]
+        for i in range(300):
+            expected.append(store.create(condition(patient, text=f"small {i}"))["id"])
+        received = [m["data"]["resource_id"] for m in client.recv_updates(len(expected), timeout=60)]
+        client.expect_no_message()
+    assert received == expected
