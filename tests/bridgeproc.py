@@ -233,7 +233,11 @@ def _now_iso():
 
 # -- the bridge ----------------------------------------------------------------
 
+# A bridge built with `make -C bridge SANITIZE=1` (FHIR_NOTIFY_BRIDGE=...) reports here.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
 _live_bridges = []  # every Bridge not yet stopped, for bridge_logs
+_started_bridges = []  # every Bridge ever started, for bridge_logs
 
 
 class BridgeDidNotStart(Exception):
@@ -274,6 +278,8 @@ class Bridge:
                                          stderr=subprocess.STDOUT, env=full_env,
                                          start_new_session=True)
         _live_bridges.append(self)
+        _started_bridges.append(self)
+        self._saved_log = None
         self.exit_code = None
         if wait:
             try:
@@ -292,6 +298,8 @@ class Bridge:
     # -- observing ---------------------------------------------------------------
 
     def log(self):
+        if self._saved_log is not None:
+            return self._saved_log
         try:
             with open(self.log_path, errors="replace") as f:
                 return f.read()
@@ -299,12 +307,16 @@ class Bridge:
             return ""
 
     def log_size(self):
+        if self._saved_log is not None:
+            return len(self._saved_log.encode())
         try:
             return os.path.getsize(self.log_path)
         except OSError:
             return 0
 
     def log_since(self, offset):
+        if self._saved_log is not None:
+            return self._saved_log.encode()[offset:].decode(errors="replace")
         with open(self.log_path, "rb") as f:
             f.seek(offset)
             return f.read().decode(errors="replace")
@@ -420,6 +432,7 @@ class Bridge:
 
     def cleanup(self):
         self.stop()
+        self._saved_log = self.log()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
@@ -434,10 +447,16 @@ def bridge_logs():
     """Shows, in a failing test's report, what every bridge logged during the test."""
     offsets = {id(b): b.log_size() for b in _live_bridges}
     seen = list(_live_bridges)
+    first_new = len(_started_bridges)
     yield
-    for b in seen + [b for b in _live_bridges if b not in seen]:
+    sanitizer_reports = []
+    for b in seen + _started_bridges[first_new:]:
         text = b.log_since(offsets.get(id(b), 0))
         print(f"--- bridge on port {b.port} ({' '.join(b.argv[1:])}):\n{text[-20000:]}")
+        if any(marker in text for marker in SANITIZER_MARKERS):
+            sanitizer_reports.append(b.port)
+    if sanitizer_reports:
+        pytest.fail(f"sanitizer reports in the log of the bridge(s) on port(s) {sanitizer_reports}")
 
 
 def bridge_connections(cluster, dbname):
