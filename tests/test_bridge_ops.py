@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import signal
 import ssl
 import subprocess
@@ -14,9 +13,10 @@ import pytest
 import websockets.exceptions
 
 import tokens
-from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update,  # noqa: F401
-                        bridge_logs, condition, create_fhir_database, hs256, install_fhir_schema, new_id, shared_cluster)
-from pgcluster import Cluster, free_port
+from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge,  # noqa: F401
+                        FhirStore, assert_update, bridge_logs, condition, create_fhir_database, hs256,
+                        install_fhir_schema, new_id, shared_cluster)
+from pgcluster import TOP, Cluster, free_port
 from wsclient import Closed, HandshakeRejected
 
 ARGS = VALIDATION_ARGS
@@ -25,7 +25,6 @@ SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file
             "max-subscriptions", "max-frame-size", "send-queue-limit", "channel", "poll-interval",
             "resume-max-age", "resume-max-changes", "static", "log-level", "config", "help",
             "version", "tls-cert", "tls-key", "authorize-sql", "authorize-cache-seconds"]
-
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +62,14 @@ def test_help_lists_every_setting():
     assert "FHIR_NOTIFY_" in text, text
 
 
-def test_version():
+def test_version_is_the_project_version(bridge):
+    with open(os.path.join(TOP, "META.json")) as f:
+        version = json.load(f)["version"]
     result = run_bridge("--version")
     assert result.returncode == 0, result
-    assert re.search(r"fhir-notify-bridge \d+\.\d+", result.stdout), result.stdout
+    assert result.stdout.strip() == f"fhir-notify-bridge {version}", result.stdout
+    with bridge.connect(hs256()) as client:
+        assert client.welcome["data"]["server"] == f"fhir-notify-bridge/{version}", client.welcome
 
 
 def test_unknown_option_is_refused():
