@@ -17,7 +17,7 @@ from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, B
                         FhirStore, assert_update, bridge_logs, condition, create_fhir_database, hs256,
                         install_fhir_schema, new_id, shared_cluster)
 from pgcluster import TOP, Cluster, free_port
-from wsclient import Closed, HandshakeRejected
+from wsclient import Closed, HandshakeRejected, RawClient
 
 ARGS = VALIDATION_ARGS
 SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file", "jwt-audience",
@@ -526,3 +526,39 @@ def test_sighup_reloads_the_config_file(db, tmp_path):
         with pytest.raises(HandshakeRejected):
             bridge.connect(hs256(iss=None), origin="https://old.example")
         assert bridge.proc.poll() is None
+
+
+def test_sigterm_with_a_stuck_client_still_exits_promptly(db, store):
+    """A client that never reads cannot hold the shutdown hostage."""
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        patient = new_id("pat")
+        token = hs256()
+        stuck = RawClient("127.0.0.1", bridge.port, bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):],
+                          receive_buffer=4096)
+        try:
+            stuck.send_json({"type": "subscribe", "data": {"subscription_id": "s", "patient_ids": [patient]}})
+            with bridge.connect(token) as client:
+                client.subscribe("chart", [patient])
+                for _ in range(20):
+                    store.create(condition(patient, note=[{"text": "w" * 200_000}]))
+                client.recv_updates(20)
+                bridge.signal(signal.SIGTERM)
+                code, _, _ = client.wait_closed()
+                assert code == 1001
+            assert bridge.wait_exit(30) == 0
+        finally:
+            stuck.close()
+
+
+def test_a_storm_of_sighups_changes_nothing(bridge, store):
+    patient = new_id("pat")
+    with bridge.connect(hs256()) as client:
+        client.subscribe("chart", [patient])
+        for _ in range(20):
+            bridge.signal(signal.SIGHUP)
+        created = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+        client.ping()
+    with bridge.connect(hs256()) as client:
+        client.ping()
+    assert bridge.health() == 200
