@@ -26,7 +26,8 @@ sys.path.insert(0, DEMO_DIR)
 import pgcluster  # noqa: E402
 import sampledata  # noqa: E402
 
-BRIDGE = os.path.join(TOP, "bridge", "fhir-notify-bridge")
+# FHIR_NOTIFY_BRIDGE: another build of the bridge (e.g. an installed one).
+BRIDGE = os.environ.get("FHIR_NOTIFY_BRIDGE") or os.path.join(TOP, "bridge", "fhir-notify-bridge")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 SCHEMA_SQL = """

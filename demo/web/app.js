@@ -61,12 +61,21 @@ function statusOf(concept) {
   return concept?.coding?.[0]?.code ?? "";
 }
 
-function when(iso) {
+function when(iso, short = false) {
   if (!iso) return "";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
-  return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  return d.toLocaleString(undefined, { dateStyle: short ? "short" : "medium", timeStyle: "short" });
 }
+
+const VITAL_NAME = {
+  "8867-4": "Heart rate",
+  "9279-1": "Respiratory rate",
+  "8310-5": "Temperature",
+  "2708-6": "SpO₂",
+  "59408-5": "SpO₂",
+  "85354-9": "Blood pressure",
+};
 
 function actorName(actor) {
   if (!actor) return "someone";
@@ -265,7 +274,8 @@ async function openChart(patientId) {
   // kept by version, so nothing falls in the gap.
   app.subscription = app.client.subscribePatient(patientId, CHART_TYPES);
   await loadChart(patientId);
-  $("main").focus();
+  $("main").focus({ preventScroll: true });
+  window.scrollTo(0, 0);
 }
 
 async function loadChart(patientId) {
@@ -406,45 +416,67 @@ function rowFor(key, entry) {
   switch (r.resourceType) {
     case "AllergyIntolerance": {
       const crit = r.criticality ?? "";
+      const name = codeText(r.code);
       return el(
         "li",
         attrs,
-        el("span", { class: "title", text: codeText(r.code) }),
-        crit && el("span", { class: `badge ${crit}`, text: `criticality ${crit.replace(/-/g, " ")}` }),
-        el("span", { class: "detail", text: `${statusOf(r.clinicalStatus)} · recorded ${when(r.recordedDate)}` }),
-        byLine(entry),
-        el("button", { type: "button", onclick: () => editAllergy(key), "aria-label": `Edit allergy ${codeText(r.code)}`, text: "Edit" }),
-        el("button", { type: "button", onclick: () => remove(key), "aria-label": `Delete allergy ${codeText(r.code)}`, text: "Delete" }),
+        el(
+          "div",
+          { class: "info" },
+          el("span", { class: "title", text: name }),
+          crit && el("span", { class: `badge ${crit}`, text: `criticality ${crit.replace(/-/g, " ")}` }),
+          el("div", { class: "detail", text: `${statusOf(r.clinicalStatus)} · recorded ${when(r.recordedDate)}` }),
+          byLine(entry),
+        ),
+        el(
+          "div",
+          { class: "actions" },
+          el("button", { type: "button", onclick: () => editAllergy(key), "aria-label": `Edit allergy ${name}`, text: "Edit" }),
+          el("button", { type: "button", onclick: () => remove(key), "aria-label": `Delete allergy ${name}`, text: "Delete" }),
+        ),
       );
     }
     case "Condition": {
       const status = statusOf(r.clinicalStatus);
+      const name = codeText(r.code);
       return el(
         "li",
         attrs,
-        el("span", { class: "title", text: codeText(r.code) }),
-        el("span", { class: `badge ${status}`, text: status }),
-        el("span", { class: "detail", text: `onset ${when(r.onsetDateTime || r.recordedDate)}` }),
-        byLine(entry),
-        el("button", { type: "button", onclick: () => editCondition(key), "aria-label": `Edit condition ${codeText(r.code)}`, text: "Edit" }),
-        el("button", { type: "button", onclick: () => remove(key), "aria-label": `Delete condition ${codeText(r.code)}`, text: "Delete" }),
+        el(
+          "div",
+          { class: "info" },
+          el("span", { class: "title", text: name }),
+          status && el("span", { class: `badge ${status}`, text: status }),
+          el("div", { class: "detail", text: `onset ${when(r.onsetDateTime || r.recordedDate)}` }),
+          byLine(entry),
+        ),
+        el(
+          "div",
+          { class: "actions" },
+          el("button", { type: "button", onclick: () => editCondition(key), "aria-label": `Edit condition ${name}`, text: "Edit" }),
+          el("button", { type: "button", onclick: () => remove(key), "aria-label": `Delete condition ${name}`, text: "Delete" }),
+        ),
       );
     }
     case "MedicationRequest":
       return el(
         "li",
         attrs,
-        el("span", { class: "title", text: codeText(r.medicationCodeableConcept) }),
-        el("span", { class: "badge", text: r.status ?? "" }),
-        el("span", { class: "detail", text: `ordered ${when(r.authoredOn)}` }),
-        byLine(entry),
+        el(
+          "div",
+          { class: "info" },
+          el("span", { class: "title", text: codeText(r.medicationCodeableConcept) }),
+          el("span", { class: "badge", text: r.status ?? "" }),
+          el("div", { class: "detail", text: `ordered ${when(r.authoredOn)}` }),
+          byLine(entry),
+        ),
       );
     case "Observation":
       return el(
         "tr",
         attrs,
-        el("td", { text: when(r.effectiveDateTime) }),
-        el("td", { text: codeText(r.code) }),
+        el("td", { text: when(r.effectiveDateTime, true) }),
+        el("td", { text: VITAL_NAME[r.code?.coding?.[0]?.code] ?? codeText(r.code) }),
         el("td", { text: vitalValue(r) }),
         el("td", { text: entry.actor ? actorName(entry.actor) : "" }),
       );
