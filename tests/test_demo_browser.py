@@ -1,0 +1,283 @@
+"""The demo in a real headless Chromium: two users, one patient, live sync.
+
+Runs what `make demo` runs (demo/launcher.py: a throwaway cluster with the
+Synthea sample, the extension, the real bridge, the stand-in backend) and
+drives two independent browser sessions, logged in as different users, on
+the same patient's chart. Screenshots go to tests/artifacts/.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TOP, "demo"))
+
+selenium = pytest.importorskip("selenium")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+import launcher  # noqa: E402
+
+ARTIFACTS = os.path.join(TOP, "tests", "artifacts")
+PATIENT = "cbc86e51-9eca-3855-76ec-c058f72c5761"  # Augustus Emmerich: allergies, conditions, meds
+# A change must show in the other chart within this many seconds of being
+# committed (the path is milliseconds; this leaves room for a loaded machine).
+PROPAGATION_LIMIT = 1.0
+# Chromium logs every refused WebSocket connection attempt as an error; that
+# is expected only while the bridge is deliberately down.
+EXPECTED_OUTAGE_LOG = re.compile(r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/api/ws\?token=[^']*' failed")
+
+
+def bridge_is_built():
+    try:
+        out = subprocess.run([launcher.BRIDGE, "--help"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return False
+    return "not built yet" not in (out.stdout + out.stderr)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    if not bridge_is_built():
+        pytest.skip("fhir-notify-bridge is not built yet")
+    demo = launcher.Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True)
+    try:
+        demo.start()
+    except RuntimeError as e:
+        if "fhir_notify.watch" in str(e) or "function fhir_notify.watch" in str(e):
+            demo.stop()
+            pytest.skip(f"the extension cannot watch tables yet: {e}")
+        raise
+    except Exception as e:
+        import psycopg
+        if isinstance(e, psycopg.errors.UndefinedFunction):
+            demo.stop()
+            pytest.skip(f"the extension cannot watch tables yet: {e}")
+        raise
+    yield demo
+    logs = demo.logs()
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    for name, text in logs.items():
+        with open(os.path.join(ARTIFACTS, f"{name}.log"), "w") as f:
+            f.write(text)
+    demo.stop()
+
+
+def new_browser(profile):
+    """A headless Chromium with a fresh profile in the directory profile."""
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.add_argument("--user-data-dir=" + profile)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    if os.path.exists("/usr/bin/chromium"):
+        options.binary_location = "/usr/bin/chromium"
+    if os.path.exists("/usr/bin/chromedriver"):
+        driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    else:
+        driver = webdriver.Chrome(options=options)
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(30)
+    return driver
+
+
+class Chart:
+    """One user's browser on the demo page."""
+
+    def __init__(self, driver, name):
+        self.driver = driver
+        self.name = name
+        self.logs = []
+
+    def wait(self, condition, timeout=20, message=""):
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.02).until(condition, message)
+
+    def js(self, script, *args):
+        return self.driver.execute_script(script, *args)
+
+    def login_and_open(self, demo, username, patient):
+        self.driver.get(demo.url)
+        self.wait(lambda d: d.find_elements(By.ID, f"user-{username}"), message="login form")
+        self.driver.find_element(By.ID, f"user-{username}").click()
+        self.driver.find_element(By.ID, "login-submit").click()
+        link = self.wait(lambda d: d.find_elements(By.CSS_SELECTOR, f'a[data-patient="{patient}"]'),
+                         message="patient list")[0]
+        link.click()
+        self.wait(lambda d: self.js("return window.fhirNotifyDemo.loaded === true"), message="chart loaded")
+        self.wait_state("live")
+        self.js("window.__noReloadMarker = arguments[0]", self.name)
+
+    def state(self):
+        return self.driver.find_element(By.ID, "connection").get_attribute("data-state")
+
+    def wait_state(self, state, timeout=30):
+        self.wait(lambda d: self.state() == state, timeout, f"{self.name}: connection {state}")
+
+    def not_reloaded(self):
+        return self.js("return window.__noReloadMarker") == self.name
+
+    def rows(self, key):
+        return self.driver.find_elements(By.CSS_SELECTOR, f'[data-key="{key}"]')
+
+    def row_text(self, key):
+        rows = self.rows(key)
+        return rows[0].text if rows else None
+
+    def key_of(self, list_id, text):
+        """The data-key of the row in list_id whose text contains text."""
+        return self.js(
+            "return [...document.querySelectorAll('#' + arguments[0] + ' [data-key]')]"
+            ".find(r => r.textContent.includes(arguments[1]))?.dataset.key ?? null", list_id, text)
+
+    def wait_key(self, list_id, text, timeout):
+        return self.wait(lambda d: self.key_of(list_id, text), timeout, f"{self.name}: {text} in #{list_id}")
+
+    def activity(self):
+        return [li.text for li in self.driver.find_elements(By.CSS_SELECTOR, "#activity li")]
+
+    def collect_logs(self):
+        self.logs += self.driver.get_log("browser")
+        return self.logs
+
+    def screenshot(self, name):
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        self.driver.save_screenshot(os.path.join(ARTIFACTS, f"{name}.png"))
+
+
+@pytest.fixture(scope="module")
+def charts(demo):
+    drivers = []
+    profiles = tempfile.mkdtemp(prefix="fhir_notify-chromium-")
+    try:
+        a = Chart(new_browser(os.path.join(profiles, "a")), "nurse")
+        drivers.append(a.driver)
+        b = Chart(new_browser(os.path.join(profiles, "b")), "physician")
+        drivers.append(b.driver)
+        a.login_and_open(demo, "nurse.jones", PATIENT)
+        b.login_and_open(demo, "dr.smith", PATIENT)
+        yield a, b
+    finally:
+        for driver in drivers:
+            driver.quit()
+        shutil.rmtree(profiles, ignore_errors=True)
+
+
+def severe(entries, allow=None):
+    return [e for e in entries if e.get("level") == "SEVERE" and not (allow and allow.search(e.get("message", "")))]
+
+
+def sql_write(demo, sql, params, actor):
+    import psycopg
+    with psycopg.connect(demo.db) as conn:
+        conn.execute("SELECT pg_catalog.set_config('fhir_notify.actor', %s, true)", (actor,))
+        conn.execute(sql, params)
+
+
+def test_allergy_added_by_one_user_appears_for_the_other(demo, charts):
+    a, b = charts
+    substance = f"Peanut {uuid.uuid4().hex[:6]}"
+    a.driver.find_element(By.ID, "allergy-substance").send_keys(substance)
+    Select(a.driver.find_element(By.ID, "allergy-criticality")).select_by_value("high")
+    a.driver.find_element(By.ID, "allergy-save").click()
+    # A's own write is shown once the backend committed it...
+    key = a.wait_key("allergies", substance, 10)
+    committed = time.monotonic()
+    # ...and B, who did nothing, sees it without a reload.
+    assert b.wait_key("allergies", substance, 10) == key
+    latency = time.monotonic() - committed
+    assert latency < PROPAGATION_LIMIT, f"the allergy took {latency:.3f} s to reach the other chart"
+    assert b.not_reloaded()
+    assert len(b.rows(key)) == 1
+    assert "criticality high" in b.row_text(key)
+    assert "by Nurse Jones" in b.row_text(key)
+    assert any(line.endswith(f"Nurse Jones added allergy: {substance}") for line in b.activity())
+    assert "changed" in b.rows(key)[0].get_attribute("class")
+    b.screenshot("physician-sees-nurse-allergy")
+    a.screenshot("nurse-added-allergy")
+
+    # B edits it: A's row changes in place.
+    b.rows(key)[0].find_element(By.XPATH, ".//button[text()='Edit']").click()
+    Select(b.driver.find_element(By.ID, "allergy-criticality")).select_by_value("low")
+    b.driver.find_element(By.ID, "allergy-save").click()
+    a.wait(lambda d: "criticality low" in (a.row_text(key) or ""), 10, "edit reached A")
+    assert "by Dr. Smith" in a.row_text(key)
+    assert a.not_reloaded()
+
+    # B deletes it: it leaves A's chart.
+    b.rows(key)[0].find_element(By.XPATH, ".//button[text()='Delete']").click()
+    b.driver.switch_to.alert.accept()
+    a.wait(lambda d: not a.rows(key), 10, "delete reached A")
+    assert any(line.endswith(f"Dr. Smith removed allergy: ") or "Dr. Smith removed allergy" in line
+               for line in a.activity())
+    assert a.not_reloaded() and b.not_reloaded()
+    assert severe(a.collect_logs()) == [] and severe(b.collect_logs()) == []
+
+
+def test_change_written_in_sql_appears_in_both_charts(demo, charts):
+    a, b = charts
+    condition_id = str(uuid.uuid4())
+    text = f"Seasonal allergic rhinitis {condition_id[:6]}"
+    resource = {"resourceType": "Condition", "id": condition_id, "meta": {"versionId": "1"},
+                "clinicalStatus": {"coding": [{"code": "active"}]}, "code": {"text": text},
+                "subject": {"reference": f"Patient/{PATIENT}"}, "onsetDateTime": "2026-11-26T09:00:00Z"}
+    import json
+    sql_write(demo, "INSERT INTO fhir.resources (resource_type, fhir_id, resource) VALUES ('Condition', %s, %s)",
+              (condition_id, json.dumps(resource)), "lab.interface")
+    committed = time.monotonic()
+    key = f"Condition/{condition_id}"
+    for chart in (a, b):
+        chart.wait(lambda d: chart.rows(key), 10, f"{chart.name}: SQL insert shown")
+        latency = time.monotonic() - committed
+        assert latency < PROPAGATION_LIMIT + 0.5, f"{chart.name}: {latency:.3f} s"
+        assert text in chart.row_text(key) and "by lab.interface" in chart.row_text(key)
+    # A soft delete, as WintEHR does it, removes it from both.
+    sql_write(demo, "UPDATE fhir.resources SET deleted = true, version_id = version_id + 1 "
+                    "WHERE resource_type = 'Condition' AND fhir_id = %s", (condition_id,), "lab.interface")
+    for chart in (a, b):
+        chart.wait(lambda d: not chart.rows(key), 10, f"{chart.name}: SQL delete shown")
+        assert chart.not_reloaded()
+
+
+def test_vital_recorded_during_an_outage_shows_after_reconnect_once(demo, charts):
+    a, b = charts
+    a.collect_logs()
+    b.collect_logs()
+    demo.stop_bridge()
+    b.wait(lambda d: b.state() in ("reconnecting", "connecting"), 20, "B noticed the outage")
+    # A records a vital sign while nobody can hear about it.
+    Select(a.driver.find_element(By.ID, "vital-kind")).select_by_value("heart-rate")
+    a.driver.find_element(By.ID, "vital-value").send_keys("137")
+    a.driver.find_element(By.ID, "vital-save").click()
+    key = a.wait_key("vitals", "137 /min", 10)
+    assert not b.rows(key)
+    b.screenshot("physician-offline")
+    demo.start_bridge()
+    b.wait(lambda d: b.rows(key), 60, "B caught up with the vital sign")
+    b.wait_state("live", 30)
+    a.wait_state("live", 30)
+    assert len(b.rows(key)) == 1
+    assert "137 /min" in b.row_text(key)
+    assert "Nurse Jones" in b.row_text(key)
+    notice = b.driver.find_element(By.ID, "notice-text").text
+    assert notice.startswith("Back online. 1 change"), notice
+    # Nothing twice: one row and one activity line for it, also in A's own chart.
+    assert len(a.rows(key)) == 1
+    assert sum("137 /min" in line for line in b.activity()) == 1
+    assert b.js("return window.fhirNotifyDemo.stats.resyncs") == 0
+    assert b.not_reloaded() and a.not_reloaded()
+    b.screenshot("physician-after-reconnect")
+    for chart in (a, b):
+        errors = severe(chart.collect_logs(), EXPECTED_OUTAGE_LOG)
+        assert errors == [], f"{chart.name}: console errors {errors}"
