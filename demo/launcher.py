@@ -71,6 +71,7 @@ def stop_process(proc, timeout=10):
     """SIGTERM, then SIGKILL if it does not exit in time."""
     if proc is None or proc.poll() is not None:
         return
+    proc.send_signal(signal.SIGCONT)
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout)
@@ -225,7 +226,7 @@ def main():
 
     The JavaScript client's tests use this to get a real cluster and bridge.
     """
-    demo = Demo(db=None, quiet=True)
+    demo = Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         demo.start()
@@ -244,6 +245,11 @@ def main():
             elif command == "start-bridge":
                 demo.start_bridge()
                 print(json.dumps({"started": True}), flush=True)
+            elif command in ("pause-bridge", "resume-bridge"):
+                # A stopped process keeps its sockets open but answers nothing:
+                # what a hung bridge or a dead network path looks like.
+                demo.bridge.send_signal(signal.SIGSTOP if command == "pause-bridge" else signal.SIGCONT)
+                print(json.dumps({command: True}), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

@@ -30,6 +30,7 @@ export const DEFAULTS = Object.freeze({
   backoffMax: 30000, // the cap on the reconnect delay
   backoffFactor: 2,
   jitter: 0.5, // each delay is drawn from [delay * (1 - jitter), delay]
+  connectTimeout: 15000, // ms from opening the socket to the welcome before trying again
   catchUpQuiet: 300, // ms without replayed updates after which catching up is over
   dedupeWindow: 2000, // how many delivered updates are remembered to drop repeats
 });
@@ -89,7 +90,7 @@ export class FhirNotifyClient {
     this.cursor = null; // the newest cursor seen on any update
     this.socket = null;
     this.attempt = 0;
-    this.timers = { reconnect: null, ping: null, pong: null, quiet: null };
+    this.timers = { reconnect: null, connect: null, ping: null, pong: null, quiet: null };
     this.pendingAcks = new Set();
     this.caughtUp = 0;
     this.delivered = new Set();
@@ -208,6 +209,24 @@ export class FhirNotifyClient {
     socket.onerror = () => {
       // The close event follows and decides; nothing to do here.
     };
+    // A bridge that accepts the connection but never greets is as good as down.
+    this.clearTimer("connect");
+    this.timers.connect = setTimeout(() => {
+      this.timers.connect = null;
+      if (this.socket !== socket || this.clientId !== null) return;
+      this.emit("error", { error: "CONNECT_TIMEOUT", message: "no welcome from the bridge" });
+      this.abandon(socket, 4000, "connect timeout");
+    }, this.options.connectTimeout);
+  }
+
+  /** Gives up on a socket that the browser still thinks is open. */
+  abandon(socket, code, reason) {
+    try {
+      socket.close(code, reason);
+    } catch {
+      // closing anyway
+    }
+    this.onDrop(socket, code, reason);
   }
 
   detach() {
@@ -266,6 +285,7 @@ export class FhirNotifyClient {
   }
 
   onWelcome(data) {
+    this.clearTimer("connect");
     this.clientId = data.client_id ?? "";
     this.user = data.user ?? null;
     if (!this.cursor && data.cursor) this.cursor = data.cursor;
@@ -284,6 +304,10 @@ export class FhirNotifyClient {
   }
 
   onSubscription(data) {
+    if (data.action === "removed") {
+      this.emit("unsubscribed", data);
+      return;
+    }
     const sub = this.subscriptions.get(data.subscription_id);
     if (data.action === "created" && sub) {
       sub.confirmed = true;
@@ -352,6 +376,7 @@ export class FhirNotifyClient {
   async onDrop(socket, code, reason) {
     if (socket !== this.socket) return;
     this.detach();
+    this.clearTimer("connect");
     this.clearTimer("ping");
     this.clearTimer("pong");
     this.clearTimer("quiet");
@@ -398,14 +423,7 @@ export class FhirNotifyClient {
         // No pong: the connection is dead even if the socket does not know yet.
         const socket = this.socket;
         this.emit("error", { error: "HEARTBEAT_TIMEOUT", message: "no pong from the bridge" });
-        if (socket) {
-          try {
-            socket.close(4000, "heartbeat timeout");
-          } catch {
-            // closing anyway
-          }
-          this.onDrop(socket, 4000, "heartbeat timeout");
-        }
+        if (socket) this.abandon(socket, 4000, "heartbeat timeout");
       }, this.options.heartbeatTimeout);
     }, this.options.heartbeatInterval);
   }
