@@ -156,7 +156,8 @@ class Demo:
 
     def start_bridge(self):
         argv = [BRIDGE, "--db", self.db, "--listen", f"127.0.0.1:{self.bridge_port}",
-                "--jwt-secret-file", self.secret_file, "--allowed-origin", self.origin]
+                "--jwt-secret-file", self.secret_file, "--allowed-origin", self.origin,
+                "--allowed-origin", f"http://localhost:{self.port}"]
         self.say(f"starting fhir-notify-bridge on {self.ws_url}")
         log = open(self.bridge_log, "ab")
         self.bridge = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
