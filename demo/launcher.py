@@ -228,6 +228,9 @@ def main():
     The JavaScript client's tests use this to get a real cluster and bridge.
     """
     demo = Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True)
+    # Ctrl-C and SIGTERM both stop everything (SIGINT explicitly: a shell
+    # starts background jobs with it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         demo.start()
