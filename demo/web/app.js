@@ -352,7 +352,7 @@ function logActivity(data) {
 
 function summary(type, r) {
   if (!r || !r.resourceType) return "";
-  if (type === "Observation") return `${codeText(r.code)} ${vitalValue(r)}`;
+  if (type === "Observation") return `${VITAL_NAME[r.code?.coding?.[0]?.code] ?? codeText(r.code)} ${vitalValue(r)}`;
   if (type === "MedicationRequest") return codeText(r.medicationCodeableConcept);
   return codeText(r.code);
 }
@@ -425,7 +425,10 @@ function rowFor(key, entry) {
           { class: "info" },
           el("span", { class: "title", text: name }),
           crit && el("span", { class: `badge ${crit}`, text: `criticality ${crit.replace(/-/g, " ")}` }),
-          el("div", { class: "detail", text: `${statusOf(r.clinicalStatus)} · recorded ${when(r.recordedDate)}` }),
+          el("div", {
+            class: "detail",
+            text: [statusOf(r.clinicalStatus), r.recordedDate && `recorded ${when(r.recordedDate)}`].filter(Boolean).join(" · "),
+          }),
           byLine(entry),
         ),
         el(
