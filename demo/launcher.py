@@ -127,7 +127,6 @@ class Demo:
             self.say("starting a throwaway PostgreSQL cluster")
             self.cluster = pgcluster.Cluster()
             self.db = self.cluster.dsn()
-        self.say("creating fhir.resources and loading the Synthea sample")
         self.setup_database()
         with open(self.secret_file, "w") as f:
             os.fchmod(f.fileno(), 0o600)
@@ -142,6 +141,7 @@ class Demo:
             conn.execute(SCHEMA_SQL)
             count = conn.execute("SELECT count(*) FROM fhir.resources WHERE resource_type = 'Patient'").fetchone()[0]
             if count == 0:
+                self.say("loading the Synthea sample into fhir.resources")
                 with conn.transaction():
                     sampledata.load(conn)
             try:
@@ -152,6 +152,7 @@ class Demo:
                 "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'fhir.resources'::regclass AND NOT tgisinternal"
             ).fetchone()[0]
             if watched == 0:
+                self.say("watching fhir.resources with fhir_notify")
                 conn.execute("SELECT fhir_notify.watch('fhir.resources')")
 
     def start_bridge(self):
