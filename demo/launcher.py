@@ -149,7 +149,9 @@ class Demo:
             except psycopg.Error as e:
                 raise RuntimeError(f"cannot create extension fhir_notify in {self.db}: {e}".strip()) from e
             watched = conn.execute(
-                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'fhir.resources'::regclass AND NOT tgisinternal"
+                "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE t.tgrelid = 'fhir.resources'::regclass AND n.nspname = 'fhir_notify'"
             ).fetchone()[0]
             if watched == 0:
                 self.say("watching fhir.resources with fhir_notify")
