@@ -83,8 +83,9 @@ def stop_process(proc, timeout=10):
 class Demo:
     """One running demo. start() brings it up, stop() takes it all down."""
 
-    def __init__(self, db=None, port=None, bridge_port=None, quiet=False):
+    def __init__(self, db=None, port=None, bridge_port=None, quiet=False, bridge_args=()):
         self.db = db
+        self.bridge_args = list(bridge_args)
         self.port = port or pgcluster.free_port()
         self.bridge_port = bridge_port or pgcluster.free_port()
         self.quiet = quiet
@@ -160,7 +161,7 @@ class Demo:
     def start_bridge(self):
         argv = [BRIDGE, "--db", self.db, "--listen", f"127.0.0.1:{self.bridge_port}",
                 "--jwt-secret-file", self.secret_file, "--allowed-origin", self.origin,
-                "--allowed-origin", f"http://localhost:{self.port}"]
+                "--allowed-origin", f"http://localhost:{self.port}"] + self.bridge_args
         self.say(f"starting fhir-notify-bridge on {self.ws_url}")
         log = open(self.bridge_log, "ab")
         self.bridge = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -203,6 +204,13 @@ class Demo:
         stop_process(self.backend)
         self.backend = None
         self.stop_bridge()
+        keep = os.environ.get("FHIR_NOTIFY_DEMO_LOG_DIR")
+        if keep and self.dir:
+            # For looking into a failed test run afterwards.
+            os.makedirs(keep, exist_ok=True)
+            for name, text in self.logs().items():
+                with open(os.path.join(keep, f"{name}-{self.bridge_port}.log"), "w") as f:
+                    f.write(text)
         if self.cluster is not None:
             self.cluster.destroy()
             self.cluster = None
@@ -230,7 +238,13 @@ def main():
 
     The JavaScript client's tests use this to get a real cluster and bridge.
     """
-    demo = Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True)
+    import argparse
+    import shlex
+    parser = argparse.ArgumentParser(description="start a demo for tests; stdin takes commands")
+    parser.add_argument("--json", action="store_true", help="print the demo's details as one JSON line")
+    parser.add_argument("--bridge-args", default="", help="extra bridge options, e.g. --bridge-args='--log-level debug'")
+    args = parser.parse_args()
+    demo = Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True, bridge_args=shlex.split(args.bridge_args))
     # Ctrl-C and SIGTERM both stop everything (SIGINT explicitly: a shell
     # starts background jobs with it ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -326,6 +326,7 @@ function onUpdate(data) {
 async function onResync(data) {
   if (data.patient_id !== app.patientId) return;
   app.stats.resyncs += 1;
+  app.offlineSince = null; // this notice, not "back online", says what happened
   notice(
     `This chart was reloaded: the live stream could not guarantee every change (${data.reason ?? "resync"}).`,
     "warn",

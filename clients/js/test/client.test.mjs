@@ -3,7 +3,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 
 import { backoffDelay, connect, DEFAULTS } from "../fhir-notify-client.mjs";
-import { allergy, condition, makeToken, nextEvent, startDemo, writeResource } from "../testlib/demo.mjs";
+import { allergy, condition, makeToken, nextEvent, startDemo, waitState, writeResource } from "../testlib/demo.mjs";
 
 describe("backoffDelay", () => {
   test("grows exponentially, is capped, and is jittered downwards only", () => {
@@ -19,6 +19,8 @@ describe("backoffDelay", () => {
   });
 });
 
+const RESUME_MAX_CHANGES = 10;
+
 describe("against a real fhir-notify-bridge", () => {
   let demo;
   const clients = [];
@@ -29,7 +31,7 @@ describe("against a real fhir-notify-bridge", () => {
   };
 
   before(async () => {
-    demo = await startDemo();
+    demo = await startDemo(`--resume-max-changes ${RESUME_MAX_CHANGES}`);
   }, { timeout: 240000 });
 
   after(async () => {
@@ -84,7 +86,7 @@ describe("against a real fhir-notify-bridge", () => {
     // An allergy of p1 is not a Condition: only the condition written after it arrives.
     const skipped = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(p1, "Latex"));
     const wanted = await writeResource(demo, "POST", "/fhir/Condition", condition(p1, "Asthma"));
-    await nextEvent(client, "update", (u) => u.resource_id === wanted.id);
+    await nextEvent(client, "update", (u) => u.resource_id === wanted.id, 15000, "for the wanted condition");
     assert.ok(!received.some((u) => u.resource_id === skipped.id));
 
     // After unsubscribing p1, a p1 change written before a p2 change must not arrive.
@@ -92,7 +94,7 @@ describe("against a real fhir-notify-bridge", () => {
     await nextEvent(client, "unsubscribed", (d) => d.subscription_id === sub1.id);
     const gone = await writeResource(demo, "POST", "/fhir/Condition", condition(p1, "Gout"));
     const sentinel = await writeResource(demo, "POST", "/fhir/Condition", condition(p2, "Migraine"));
-    await nextEvent(client, "update", (u) => u.resource_id === sentinel.id);
+    await nextEvent(client, "update", (u) => u.resource_id === sentinel.id, 15000, "for the sentinel");
     assert.ok(!received.some((u) => u.resource_id === gone.id), "an update after unsubscribe");
     assert.equal(received.filter((u) => u.resource_id === sentinel.id).length, 1);
   });
@@ -111,7 +113,7 @@ describe("against a real fhir-notify-bridge", () => {
     await nextEvent(client, "update", (u) => u.resource_id === before.id);
 
     await demo.stopBridge();
-    await nextEvent(client, "state", ({ state }) => state === "reconnecting");
+    await waitState(client, "reconnecting");
     const missed1 = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "During outage 1"));
     const missed2 = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(patient, "During outage 2"));
     const caughtUp = nextEvent(client, "caughtup", () => true, 60000);
@@ -132,10 +134,38 @@ describe("against a real fhir-notify-bridge", () => {
     await nextEvent(client, "update", (u) => u.resource_id === afterwards.id);
   });
 
+  test("too many missed changes end in a resync with a cursor to go on from", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [, , , patient] = demo.patients;
+    const client = open({ token: makeToken(demo.secret), backoffInitial: 200, backoffMax: 1000 });
+    const received = [];
+    client.on("update", (u) => received.push(u));
+    const sub = client.subscribePatient(patient, ["Condition"]);
+    await nextEvent(client, "subscribed", (s) => s === sub);
+    await demo.stopBridge();
+    await waitState(client, "reconnecting");
+    for (let i = 0; i <= RESUME_MAX_CHANGES; i++) {
+      await writeResource(demo, "POST", "/fhir/Condition", condition(patient, `Missed ${i}`));
+    }
+    const resync = nextEvent(client, "resync", () => true, 60000);
+    await demo.startBridge();
+    const data = await resync;
+    assert.equal(data.patient_id, patient);
+    assert.equal(data.subscription_id, sub.id);
+    assert.ok(data.reason);
+    assert.ok(data.cursor);
+    assert.equal(sub.cursor, data.cursor);
+    assert.ok(!received.some((u) => u.resource?.code?.text?.startsWith("Missed")), "no partial replay");
+    await waitState(client, "live");
+    // Live again after the resync.
+    const next = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "After resync"));
+    await nextEvent(client, "update", (u) => u.resource_id === next.id);
+  });
+
   test("a refused token ends in 'unauthorized' without getToken, and is renewed with it", async (t) => {
     if (skipUnlessReady(t)) return;
     const bad = open({ token: makeToken("not the secret") });
-    await nextEvent(bad, "state", ({ state }) => state === "unauthorized");
+    await waitState(bad, "unauthorized");
 
     let asked = 0;
     const renewed = open({
@@ -175,6 +205,6 @@ describe("against a real fhir-notify-bridge", () => {
     } finally {
       await demo.resumeBridge();
     }
-    await nextEvent(client, "state", ({ state }) => state === "live", 30000);
+    await waitState(client, "live");
   });
 });

@@ -13,8 +13,8 @@ const PYTHON = process.env.FHIR_NOTIFY_PYTHON ?? "/usr/bin/python3";
  * Starts demo/launcher.py --json and resolves with its details, or with
  * {skip: reason} when the bridge or the extension is not built yet.
  */
-export async function startDemo() {
-  const child = spawn(PYTHON, [path.join(TOP, "demo", "launcher.py"), "--json"], {
+export async function startDemo(bridgeArgs = "") {
+  const child = spawn(PYTHON, [path.join(TOP, "demo", "launcher.py"), "--json", `--bridge-args=${bridgeArgs}`], {
     stdio: ["pipe", "pipe", "pipe"],
   });
   let stderr = "";
@@ -115,11 +115,11 @@ export function condition(patientId, text) {
 }
 
 /** Resolves with the first event of `type` for which accept() is true; rejects after timeoutMs. */
-export function nextEvent(client, type, accept = () => true, timeoutMs = 15000) {
+export function nextEvent(client, type, accept = () => true, timeoutMs = 15000, what = "") {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       off();
-      reject(new Error(`no ${type} event within ${timeoutMs} ms (state ${client.state})`));
+      reject(new Error(`no ${type} event ${what} within ${timeoutMs} ms (state ${client.state})`));
     }, timeoutMs);
     const off = client.on(type, (detail, extra) => {
       if (!accept(detail, extra)) return;
@@ -128,4 +128,10 @@ export function nextEvent(client, type, accept = () => true, timeoutMs = 15000) 
       resolve(detail);
     });
   });
+}
+
+/** Resolves when the client is in `state`, at once if it already is. */
+export function waitState(client, state, timeoutMs = 30000) {
+  if (client.state === state) return Promise.resolve({ state });
+  return nextEvent(client, "state", (e) => e.state === state, timeoutMs, state);
 }
