@@ -5,6 +5,7 @@
  * One file per concern:
  *	  fhir_notify.c   _PG_init: wiring only
  *	  compartment.c   which patients a resource belongs to (patient_refs)
+ *	  reference.c     the Patient id in one Reference element
  *	  layout.c        where a watched table keeps type, id, version, deleted
  *	  trigger.c       the capture trigger: writes the change log
  *	  doorbell.c      the NOTIFY doorbell rung once per committing transaction
@@ -30,6 +31,11 @@ extern void compartment_init(void);
 extern void compartment_patient_ids(JsonbContainer *resource, const char *resource_type,
                                     const char *logical_id, PatientIds *result);
 
+/* reference.c: one Reference element -> Patient id (pointing into the jsonb) */
+#define PATIENT_ID_MAX_LEN 64
+extern bool patient_id_is_valid(const char *id, int len);
+extern bool reference_patient_id(JsonbContainer *element, const char **id, int *id_len);
+
 /* trigger.c */
 extern void capture_init(void);
 
@@ -39,5 +45,17 @@ extern void doorbell_ring(void);
 
 /* ticker.c */
 extern void ticker_init(void);
+
+/*
+ * Whether fhir_notify.doorbell = 'ticker' can work in this server. Called by
+ * the setting's check hook, also while _PG_init runs, before ticker_init().
+ */
+extern bool ticker_available(void);
+
+/*
+ * Wakes the ticker: called once after a transaction that captured changes
+ * committed, in ticker mode. Must not raise an error.
+ */
+extern void ticker_ring(void);
 
 #endif /* FHIR_NOTIFY_H */
