@@ -33,6 +33,9 @@ PATIENT = "cbc86e51-9eca-3855-76ec-c058f72c5761"  # Augustus Emmerich: allergies
 # A change must show in the other chart within this many seconds of being
 # committed (the path is milliseconds; this leaves room for a loaded machine).
 PROPAGATION_LIMIT = 1.0
+# A client that missed more than this many changes of a patient is told to
+# resync instead of getting them replayed.
+RESUME_MAX_CHANGES = 5
 # Chromium logs every refused WebSocket connection attempt as an error; that
 # is expected only while the bridge is deliberately down.
 EXPECTED_OUTAGE_LOG = re.compile(r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/api/ws\?token=[^']*' failed")
@@ -50,7 +53,8 @@ def bridge_is_built():
 def demo():
     if not bridge_is_built():
         pytest.skip("fhir-notify-bridge is not built yet")
-    demo = launcher.Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True)
+    demo = launcher.Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True,
+                         bridge_args=["--resume-max-changes", str(RESUME_MAX_CHANGES)])
     try:
         demo.start()
     except RuntimeError as e:
@@ -281,3 +285,44 @@ def test_vital_recorded_during_an_outage_shows_after_reconnect_once(demo, charts
     for chart in (a, b):
         errors = severe(chart.collect_logs(), EXPECTED_OUTAGE_LOG)
         assert errors == [], f"{chart.name}: console errors {errors}"
+
+
+def live_chart_keys(demo, patient):
+    """The Type/id of every resource the chart shows, straight from the database."""
+    import psycopg
+    with psycopg.connect(demo.db) as conn:
+        rows = conn.execute(
+            "SELECT resource_type || '/' || fhir_id FROM fhir.resources "
+            "WHERE resource_type IN ('AllergyIntolerance', 'Condition', 'MedicationRequest', 'Observation') "
+            "AND NOT coalesce(deleted, false) AND (resource->'subject'->>'reference' = %(ref)s "
+            "OR resource->'patient'->>'reference' = %(ref)s)", {"ref": f"Patient/{patient}"}).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def test_too_many_missed_changes_reload_the_chart(demo, charts):
+    a, b = charts
+    b.collect_logs()
+    demo.stop_bridge()
+    b.wait(lambda d: b.state() in ("reconnecting", "connecting"), 20, "B noticed the outage")
+    # More changes than the bridge replays: it must say resync, and the page reload.
+    subprocess.run([os.path.join(TOP, "demo", "simulate"), "--db", demo.db, "--patient", PATIENT,
+                    "--count", str(RESUME_MAX_CHANGES + 4), "--rate", "100", "--seed", "7", "--quiet"],
+                   check=True, timeout=60)
+    demo.start_bridge()
+    b.wait(lambda d: b.js("return window.fhirNotifyDemo.stats.resyncs") == 1, 60, "B got a resync")
+    b.wait(lambda d: b.js("return window.fhirNotifyDemo.loaded === true"), 30, "B reloaded the chart")
+    b.wait_state("live", 30)
+    assert b.driver.find_element(By.ID, "notice-text").text.startswith("This chart was reloaded")
+    assert b.not_reloaded()
+    # The reloaded chart is exactly what the database holds, each row once.
+    shown = sorted(b.js("return [...document.querySelectorAll('[data-key]')].map(e => e.dataset.key)"))
+    assert shown == live_chart_keys(demo, PATIENT)
+    # And it is live again afterwards.
+    a.wait_state("live", 30)
+    substance = f"Kiwi {uuid.uuid4().hex[:6]}"
+    a.driver.find_element(By.ID, "allergy-substance").send_keys(substance)
+    a.driver.find_element(By.ID, "allergy-save").click()
+    b.wait_key("allergies", substance, 10)
+    b.screenshot("physician-after-resync")
+    errors = severe(b.collect_logs(), EXPECTED_OUTAGE_LOG)
+    assert errors == [], f"console errors {errors}"
