@@ -3,7 +3,16 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 
 import { backoffDelay, connect, DEFAULTS } from "../fhir-notify-client.mjs";
-import { allergy, condition, makeToken, nextEvent, startDemo, waitState, writeResource } from "../testlib/demo.mjs";
+import {
+  allergy,
+  condition,
+  makeToken,
+  nextEvent,
+  recordUpdates,
+  startDemo,
+  waitState,
+  writeResource,
+} from "../testlib/demo.mjs";
 
 describe("backoffDelay", () => {
   test("grows exponentially, is capped, and is jittered downwards only", () => {
@@ -51,12 +60,13 @@ describe("against a real fhir-notify-bridge", () => {
     if (skipUnlessReady(t)) return;
     const [patient] = demo.patients;
     const client = open({ token: makeToken(demo.secret) });
+    const updates = recordUpdates(client);
     const sub = client.subscribePatient(patient, ["AllergyIntolerance"]);
     await nextEvent(client, "subscribed", (s) => s === sub);
     assert.equal(client.state, "live");
     assert.ok(client.clientId);
     const saved = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(patient, "Shellfish"));
-    const update = await nextEvent(client, "update", (u) => u.resource_id === saved.id);
+    const update = await updates.waitFor((u) => u.resource_id === saved.id);
     assert.equal(update.action, "created");
     assert.equal(update.resource_type, "AllergyIntolerance");
     assert.equal(update.patient_id, patient);
@@ -67,7 +77,7 @@ describe("against a real fhir-notify-bridge", () => {
     assert.equal(sub.cursor, update.cursor);
 
     await writeResource(demo, "DELETE", `/fhir/AllergyIntolerance/${saved.id}`, undefined, "dr.smith");
-    const deleted = await nextEvent(client, "update", (u) => u.resource_id === saved.id && u.action === "deleted");
+    const deleted = await updates.waitFor((u) => u.resource_id === saved.id && u.action === "deleted");
     assert.equal(deleted.resource, null);
     assert.equal(deleted.actor, "dr.smith");
   });
@@ -76,8 +86,8 @@ describe("against a real fhir-notify-bridge", () => {
     if (skipUnlessReady(t)) return;
     const [p1, p2] = demo.patients;
     const client = open({ token: makeToken(demo.secret) });
-    const received = [];
-    client.on("update", (u) => received.push(u));
+    const updates = recordUpdates(client);
+    const received = updates.seen;
     const sub1 = client.subscribePatient(p1, ["Condition"]);
     const sub2 = client.subscribePatient(p2, ["Condition"]);
     await nextEvent(client, "subscribed", (s) => s === sub2);
@@ -86,7 +96,7 @@ describe("against a real fhir-notify-bridge", () => {
     // An allergy of p1 is not a Condition: only the condition written after it arrives.
     const skipped = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(p1, "Latex"));
     const wanted = await writeResource(demo, "POST", "/fhir/Condition", condition(p1, "Asthma"));
-    await nextEvent(client, "update", (u) => u.resource_id === wanted.id, 15000, "for the wanted condition");
+    await updates.waitFor((u) => u.resource_id === wanted.id, "for the wanted condition");
     assert.ok(!received.some((u) => u.resource_id === skipped.id));
 
     // After unsubscribing p1, a p1 change written before a p2 change must not arrive.
@@ -94,7 +104,7 @@ describe("against a real fhir-notify-bridge", () => {
     await nextEvent(client, "unsubscribed", (d) => d.subscription_id === sub1.id);
     const gone = await writeResource(demo, "POST", "/fhir/Condition", condition(p1, "Gout"));
     const sentinel = await writeResource(demo, "POST", "/fhir/Condition", condition(p2, "Migraine"));
-    await nextEvent(client, "update", (u) => u.resource_id === sentinel.id, 15000, "for the sentinel");
+    await updates.waitFor((u) => u.resource_id === sentinel.id, "for the sentinel");
     assert.ok(!received.some((u) => u.resource_id === gone.id), "an update after unsubscribe");
     assert.equal(received.filter((u) => u.resource_id === sentinel.id).length, 1);
   });
@@ -105,12 +115,12 @@ describe("against a real fhir-notify-bridge", () => {
     const client = open({ token: makeToken(demo.secret), backoffInitial: 200, backoffMax: 1000 });
     const states = [];
     client.on("state", ({ state }) => states.push(state));
-    const received = [];
-    client.on("update", (u) => received.push(u));
+    const updates = recordUpdates(client);
+    const received = updates.seen;
     const sub = client.subscribePatient(patient, []);
     await nextEvent(client, "subscribed", (s) => s === sub);
     const before = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "Before outage"));
-    await nextEvent(client, "update", (u) => u.resource_id === before.id);
+    await updates.waitFor((u) => u.resource_id === before.id, "before the outage");
 
     await demo.stopBridge();
     await waitState(client, "reconnecting");
@@ -131,15 +141,15 @@ describe("against a real fhir-notify-bridge", () => {
 
     // And it is live again.
     const afterwards = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "After outage"));
-    await nextEvent(client, "update", (u) => u.resource_id === afterwards.id);
+    await updates.waitFor((u) => u.resource_id === afterwards.id, "after the outage");
   });
 
   test("too many missed changes end in a resync with a cursor to go on from", async (t) => {
     if (skipUnlessReady(t)) return;
     const [, , , patient] = demo.patients;
     const client = open({ token: makeToken(demo.secret), backoffInitial: 200, backoffMax: 1000 });
-    const received = [];
-    client.on("update", (u) => received.push(u));
+    const updates = recordUpdates(client);
+    const received = updates.seen;
     const sub = client.subscribePatient(patient, ["Condition"]);
     await nextEvent(client, "subscribed", (s) => s === sub);
     await demo.stopBridge();
@@ -159,7 +169,7 @@ describe("against a real fhir-notify-bridge", () => {
     await waitState(client, "live");
     // Live again after the resync.
     const next = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "After resync"));
-    await nextEvent(client, "update", (u) => u.resource_id === next.id);
+    await updates.waitFor((u) => u.resource_id === next.id, "after the resync");
   });
 
   test("a refused token ends in 'unauthorized' without getToken, and is renewed with it", async (t) => {

@@ -135,3 +135,20 @@ export function waitState(client, state, timeoutMs = 30000) {
   if (client.state === state) return Promise.resolve({ state });
   return nextEvent(client, "state", (e) => e.state === state, timeoutMs, state);
 }
+
+/**
+ * Records every update a client delivers, so a test can wait for one that
+ * may already have arrived (a write's update can beat its HTTP response).
+ */
+export function recordUpdates(client) {
+  const seen = [];
+  client.on("update", (u) => seen.push(u));
+  return {
+    seen,
+    async waitFor(accept, what = "", timeoutMs = 15000) {
+      const found = seen.find(accept);
+      if (found) return found;
+      return nextEvent(client, "update", accept, timeoutMs, what);
+    },
+  };
+}
