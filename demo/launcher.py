@@ -183,7 +183,7 @@ class Demo:
         env = dict(os.environ, DEMO_DB=self.db, DEMO_JWT_SECRET_FILE=self.secret_file,
                    DEMO_BRIDGE_PORT=str(self.bridge_port))
         argv = [PYTHON, os.path.join(DEMO_DIR, "backend.py"), "--port", str(self.port)]
-        self.say(f"starting the stand-in EHR backend on {self.origin}")
+        self.say(f"starting the stand-in EHR backend on port {self.port}")
         log = open(self.backend_log, "ab")
         self.backend = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
