@@ -9,6 +9,7 @@ the same patient's chart. Screenshots go to tests/artifacts/.
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -392,7 +393,6 @@ def test_backend_refuses_bad_input_clearly(demo):
 
 def test_demo_run_prints_one_url_and_stops_everything_on_ctrl_c():
     """demo/run itself, as `make demo` runs it: one URL, a working page, a clean Ctrl-C."""
-    import signal
     import urllib.request
     if not bridge_is_built():
         pytest.skip("fhir-notify-bridge is not built yet")
@@ -423,5 +423,10 @@ def test_demo_run_prints_one_url_and_stops_everything_on_ctrl_c():
                 launcher.socket.create_connection(("127.0.0.1", p), timeout=1).close()
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+            # Ctrl-C first, so that demo/run takes its cluster and children down.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
