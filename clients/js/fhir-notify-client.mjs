@@ -354,6 +354,15 @@ export class FhirNotifyClient {
   }
 
   async onError(message) {
+    // A refused subscription gets no acknowledgement: stop waiting for one.
+    if (message.subscription_id && this.pendingAcks.delete(message.subscription_id)) {
+      const sub = this.subscriptions.get(message.subscription_id);
+      if (sub) sub.error = message.error;
+      if (this.pendingAcks.size === 0) {
+        if (this.state === "catching-up") this.armQuiet();
+        else if (this.clientId !== null) this.setState("live");
+      }
+    }
     this.emit("error", message);
     if (message.error === "TOKEN_EXPIRED" || message.error === "AUTH_FAILED") {
       // The bridge closes with 4001 next; renew the token first if we can.

@@ -172,6 +172,24 @@ describe("against a real fhir-notify-bridge", () => {
     await updates.waitFor((u) => u.resource_id === next.id, "after the resync");
   });
 
+  test("a subscription outside the token's rights is refused, and the client still goes live", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [own, other] = demo.patients;
+    const client = open({ token: makeToken(demo.secret, { scope: "patient/*.read", patient: own }) });
+    const updates = recordUpdates(client);
+    const refused = client.subscribePatient(other, []);
+    const allowed = client.subscribePatient(own, ["Condition"]);
+    const err = await nextEvent(client, "error", (e) => e.subscription_id === refused.id);
+    assert.equal(err.error, "FORBIDDEN");
+    await waitState(client, "live");
+    assert.equal(refused.error, "FORBIDDEN");
+    assert.equal(allowed.confirmed, true);
+    const hidden = await writeResource(demo, "POST", "/fhir/Condition", condition(other, "Not yours"));
+    const mine = await writeResource(demo, "POST", "/fhir/Condition", condition(own, "Yours"));
+    await updates.waitFor((u) => u.resource_id === mine.id, "for the allowed patient");
+    assert.ok(!updates.seen.some((u) => u.resource_id === hidden.id));
+  });
+
   test("a refused token ends in 'unauthorized' without getToken, and is renewed with it", async (t) => {
     if (skipUnlessReady(t)) return;
     const bad = open({ token: makeToken("not the secret") });
