@@ -230,8 +230,8 @@ function finishOutage(count) {
 function route() {
   if (!app.user) return renderLogin();
   const match = location.hash.match(/^#\/patient\/([A-Za-z0-9.-]{1,64})$/);
-  if (match) openChart(match[1]);
-  else openList();
+  const opening = match ? openChart(match[1]) : openList();
+  opening.catch((err) => notice(`Could not open ${match ? "the chart" : "the patient list"}: ${err.message}`, "warn"));
 }
 
 async function openList() {
