@@ -323,14 +323,19 @@ function onUpdate(data) {
   if (app.loaded) logActivity(data);
 }
 
+const RESYNC_REASON = {
+  too_many_changes: "too many changes were made while you were disconnected to replay them one by one",
+  cursor_too_old: "you were disconnected for longer than the live stream keeps changes",
+  queue_overflow: "changes arrived faster than this page could take them",
+  cursor_unknown: "the live stream did not recognise where this page had got to",
+};
+
 async function onResync(data) {
   if (data.patient_id !== app.patientId) return;
   app.stats.resyncs += 1;
   app.offlineSince = null; // this notice, not "back online", says what happened
-  notice(
-    `This chart was reloaded: the live stream could not guarantee every change (${data.reason ?? "resync"}).`,
-    "warn",
-  );
+  const why = RESYNC_REASON[data.reason] ?? `the live stream could not guarantee every change (${data.reason ?? "resync"})`;
+  notice(`This chart was reloaded: ${why}.`, "warn");
   app.store.clear();
   app.tombstones.clear();
   app.loaded = false;
