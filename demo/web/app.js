@@ -328,6 +328,7 @@ const RESYNC_REASON = {
   cursor_too_old: "you were disconnected for longer than the live stream keeps changes",
   queue_overflow: "changes arrived faster than this page could take them",
   cursor_unknown: "the live stream did not recognise where this page had got to",
+  catch_up_failed: "the live stream could not read the changes this page missed",
 };
 
 async function onResync(data) {
