@@ -128,7 +128,11 @@ class Demo:
             self.say("starting a throwaway PostgreSQL cluster")
             self.cluster = pgcluster.Cluster()
             self.db = self.cluster.dsn()
-        self.setup_database()
+        import psycopg
+        try:
+            self.setup_database()
+        except psycopg.Error as e:
+            raise RuntimeError(f"database {self.db}: {str(e).strip()}") from e
         with open(self.secret_file, "w") as f:
             os.fchmod(f.fileno(), 0o600)
             f.write(secrets.token_urlsafe(48))
