@@ -56,19 +56,7 @@ def demo():
         pytest.skip("fhir-notify-bridge is not built yet")
     demo = launcher.Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True,
                          bridge_args=["--resume-max-changes", str(RESUME_MAX_CHANGES)])
-    try:
-        demo.start()
-    except RuntimeError as e:
-        if "fhir_notify.watch" in str(e) or "function fhir_notify.watch" in str(e):
-            demo.stop()
-            pytest.skip(f"the extension cannot watch tables yet: {e}")
-        raise
-    except Exception as e:
-        import psycopg
-        if isinstance(e, psycopg.errors.UndefinedFunction):
-            demo.stop()
-            pytest.skip(f"the extension cannot watch tables yet: {e}")
-        raise
+    demo.start()
     yield demo
     logs = demo.logs()
     os.makedirs(ARTIFACTS, exist_ok=True)

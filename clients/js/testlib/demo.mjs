@@ -1,6 +1,6 @@
 // Test helpers: a real cluster, bridge and stand-in backend from
 // demo/launcher.py, real HS256 tokens, writes through the backend.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -14,6 +14,11 @@ const PYTHON = process.env.FHIR_NOTIFY_PYTHON ?? "/usr/bin/python3";
  * {skip: reason} when the bridge or the extension is not built yet.
  */
 export async function startDemo(bridgeArgs = "") {
+  const bridge = process.env.FHIR_NOTIFY_BRIDGE || path.join(TOP, "bridge", "fhir-notify-bridge");
+  const probe = spawnSync(bridge, ["--help"], { encoding: "utf8", timeout: 10000 });
+  if (probe.error || /not built yet/.test(`${probe.stdout}${probe.stderr}`)) {
+    return { skip: `fhir-notify-bridge is not built (${bridge}): run make` };
+  }
   const child = spawn(PYTHON, [path.join(TOP, "demo", "launcher.py"), "--json", `--bridge-args=${bridgeArgs}`], {
     stdio: ["pipe", "pipe", "pipe"],
   });
@@ -46,9 +51,6 @@ export async function startDemo(bridgeArgs = "") {
     info = JSON.parse(await nextLine(180000));
   } catch (err) {
     child.kill("SIGTERM");
-    if (/not built yet|exited with status 1 before listening|fhir_notify\.watch|cannot create extension/.test(String(err.message))) {
-      return { skip: `the bridge or the extension is not ready: ${String(err.message).split("\n").slice(-3).join(" ")}` };
-    }
     throw err;
   }
   const command = async (name) => {
