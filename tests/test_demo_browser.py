@@ -201,6 +201,11 @@ def sql_write(demo, sql, params, actor):
 
 def test_allergy_added_by_one_user_appears_for_the_other(demo, charts):
     a, b = charts
+    # Mark every row B shows now: an incremental update leaves them the same
+    # DOM nodes (a re-render would replace them, and flicker).
+    marked = b.js("const rows = [...document.querySelectorAll('[data-key]')];"
+                  "rows.forEach(r => r.__untouched = true); return rows.length")
+    assert marked > 10
     substance = f"Peanut {uuid.uuid4().hex[:6]}"
     a.driver.find_element(By.ID, "allergy-substance").send_keys(substance)
     Select(a.driver.find_element(By.ID, "allergy-criticality")).select_by_value("high")
@@ -214,6 +219,7 @@ def test_allergy_added_by_one_user_appears_for_the_other(demo, charts):
     record_latency("allergy from nurse to physician", latency)
     assert latency < PROPAGATION_LIMIT, f"the allergy took {latency:.3f} s to reach the other chart"
     assert b.not_reloaded()
+    assert b.js("return [...document.querySelectorAll('[data-key]')].filter(r => r.__untouched).length") == marked
     assert len(b.rows(key)) == 1
     assert "criticality high" in b.row_text(key)
     assert "by Nurse Jones" in b.row_text(key)
@@ -240,6 +246,20 @@ def test_allergy_added_by_one_user_appears_for_the_other(demo, charts):
                for line in a.activity())
     assert a.not_reloaded() and b.not_reloaded()
     assert severe(a.collect_logs()) == [] and severe(b.collect_logs()) == []
+
+
+def test_every_control_has_a_label_and_the_keyboard_reaches_it(demo, charts):
+    a, _ = charts
+    unlabelled = a.js(
+        "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]"
+        ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())"
+        ".map(e => e.outerHTML.slice(0, 80))")
+    assert unlabelled == []
+    unreachable = a.js(
+        "return [...document.querySelectorAll('#chart-view input:not([type=hidden]), #chart-view select,"
+        " #chart-view button, #chart-view a')].filter(e => e.tabIndex < 0).map(e => e.id || e.textContent)")
+    assert unreachable == []
+    assert a.driver.find_element(By.ID, "connection").get_attribute("role") == "status"
 
 
 def test_change_written_in_sql_appears_in_both_charts(demo, charts):
