@@ -315,12 +315,14 @@ function onUpdate(data) {
     app.tombstones.set(key, version);
     app.store.delete(key);
     if (app.loaded) removeRow(key);
+    // A delete carries no resource: name what was removed from what we showed.
+    if (app.loaded) logActivity({ ...data, action: "deleted" }, data.resource ?? known?.resource);
   } else {
     app.store.set(key, { version, resource: data.resource, actor: data.actor, at: data.changed_at });
     if (app.loaded) renderRow(key, true);
+    if (app.loaded) logActivity(data, data.resource);
   }
   app.stats.applied += 1;
-  if (app.loaded) logActivity(data);
 }
 
 const RESYNC_REASON = {
@@ -343,9 +345,9 @@ async function onResync(data) {
   await loadChart(app.patientId);
 }
 
-function logActivity(data) {
-  const resource = data.resource ?? {};
-  let what = TYPE_LABEL[data.resource_type] ?? data.resource_type;
+/** One line in the list of changes: who did what to which resource. */
+function logActivity(data, resource) {
+  const what = TYPE_LABEL[data.resource_type] ?? data.resource_type;
   const name = summary(data.resource_type, resource);
   const item = el(
     "li",
@@ -554,6 +556,10 @@ function applyOwnWrite(resource) {
   if (known && known.version >= version) return;
   app.store.set(key, { version, resource, actor: app.user.username, at: resource.meta?.lastUpdated });
   renderRow(key, true);
+  logActivity(
+    { action: version > 1 ? "updated" : "created", resource_type: resource.resourceType, actor: app.user.username },
+    resource,
+  );
 }
 
 async function write(action) {
@@ -672,10 +678,11 @@ async function remove(key) {
   const label = `${TYPE_LABEL[type]} ${summary(type, entry.resource)}`;
   if (!window.confirm(`Delete ${label}?`)) return;
   const done = await write(() => api("DELETE", `/fhir/${type}/${id}`));
-  if (done) {
+  if (done && app.store.get(key) === entry) {
     app.tombstones.set(key, entry.version + 1);
     app.store.delete(key);
     removeRow(key);
+    logActivity({ action: "deleted", resource_type: type, actor: app.user.username }, entry.resource);
   }
 }
 
