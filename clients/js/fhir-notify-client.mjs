@@ -73,6 +73,15 @@ export class FhirNotifyClient {
   constructor(options) {
     if (!options || typeof options.url !== "string") throw new TypeError("connect: url is required");
     this.options = { ...DEFAULTS, ...options };
+    let protocol;
+    try {
+      protocol = new URL(options.url).protocol;
+    } catch {
+      protocol = null;
+    }
+    if (protocol !== "ws:" && protocol !== "wss:") {
+      throw new TypeError(`connect: url must be ws:// or wss://, not ${JSON.stringify(options.url)}`);
+    }
     this.url = options.url;
     this.token = options.token ?? null;
     this.getToken = options.getToken ?? null;
@@ -96,6 +105,16 @@ export class FhirNotifyClient {
     this.delivered = new Set();
     this.deliveredOrder = [];
     this.closedByUser = false;
+    // In a browser, coming back online is the moment to retry, not the
+    // next backoff step.
+    this.onOnline = () => {
+      if (this.state === "reconnecting" && this.timers.reconnect) {
+        this.attempt = 0;
+        this.clearTimer("reconnect");
+        this.open();
+      }
+    };
+    globalThis.addEventListener?.("online", this.onOnline);
   }
 
   /** Adds a listener; returns a function that removes it. */
@@ -173,6 +192,7 @@ export class FhirNotifyClient {
   /** Closes the connection for good. */
   close() {
     this.closedByUser = true;
+    globalThis.removeEventListener?.("online", this.onOnline);
     for (const name of Object.keys(this.timers)) this.clearTimer(name);
     const socket = this.socket;
     this.detach();

@@ -30,6 +30,14 @@ describe("backoffDelay", () => {
 
 const RESUME_MAX_CHANGES = 10;
 
+describe("connect", () => {
+  test("refuses a URL that is not ws:// or wss://", () => {
+    assert.throws(() => connect({ url: "http://example.org/api/ws" }), /ws:\/\/ or wss:\/\//);
+    assert.throws(() => connect({ url: "not a url" }), TypeError);
+    assert.throws(() => connect({}), TypeError);
+  });
+});
+
 describe("against a real fhir-notify-bridge", () => {
   let demo;
   const clients = [];
