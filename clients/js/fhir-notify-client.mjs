@@ -31,7 +31,9 @@ export const DEFAULTS = Object.freeze({
   backoffFactor: 2,
   jitter: 0.5, // each delay is drawn from [delay * (1 - jitter), delay]
   connectTimeout: 15000, // ms from opening the socket to the welcome before trying again
-  catchUpQuiet: 300, // ms without replayed updates after which catching up is over
+  // The bridge sends no end-of-replay marker: catching up is taken as over
+  // after this many ms without a replayed update (the replay is one read).
+  catchUpQuiet: 1000,
   dedupeWindow: 2000, // how many delivered updates are remembered to drop repeats
 });
 
