@@ -68,9 +68,14 @@ send_from_ring(subscription *sub, cursor after, bool check_limits)
 bool
 resume_from_memory(subscription *sub)
 {
+	cursor known = bridge_current_cursor();
+
 	if (the_bridge.last_tick == 0)
 		return false;
-	if (cursor_compare(sub->since, bridge_current_cursor()) > 0)
+	/* a read being fanned out is ahead of last_tick: its cursors are known too */
+	if (ring_count() > 0 && cursor_compare(ring_get(ring_count() - 1)->at, known) > 0)
+		known = ring_get(ring_count() - 1)->at;
+	if (cursor_compare(sub->since, known) > 0)
 	{
 		subscription_resync(sub, "cursor_unknown");
 		return true;
