@@ -9,7 +9,13 @@
 - Bridge: starts bridge/fhir-notify-bridge on a free port, waits for
   /healthz, captures its log to a file, stops it with SIGTERM (then SIGKILL).
 - bridge_logs: an autouse-able fixture that shows the log lines every bridge
-  wrote during a test, in the report of a failing test.
+  wrote during a test, in the report of a failing test, and fails the test
+  when a sanitizer reported something.
+
+Environment: FHIR_NOTIFY_BRIDGE runs another binary, e.g. a build made with
+`make -C bridge SANITIZE=1` copied elsewhere, or a script that execs the
+bridge under `valgrind -q --log-file=...`; FHIR_NOTIFY_TEST_LOG_LEVEL sets
+--log-level (default debug).
 """
 
 import atexit
