@@ -163,6 +163,30 @@ $$;
 -- Routing (compartment.c)
 -- ---------------------------------------------------------------------------
 
+/*
+ * The ids of the Patients a FHIR resource belongs to (the R4 Patient
+ * compartment plus fhir_notify.extra_links), distinct and sorted in C
+ * collation; '{}' when none. The same routine the capture trigger uses.
+ */
+CREATE FUNCTION fhir_notify.patient_refs(resource jsonb) RETURNS text[]
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'patient_refs';
+
+COMMENT ON FUNCTION fhir_notify.patient_refs(jsonb) IS
+	'The ids of the patients a FHIR resource belongs to, distinct and sorted';
+
+/*
+ * The same with the resource type and logical id given, as for tables that
+ * keep them outside the JSON (fhirbase stores the JSON without "id"); a NULL
+ * argument is read from the JSON.
+ */
+CREATE FUNCTION fhir_notify.patient_refs(resource jsonb, resource_type text,
+	logical_id text DEFAULT NULL) RETURNS text[]
+LANGUAGE c IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'patient_refs_typed';
+
+COMMENT ON FUNCTION fhir_notify.patient_refs(jsonb, text, text) IS
+	'The ids of the patients a FHIR resource of the given type and id belongs to';
 
 
 -- ---------------------------------------------------------------------------
