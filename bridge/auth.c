@@ -15,6 +15,8 @@
 
 /* Longer tokens are refused before any work (a header is 8 KB at most anyway). */
 #define TOKEN_MAX_LENGTH 16384
+/* Dates are clamped to +-2^52 seconds, where doubles are still exact. */
+#define NUMERIC_DATE_LIMIT (1LL << 52)
 
 /* Formats a failure reason into err and returns AUTH_INVALID. */
 static auth_result
@@ -128,10 +130,26 @@ numeric_claim(json_t *claims, const char *name, long long *value, bool *present)
 	*value = 0;
 	if (claim == NULL)
 		return true;
+	/*
+	 * Clamped far beyond any real date, so that adding the leeway cannot
+	 * overflow and a huge real converts without undefined behaviour.
+	 */
 	if (json_is_integer(claim))
-		*value = (long long) json_integer_value(claim);
+	{
+		json_int_t number = json_integer_value(claim);
+
+		*value = number > NUMERIC_DATE_LIMIT    ? NUMERIC_DATE_LIMIT
+		         : number < -NUMERIC_DATE_LIMIT ? -NUMERIC_DATE_LIMIT
+		                                        : (long long) number;
+	}
 	else if (json_is_real(claim))
-		*value = (long long) json_real_value(claim);
+	{
+		double number = json_real_value(claim);
+
+		*value = number > (double) NUMERIC_DATE_LIMIT    ? NUMERIC_DATE_LIMIT
+		         : number < -(double) NUMERIC_DATE_LIMIT ? -NUMERIC_DATE_LIMIT
+		                                                 : (long long) number;
+	}
 	else
 		return false;
 	return true;

@@ -560,6 +560,20 @@ test_hs256(void)
 	         NOW + 100);
 	expect_claims(keys, text, AUTH_OK, NULL, "exp as a real number");
 
+	/* Absurd dates are clamped, not overflowed. */
+	snprintf(
+	    text, sizeof(text),
+	    "{\"aud\":\"%s\",\"iss\":\"%s\",\"exp\":9223372036854775807,\"nbf\":-9223372036854775807}",
+	    AUDIENCE, ISSUER);
+	expect_claims(keys, text, AUTH_OK, NULL, "exp at the integer limit");
+	snprintf(text, sizeof(text), "{\"aud\":\"%s\",\"iss\":\"%s\",\"exp\":1e300}", AUDIENCE, ISSUER);
+	expect_claims(keys, text, AUTH_OK, NULL, "exp 1e300");
+	snprintf(text, sizeof(text), "{\"aud\":\"%s\",\"iss\":\"%s\",\"exp\":-1e300}", AUDIENCE,
+	         ISSUER);
+	expect_claims(keys, text, AUTH_EXPIRED, "expired", "exp -1e300");
+	snprintf(text, sizeof(text), "{\"aud\":\"%s\",\"iss\":\"%s\",\"nbf\":1e300}", AUDIENCE, ISSUER);
+	expect_claims(keys, text, AUTH_INVALID, "not valid yet", "nbf 1e300");
+
 	/* Audience and issuer. */
 	snprintf(text, sizeof(text), "{\"sub\":\"dr-who\",\"aud\":\"other\",\"iss\":\"%s\"}", ISSUER);
 	expect_claims(keys, text, AUTH_INVALID, "aud does not include", "wrong aud");
@@ -622,6 +636,24 @@ test_hs256(void)
 	token = make_token("HS256", NULL, "{}", SIGN_HS256, NULL);
 	token[strlen(token) - 1] = '*';
 	expect(keys, token, AUTH_INVALID, "signature is not valid base64url", "signature bad base64");
+	free(token);
+	/*
+	 * A signature spelled with non-zero unused bits decodes to the same bytes
+	 * but is not the canonical encoding: strict base64url refuses it.
+	 */
+	claims = claims_text(NULL);
+	token = make_token("HS256", NULL, claims, SIGN_HS256, NULL);
+	free(claims);
+	expect(keys, token, AUTH_OK, NULL, "canonical signature");
+	{
+		char *last = token + strlen(token) - 1;
+		const char *alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+		/* 43 characters carry 258 bits: the last character's low 2 bits are unused */
+		*last = alphabet[(strchr(alphabet, *last) - alphabet) ^ 1];
+	}
+	expect(keys, token, AUTH_INVALID, "signature is not valid base64url",
+	       "non-canonical signature encoding");
 	free(token);
 	/* An over-long token. */
 	{
@@ -794,6 +826,21 @@ test_jwks(EVP_PKEY *rsa, EVP_PKEY *ec)
 		json_object_set_new(bad, "y", json_string("AAAA"));
 		config.jwks_file = write_jwks("jwks-bad.json", bad, NULL);
 		load_fails(&config, "bad-ec", "jwks with a broken EC key");
+	}
+	{
+		/* x for y: 32 bytes each, but (almost surely) not a point on P-256 */
+		json_t *off_curve = jwk_of(ec, "off-curve");
+
+		json_object_set(off_curve, "y", json_object_get(off_curve, "x"));
+		config.jwks_file = write_jwks("jwks-off-curve.json", off_curve, NULL);
+		load_fails(&config, "not on P-256", "jwks with an EC point off the curve");
+	}
+	{
+		EVP_PKEY *small = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t) 1024);
+
+		config.jwks_file = write_jwks("jwks-small.json", jwk_of(small, "small"), NULL);
+		load_fails(&config, "fewer than the 2048", "jwks with an RSA 1024 key");
+		EVP_PKEY_free(small);
 	}
 	{
 		json_t *wrong_alg = jwk_of(rsa, "r");

@@ -193,7 +193,116 @@ COMMENT ON FUNCTION fhir_notify.patient_refs(jsonb, text, text) IS
 -- Capture: watch(), unwatch(), the trigger (trigger.c, layout.c)
 -- ---------------------------------------------------------------------------
 
+-- What is watched. The trigger itself reads its layout from its arguments;
+-- this table is the record of what watch() was asked for.
+CREATE TABLE fhir_notify.watched_tables (
+	relation regclass PRIMARY KEY,
+	layout text NOT NULL,
+	options jsonb NOT NULL,
+	trigger_arguments text[] NOT NULL,
+	since timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
 
+COMMENT ON TABLE fhir_notify.watched_tables IS
+	'The tables fhir_notify.watch() put a capture trigger on';
+
+-- pg_dump keeps its rows (the triggers are dumped with their tables);
+-- regclass is dumped by name and survives pg_upgrade.
+SELECT pg_catalog.pg_extension_config_dump('fhir_notify.watched_tables', '');
+
+-- The watched tables that still exist, by name.
+CREATE VIEW fhir_notify.watched AS
+	SELECT w.relation AS "table", w.layout, w.options, w.since
+	FROM fhir_notify.watched_tables w
+	WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) w.relation);
+
+/* The row trigger: records each change of a watched table (trigger.c). */
+CREATE FUNCTION fhir_notify.capture() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'fhir_notify_capture';
+
+/* The statement trigger that warns that a TRUNCATE is not streamed. */
+CREATE FUNCTION fhir_notify.capture_truncate() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'fhir_notify_capture_truncate';
+
+/*
+ * The capture trigger's arguments for tbl: its layout resolved against the
+ * table's columns (layout.c). Errors name the column and what was expected.
+ */
+CREATE FUNCTION fhir_notify.resolve_layout(tbl regclass, layout text, options jsonb)
+RETURNS text[]
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'fhir_notify_resolve_layout';
+
+/* Drops the capture triggers of tbl that exist. */
+CREATE FUNCTION fhir_notify.drop_triggers(tbl regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	name text;
+BEGIN
+	FOR name IN
+		SELECT t.tgname FROM pg_trigger t
+		WHERE t.tgrelid = tbl
+		  AND t.tgname IN ('fhir_notify_capture', 'fhir_notify_truncate')
+		  AND NOT t.tgisinternal
+	LOOP
+		EXECUTE format('DROP TRIGGER %I ON %s', name, tbl);
+	END LOOP;
+END
+$$;
+
+/*
+ * Starts capturing the changes of tbl. layout is 'auto', 'wintehr', 'jsonb'
+ * or 'fhirbase'; options name columns ({"resource": "content", "type": ...,
+ * "id": ..., "version": ..., "deleted": ...}) and {"record_unrouted": true}
+ * records changes that belong to no patient. Watching again replaces.
+ */
+CREATE FUNCTION fhir_notify.watch(tbl regclass, layout text DEFAULT 'auto',
+                                  options jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	arguments text[];
+	argument_list text;
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'cannot watch a NULL table';
+	END IF;
+	arguments := fhir_notify.resolve_layout(tbl, coalesce(layout, 'auto'),
+	                                        coalesce(options, '{}'));
+	SELECT string_agg(quote_literal(a), ', ' ORDER BY n) INTO argument_list
+	FROM unnest(arguments) WITH ORDINALITY AS u(a, n);
+
+	PERFORM fhir_notify.drop_triggers(tbl);
+	EXECUTE format('CREATE TRIGGER fhir_notify_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+	               'FOR EACH ROW EXECUTE FUNCTION fhir_notify.capture(%s)', tbl, argument_list);
+	EXECUTE format('CREATE TRIGGER fhir_notify_truncate AFTER TRUNCATE ON %s '
+	               'FOR EACH STATEMENT EXECUTE FUNCTION fhir_notify.capture_truncate()', tbl);
+
+	DELETE FROM fhir_notify.watched_tables w
+	WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = w.relation);
+	INSERT INTO fhir_notify.watched_tables AS w (relation, layout, options, trigger_arguments)
+	VALUES (tbl, substr(arguments[1], length('layout=') + 1), coalesce(options, '{}'), arguments)
+	ON CONFLICT (relation) DO UPDATE
+		SET layout = excluded.layout, options = excluded.options,
+		    trigger_arguments = excluded.trigger_arguments,
+		    since = CASE WHEN w.trigger_arguments = excluded.trigger_arguments
+		                 THEN w.since ELSE excluded.since END;
+END
+$$;
+
+/* Stops capturing the changes of tbl. Not watched: nothing to do. */
+CREATE FUNCTION fhir_notify.unwatch(tbl regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM fhir_notify.drop_triggers(tbl);
+	DELETE FROM fhir_notify.watched_tables w WHERE w.relation = tbl;
+END
+$$;
 
 -- ---------------------------------------------------------------------------
 -- Doorbell and ticker (doorbell.c, ticker.c)

@@ -14,3 +14,20 @@ void
 ticker_init(void)
 {
 }
+
+/*
+ * Whether ticker mode can run here (stub until the ticker is written).
+ */
+bool
+ticker_available(void)
+{
+	return false;
+}
+
+/*
+ * Wakes the ticker after a commit (stub until the ticker is written).
+ */
+void
+ticker_ring(void)
+{
+}
