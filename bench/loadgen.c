@@ -412,7 +412,9 @@ handle_control(client *c, const char *type, const char *buf, size_t len)
 	}
 	if (strcmp(type, "welcome") == 0)
 	{
-		note_cursor(c, data);
+		/* On a reconnect the saved cursor is what we resume from. */
+		if (run.phase != 2)
+			note_cursor(c, data);
 		if (run.subscribe)
 		{
 			c->want_subscribe = true;
@@ -446,6 +448,9 @@ handle_message(client *c, const char *buf, size_t len)
 {
 	char type[64];
 
+	if (getenv("LOADGEN_DEBUG"))
+		fprintf(stderr, "client %d phase %d: %.*s\n", c->index, run.phase,
+		        (int) (len > 200 ? 200 : len), buf);
 	if (!top_level_string(buf, len, "type", type, sizeof(type)))
 	{
 		run.errors++;
