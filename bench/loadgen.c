@@ -89,6 +89,7 @@ static struct
 	int concurrency;
 	int retries;
 	bool subscribe;
+	bool debug; /* $LOADGEN_DEBUG: every message and a heartbeat to stderr */
 
 	/* state */
 	struct lws_context *context;
@@ -448,7 +449,7 @@ handle_message(client *c, const char *buf, size_t len)
 {
 	char type[64];
 
-	if (getenv("LOADGEN_DEBUG"))
+	if (run.debug)
 		fprintf(stderr, "client %d phase %d: %.*s\n", c->index, run.phase,
 		        (int) (len > 200 ? 200 : len), buf);
 	if (!top_level_string(buf, len, "type", type, sizeof(type)))
@@ -809,7 +810,7 @@ service_tick(lws_sorted_usec_list_t *sul)
 	double since_ready = run.ready_mono ? (now - run.ready_mono) / 1e9 : 0;
 	static int64_t last_debug;
 
-	if (getenv("LOADGEN_DEBUG") && now - last_debug > 500000000)
+	if (run.debug && now - last_debug > 500000000)
 	{
 		last_debug = now;
 		fprintf(stderr, "tick %.3f ready %d inflight %d\n", (now - run.start_mono) / 1e9,
@@ -890,6 +891,7 @@ parse_options(int argc, char **argv)
 	run.concurrency = 200;
 	run.retries = 3;
 	run.token = getenv("LOADGEN_TOKEN");
+	run.debug = getenv("LOADGEN_DEBUG") != NULL;
 	while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1)
 	{
 		switch (opt)
