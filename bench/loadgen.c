@@ -621,6 +621,8 @@ callback_client(struct lws *wsi, enum lws_callback_reasons reason, void *user, v
 static const struct lws_protocols protocols[] = {{"loadgen", callback_client, 0, 2048, 0, NULL, 0},
                                                  {NULL, NULL, 0, 0, 0, NULL, 0}};
 
+static const lws_retry_bo_t no_validity_policy = {0};
+
 /* Starts one client's handshake. */
 static void
 client_connect(client *c)
@@ -642,6 +644,12 @@ client_connect(client *c)
 	info.origin = run.host;
 	info.ssl_connection = run.tls ? LCCSCF_USE_SSL | LCCSCF_ALLOW_SELFSIGNED : 0;
 	info.local_protocol_name = "loadgen";
+	/*
+	 * No idle-validity timer per connection: libwebsockets 4.1 keeps all
+	 * timers in one sorted list, so one far-future timer per connection
+	 * makes every insertion walk them all.
+	 */
+	info.retry_and_idle_policy = &no_validity_policy;
 	info.userdata = c;
 	c->attempts++;
 	c->state = CLIENT_CONNECTING;
