@@ -180,7 +180,9 @@ authorize_result(pg_link *link, const PGresult *res)
 {
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
-		log_error("authorize: --authorize-sql failed: %s", PQresultErrorMessage(res));
+		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+		log_error("authorize: --authorize-sql failed: %s", primary ? primary : "unknown error");
 		return;
 	}
 	in_flight_answer = PQntuples(res) == 1 && PQnfields(res) == 1 && !PQgetisnull(res, 0, 0) &&

@@ -34,6 +34,27 @@ respond(struct lws *wsi, client *c, unsigned int status, const char *content_typ
 	return 0;
 }
 
+/*
+ * Refuses an upgrade with an HTTP/1.1 status line (lws_return_http_status
+ * answers an upgrade request with HTTP/1.0, which WebSocket clients reject
+ * as malformed rather than reporting the status).
+ */
+static int
+refuse_upgrade(struct lws *wsi, int status, const char *text)
+{
+	char response[LWS_PRE + 256];
+	int n;
+
+	n = snprintf(response + LWS_PRE, sizeof(response) - LWS_PRE,
+	             "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\nconnection: "
+	             "close\r\n\r\n%s\n",
+	             status, text, strlen(text) + 1, text);
+	if (lws_write(wsi, (unsigned char *) response + LWS_PRE, (size_t) n, LWS_WRITE_HTTP_HEADERS) <
+	    n)
+		return -1;
+	return 1;
+}
+
 /* See http.h: only /api/ws and /ws upgrade, from allowed origins, within the limit. */
 int
 http_confirm_upgrade(struct lws *wsi, const char *protocol)
@@ -46,8 +67,7 @@ http_confirm_upgrade(struct lws *wsi, const char *protocol)
 	lws_hdr_copy(wsi, path, sizeof(path), WSI_TOKEN_GET_URI);
 	if (strcmp(path, "/api/ws") != 0 && strcmp(path, "/ws") != 0)
 	{
-		lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
-		return 1;
+		return refuse_upgrade(wsi, 404, "Not Found");
 	}
 	if (allowed && allowed[0] && lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) > 0)
 	{
@@ -58,16 +78,14 @@ http_confirm_upgrade(struct lws *wsi, const char *protocol)
 		if (!ok)
 		{
 			log_info("http: refused a websocket from origin %s", origin);
-			lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL);
-			return 1;
+			return refuse_upgrade(wsi, 403, "Forbidden");
 		}
 	}
 	if (the_bridge.draining || the_bridge.nclients >= the_bridge.settings.max_connections)
 	{
 		log_warning("http: refused a websocket: %s",
 		            the_bridge.draining ? "shutting down" : "connection limit reached");
-		lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
-		return 1;
+		return refuse_upgrade(wsi, 503, "Service Unavailable");
 	}
 	return 0;
 }

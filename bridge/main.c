@@ -32,32 +32,10 @@
 #define DRAIN_TIMEOUT_US    (5 * 1000000LL)
 #define INSECURE_WARNING_US (60 * 1000000LL)
 
-bridge the_bridge;
-
 static volatile sig_atomic_t terminate_requested;
 static volatile sig_atomic_t reload_requested;
 static lws_sorted_usec_list_t housekeeping_timer;
 static long long last_insecure_warning_us;
-
-/* See bridge.h. */
-cursor
-bridge_current_cursor(void)
-{
-	return (cursor){the_bridge.last_tick + 1, 0};
-}
-
-/* See bridge.h. */
-bool
-bridge_current_cursor_text(char *out, size_t outlen)
-{
-	if (the_bridge.last_tick == 0)
-	{
-		snprintf(out, outlen, "%s", "");
-		return false;
-	}
-	cursor_format(bridge_current_cursor(), out, outlen);
-	return true;
-}
 
 static void
 on_signal(int signo)
@@ -183,6 +161,15 @@ raise_fd_limit(void)
 	}
 }
 
+/*
+ * A connection silent for 30 s gets a WebSocket ping; one silent for 75 s
+ * (a peer that vanished without closing) is dropped, freeing its rooms.
+ */
+static const lws_retry_bo_t idle_policy = {
+    .secs_since_valid_ping = 30,
+    .secs_since_valid_hangup = 75,
+};
+
 static const struct lws_protocols protocols[] = {
     {"fhir-notify", ws_callback, sizeof(client), 4096, 0, NULL, 0},
     {PG_LINK_PROTOCOL, pg_link_callback, 0, 0, 0, NULL, 0},
@@ -261,6 +248,7 @@ main(int argc, char **argv)
 	info.pt_serv_buf_size = 32768;
 	info.count_threads = 1;
 	info.vhost_name = "default";
+	info.retry_and_idle_policy = &idle_policy;
 	if (the_bridge.settings.tls_cert)
 	{
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;

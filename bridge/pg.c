@@ -35,6 +35,7 @@ typedef struct resume_job
 {
 	subscription *sub; /* NULL once cancelled */
 	long long upto_tick;
+	bool from_ring; /* the ring has the changes: only ask whether the log was pruned */
 	struct resume_job *next;
 } resume_job;
 
@@ -142,6 +143,14 @@ send_resume(resume_job *job)
 	long long first_tick = sub->since.tick > 0 ? sub->since.tick - 1 : 0;
 
 	job->upto_tick = the_bridge.last_tick;
+	step = STEP_RESUME;
+	job_in_flight = job;
+	job->from_ring = resume_ring_covers(sub);
+	if (job->from_ring)
+	{
+		pg_link_send(&reader, "SELECT fhir_notify.oldest_tick()", 0, NULL);
+		return;
+	}
 	snprintf(after, sizeof(after), "%lld", first_tick);
 	snprintf(ticks, sizeof(ticks), "%lld", job->upto_tick - first_tick);
 	snprintf(since_tick, sizeof(since_tick), "%lld", sub->since.tick);
@@ -158,8 +167,6 @@ send_resume(resume_job *job)
 	values[4] = since_position;
 	values[5] = types.data;
 	values[6] = limit;
-	step = STEP_RESUME;
-	job_in_flight = job;
 	/*
 	 * The first column is the oldest readable tick, on a row of its own
 	 * when nothing matches, so a pruned log is told from a quiet one.
@@ -280,13 +287,14 @@ reader_result(pg_link *link, const PGresult *res)
 	if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK)
 	{
 		const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 
 		step_failed = true;
-		log_error("database: %s failed: %s%s%s",
+		log_error("database: %s failed: %s (sqlstate %s)",
 		          step == STEP_LISTEN   ? "listen"
 		          : step == STEP_RESUME ? "catch-up read"
 		                                : "reading the change log",
-		          PQresultErrorMessage(res), sqlstate ? "sqlstate " : "", sqlstate ? sqlstate : "");
+		          primary ? primary : "unknown error", sqlstate ? sqlstate : "none");
 		return;
 	}
 	switch (step)
@@ -305,7 +313,7 @@ reader_result(pg_link *link, const PGresult *res)
 				subscription *sub = job_in_flight->sub;
 
 				job_in_flight->sub = NULL;
-				resume_database_done(sub, res, job_in_flight->upto_tick);
+				resume_database_done(sub, res, job_in_flight->upto_tick, job_in_flight->from_ring);
 			}
 			break;
 		default:

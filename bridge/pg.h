@@ -38,8 +38,15 @@ void authorize_stop(void);
 /* Continuations, in ws.c / resume.c. */
 void subscribe_authorized(subscription *sub);
 void resume_start(subscription *sub);
-/* Serves a resume from memory when possible; false: the database must be asked. */
+/* Settles a resume that needs no database (a cursor from the future); false: ask the database. */
 bool resume_from_memory(subscription *sub);
-void resume_database_done(subscription *sub, const PGresult *res, long long upto_tick);
+/*
+ * The database's answer to a catch-up read (first column: the oldest
+ * readable tick; with from_ring only that, the changes coming from the ring).
+ */
+void resume_database_done(subscription *sub, const PGresult *res, long long upto_tick,
+                          bool from_ring);
+/* Whether the ring holds every change after sub's cursor. */
+bool resume_ring_covers(const subscription *sub);
 
 #endif /* BRIDGE_PG_H */

@@ -17,6 +17,39 @@
 
 static void link_fail(pg_link *link, const char *why);
 
+/* libpq messages span lines ("...\n\tThis probably means..."); log lines do not. */
+static void
+one_line(const char *text, char *out, size_t outlen)
+{
+	size_t n = 0;
+	bool space = false;
+
+	for (const char *p = text; *p && n + 1 < outlen; p++)
+	{
+		if (*p == '\n' || *p == '\t' || *p == '\r' || *p == ' ')
+		{
+			space = n > 0;
+			continue;
+		}
+		if (space && n + 2 < outlen)
+			out[n++] = ' ';
+		space = false;
+		out[n++] = *p;
+	}
+	out[n] = '\0';
+}
+
+/* Server notices (and the FATAL before a termination) go to our log, not raw stderr. */
+static void
+notice_to_log(void *arg, const char *message)
+{
+	pg_link *link = arg;
+	char line[1024];
+
+	one_line(message, line, sizeof(line));
+	log_info("%s: server said: %s", link->name, line);
+}
+
 /* Stops watching the adopted descriptor; lws closes it asynchronously. */
 static void
 drop_socket(pg_link *link)
@@ -110,6 +143,7 @@ pg_link_start(pg_link *link)
 		link_fail(link, link->conn ? PQerrorMessage(link->conn) : "out of memory");
 		return;
 	}
+	PQsetNoticeProcessor(link->conn, notice_to_log, link);
 	link->connecting = true;
 	link->adopted_socket = -1;
 	advance_connect(link);
@@ -133,12 +167,8 @@ link_fail(pg_link *link, const char *why)
 	bool was_ready = link->ready;
 	long long delay_ms;
 	char reason[512];
-	size_t len;
 
-	snprintf(reason, sizeof(reason), "%s", why ? why : "unknown error");
-	len = strlen(reason);
-	while (len > 0 && (reason[len - 1] == '\n' || reason[len - 1] == ' '))
-		reason[--len] = '\0';
+	one_line(why ? why : "unknown error", reason, sizeof(reason));
 	close_link(link);
 	if (was_ready)
 		link->ops->disconnected(link);

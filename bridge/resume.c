@@ -59,25 +59,20 @@ send_from_ring(subscription *sub, cursor after, bool check_limits)
 
 /*
  * Handles sub's resume without the database when it can: a cursor from the
- * future (another database, or a restored one) or one the ring covers.
- * Returns false when the database must be asked.
+ * future (another database, or a restored one) cannot be resumed. Returns
+ * false when the database must be asked: even when the ring holds every
+ * change after the cursor, the database says whether the log was pruned
+ * past it, so that a pruned cursor gets a resync whichever bridge it is
+ * shown to.
  */
 bool
 resume_from_memory(subscription *sub)
 {
-	cursor now = bridge_current_cursor();
-
 	if (the_bridge.last_tick == 0)
 		return false;
-	if (cursor_compare(sub->since, now) > 0)
+	if (cursor_compare(sub->since, bridge_current_cursor()) > 0)
 	{
 		subscription_resync(sub, "cursor_unknown");
-		return true;
-	}
-	if (cursor_compare(sub->since, ring_floor()) >= 0)
-	{
-		if (send_from_ring(sub, sub->since, true))
-			subscription_activate(sub);
 		return true;
 	}
 	return false;
@@ -91,9 +86,16 @@ resume_start(subscription *sub)
 		pg_queue_resume(sub);
 }
 
+/* See pg.h. */
+bool
+resume_ring_covers(const subscription *sub)
+{
+	return cursor_compare(sub->since, ring_floor()) >= 0;
+}
+
 /* See pg.h: the database's answer for sub's catch-up, read up to upto_tick. */
 void
-resume_database_done(subscription *sub, const PGresult *res, long long upto_tick)
+resume_database_done(subscription *sub, const PGresult *res, long long upto_tick, bool from_ring)
 {
 	int rows = PQntuples(res);
 	long long oldest = rows > 0 && !PQgetisnull(res, 0, 0) ? atoll(PQgetvalue(res, 0, 0)) : 0;
@@ -105,6 +107,12 @@ resume_database_done(subscription *sub, const PGresult *res, long long upto_tick
 	if (sub->since.tick - 1 < oldest)
 	{
 		subscription_resync(sub, "cursor_too_old");
+		return;
+	}
+	if (from_ring && resume_ring_covers(sub))
+	{
+		if (send_from_ring(sub, sub->since, true))
+			subscription_activate(sub);
 		return;
 	}
 	changes = xcalloc((size_t) rows + 1, sizeof(change *));
@@ -122,7 +130,9 @@ resume_database_done(subscription *sub, const PGresult *res, long long upto_tick
 			oldest_us = c->changed_at_us;
 		count += deliver_catch_up(sub, c, true);
 	}
-	if (count > the_bridge.settings.resume_max_changes)
+	/* the read stops one row past the limit: a full answer means there may be more */
+	if (count > the_bridge.settings.resume_max_changes ||
+	    nchanges > the_bridge.settings.resume_max_changes)
 		subscription_resync(sub, "too_many_changes");
 	else if (the_bridge.settings.resume_max_age > 0 && oldest_us &&
 	         now_wall_us() - oldest_us > (long long) the_bridge.settings.resume_max_age * 1000000)

@@ -172,14 +172,20 @@ strbuf_append(strbuf *buf, const char *s)
 void
 strbuf_appendf(strbuf *buf, const char *fmt, ...)
 {
+	char small[256];
 	va_list ap;
 	int needed;
 
 	va_start(ap, fmt);
-	needed = vsnprintf(NULL, 0, fmt, ap);
+	needed = vsnprintf(small, sizeof(small), fmt, ap);
 	va_end(ap);
 	if (needed < 0)
 		return;
+	if ((size_t) needed < sizeof(small))
+	{
+		strbuf_append_len(buf, small, (size_t) needed);
+		return;
+	}
 	strbuf_reserve(buf, (size_t) needed);
 	va_start(ap, fmt);
 	vsnprintf(buf->data + buf->len, (size_t) needed + 1, fmt, ap);

@@ -473,23 +473,26 @@ on_receive(struct lws *wsi, client *c, const void *in, size_t len)
 
 	if (c->close_code)
 		return 0;
+	/*
+	 * Bad frames close through the queue (client_close) rather than by
+	 * returning -1 here: lws then sends the close frame and reads what the
+	 * peer still sends, instead of resetting the connection with unread
+	 * data, which the peer would see as 1006.
+	 */
 	if (lws_frame_is_binary(wsi))
 	{
-		static const char reason[] = "binary frames are not accepted";
-
 		log_info("client %s: binary frame, closing", c->id);
-		lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, (unsigned char *) reason,
-		                 sizeof(reason) - 1);
-		return -1;
+		client_close(c, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
+		return 0;
 	}
 	if (c->rx_len + len + lws_remaining_packet_payload(wsi) > limit)
 	{
-		static const char reason[] = "message too large";
-
 		log_info("client %s: message over %zu bytes, closing", c->id, limit);
-		lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *) reason,
-		                 sizeof(reason) - 1);
-		return -1;
+		free(c->rx);
+		c->rx = NULL;
+		c->rx_len = 0;
+		client_close(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too large");
+		return 0;
 	}
 	c->rx = xrealloc(c->rx, c->rx_len + len + 1);
 	memcpy(c->rx + c->rx_len, in, len);

@@ -7,7 +7,11 @@
 
 #include "fhir_notify.h"
 
-/* One row of fhir_notify.changes; NULL version_id and resource are SQL NULL. */
+/*
+ * One row of fhir_notify.changes; NULL version_id is SQL NULL, and so is
+ * resource when has_resource is false. resource is a jsonb datum, possibly
+ * still compressed or toasted as the watched table stored it.
+ */
 typedef struct ChangeRow
 {
 	const char *action;
@@ -15,7 +19,8 @@ typedef struct ChangeRow
 	const char *resource_id;
 	const char *version_id;
 	const PatientIds *patients;
-	Jsonb *resource;
+	bool has_resource;
+	Datum resource;
 	const char *actor;
 	const char *source_table;
 } ChangeRow;

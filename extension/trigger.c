@@ -26,12 +26,14 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "fhir_notify.h"
@@ -51,19 +53,22 @@ static int capture_warning_interval = 60;
 typedef struct CaptureColumn
 {
 	AttrNumber attnum; /* 0 when the layout has no such column */
-	bool is_text;      /* text-like: read without the output function */
+	Oid type;
+	bool is_text; /* text-like: read without the output function */
 	FmgrInfo output;
 } CaptureColumn;
 
 /* What the trigger knows about one watched table, per backend. */
 typedef struct CaptureTarget
 {
-	Oid trigger_oid; /* hash key */
-	Oid relid;
-	bool valid;         /* false once the relation changed: rebuild */
-	bool columns_ok;    /* false when a column named at watch() time is gone */
-	char *missing;      /* the column that is gone */
-	Layout layout;      /* strings in capture_cache_context */
+	Oid trigger_oid;       /* hash key */
+	Oid relid;             /* the table the trigger fires on */
+	Oid source_relid;      /* the table that was watched: relid, or a partition's root */
+	bool valid;            /* false once the relation changed: rebuild */
+	MemoryContext context; /* holds what the entry points to */
+	bool columns_ok;       /* false when a column named at watch() time is gone or altered */
+	char *problem;         /* what is wrong with it, for the warning */
+	Layout layout;
 	char *source_table; /* schema-qualified name of the table */
 	CaptureColumn resource;
 	CaptureColumn type;
@@ -75,10 +80,11 @@ typedef struct CaptureTarget
 /* One side (OLD or NEW) of a change, read from the row. */
 typedef struct RowImage
 {
-	bool usable;     /* type and id known: the change can be recorded */
-	bool deleted;    /* the row marks the resource deleted */
-	Jsonb *resource; /* NULL when the column is NULL */
-	bool is_object;  /* resource is a JSON object, so it can be routed */
+	bool usable;        /* type and id known: the change can be recorded */
+	bool deleted;       /* the row marks the resource deleted */
+	Jsonb *resource;    /* NULL when the column is NULL */
+	Datum raw_resource; /* the column as stored, maybe toasted */
+	bool is_object;     /* resource is a JSON object, so it can be routed */
 	char *type;
 	char *id;
 	char *version;
@@ -109,8 +115,18 @@ capture_relcache_callback(Datum arg, Oid relid)
 		return;
 	hash_seq_init(&status, capture_targets);
 	while ((target = hash_seq_search(&status)) != NULL)
-		if (relid == InvalidOid || target->relid == relid)
+		if (relid == InvalidOid || target->relid == relid || target->source_relid == relid)
 			target->valid = false;
+}
+
+/*
+ * Forgets every cached table when a schema changes (renamed: the source
+ * table's qualified name changes without a relcache invalidation).
+ */
+static void
+capture_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	capture_relcache_callback(arg, InvalidOid);
 }
 
 /*
@@ -122,7 +138,8 @@ capture_init(void)
 	DefineCustomStringVariable(
 	    "fhir_notify.actor", "Who makes the changes of this session or transaction.",
 	    "Recorded with every captured change. The application may SET LOCAL it per "
-	    "transaction; when empty the session user and application_name are recorded.",
+	    "transaction; when empty the session user and application_name are recorded. "
+	    "Any session may set it to anything: it is what the writer says, not proof.",
 	    &capture_actor, "", PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("fhir_notify.warning_interval",
 	                        "Least seconds between two warnings about odd resource content.",
@@ -131,6 +148,7 @@ capture_init(void)
 	                        &capture_warning_interval, 60, 0, 86400, PGC_SUSET, GUC_UNIT_S, NULL,
 	                        NULL, NULL);
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, capture_namespace_callback, (Datum) 0);
 	change_log_init();
 }
 
@@ -168,7 +186,7 @@ capture_warning(const char *source_table, const char *problem, bool recorded)
  * Returns false when the relation has no such column any more.
  */
 static bool
-resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
+resolve_column(TupleDesc desc, const char *name, CaptureColumn *column, MemoryContext context)
 {
 	memset(column, 0, sizeof(*column));
 	if (name == NULL)
@@ -182,9 +200,10 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
 		if (attr->attisdropped || strcmp(NameStr(attr->attname), name) != 0)
 			continue;
 		column->attnum = attr->attnum;
+		column->type = attr->atttypid;
 		column->is_text = attr->atttypid == TEXTOID || attr->atttypid == VARCHAROID;
 		getTypeOutputInfo(attr->atttypid, &output, &varlena);
-		fmgr_info_cxt(output, &column->output, capture_cache_context);
+		fmgr_info_cxt(output, &column->output, context);
 		return true;
 	}
 	return false;
@@ -196,7 +215,7 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
  * given (whose trigger PostgreSQL cloned onto the partition).
  */
 static char *
-watched_table_name(Relation rel, Trigger *trigger)
+watched_table_name(Relation rel, Trigger *trigger, Oid *source_relid)
 {
 	Oid relid = RelationGetRelid(rel);
 
@@ -207,6 +226,7 @@ watched_table_name(Relation rel, Trigger *trigger)
 		if (ancestors != NIL)
 			relid = llast_oid(ancestors);
 	}
+	*source_relid = relid;
 	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 	                                  get_rel_name(relid));
 }
@@ -246,14 +266,32 @@ capture_target(TriggerData *trigdata)
 	}
 
 	target = hash_search(capture_targets, &trigger->tgoid, HASH_ENTER, &found);
-	if (found && target->valid)
+	if (!found)
+	{
+		target->valid = false;
+		target->relid = InvalidOid;
+		target->source_relid = InvalidOid;
+		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
+		                                        ALLOCSET_SMALL_SIZES);
+	}
+	if (target->valid)
 		return target;
 
-	/* Strings of a stale entry are left in the cache context: rare and small. */
-	old = MemoryContextSwitchTo(capture_cache_context);
+	/*
+	 * Nothing uses a stale entry between two rows: its memory can go. A
+	 * capture nested in another (a trigger on the change log writing a
+	 * watched table) may rebuild the entry the outer capture is still
+	 * reading; then the old memory is left to the cache context instead.
+	 */
+	if (capture_depth == 0)
+		MemoryContextReset(target->context);
+	else
+		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
+		                                        ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(target->context);
 	target->relid = RelationGetRelid(rel);
 	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
-	target->source_table = watched_table_name(rel, trigger);
+	target->source_table = watched_table_name(rel, trigger, &target->source_relid);
 	columns[0].name = target->layout.resource_column;
 	columns[0].column = &target->resource;
 	columns[1].name = target->layout.type_column;
@@ -264,14 +302,42 @@ capture_target(TriggerData *trigdata)
 	columns[3].column = &target->version;
 	columns[4].name = target->layout.deleted_column;
 	columns[4].column = &target->deleted;
-	target->columns_ok = target->layout.resource_column != NULL;
-	target->missing = target->layout.resource_column ? NULL : "resource";
-	for (int i = 0; i < (int) lengthof(columns); i++)
-		if (!resolve_column(desc, columns[i].name, columns[i].column) && target->columns_ok)
+	target->columns_ok = true;
+	target->problem = NULL;
+	for (int i = 0; i < (int) lengthof(columns) && target->columns_ok; i++)
+		if (!resolve_column(desc, columns[i].name, columns[i].column, target->context))
 		{
 			target->columns_ok = false;
-			target->missing = pstrdup(columns[i].name);
+			target->problem =
+			    psprintf("column \"%s\" named at watch() time is gone", columns[i].name);
 		}
+	if (target->layout.resource_column == NULL)
+	{
+		target->columns_ok = false;
+		target->problem = "the trigger names no resource column";
+	}
+	/*
+	 * The types watch() checked may have been altered since; reading a json
+	 * or text column as jsonb, or a text column as boolean, would read
+	 * garbage (and crashed the server).
+	 */
+	else if (target->columns_ok && target->resource.type != JSONBOID)
+	{
+		target->columns_ok = false;
+		target->problem =
+		    psprintf("column \"%s\" is of type %s now, not jsonb", target->layout.resource_column,
+		             format_type_be(target->resource.type));
+	}
+	else if (target->columns_ok && target->deleted.attnum != 0 &&
+	         (target->layout.deleted_kind == DELETED_BOOLEAN ? target->deleted.type != BOOLOID
+	                                                         : target->deleted.type == BOOLOID))
+	{
+		target->columns_ok = false;
+		target->problem =
+		    psprintf("column \"%s\" is of type %s now, not %s", target->layout.deleted_column,
+		             format_type_be(target->deleted.type),
+		             target->layout.deleted_kind == DELETED_BOOLEAN ? "boolean" : "text");
+	}
 	MemoryContextSwitchTo(old);
 	target->valid = true;
 	return target;
@@ -332,17 +398,24 @@ json_version(JsonbContainer *object)
  * recorded at all (no type or no id).
  */
 static void
-read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image)
+read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image,
+           const RowImage *before)
 {
 	bool isnull;
 	Datum value;
+	bool same_json = false;
 
 	memset(image, 0, sizeof(*image));
 
 	value = heap_getattr(tuple, target->resource.attnum, desc, &isnull);
+	image->raw_resource = isnull ? (Datum) 0 : value;
+	/* An UPDATE that left the JSON alone stores the same bytes (or toast pointer). */
+	if (!isnull && before != NULL && before->resource != NULL &&
+	    datumIsEqual(value, before->raw_resource, false, -1))
+		same_json = true;
 	if (!isnull)
 	{
-		image->resource = DatumGetJsonbP(value);
+		image->resource = same_json ? before->resource : DatumGetJsonbP(value);
 		image->is_object =
 		    JB_ROOT_IS_OBJECT(image->resource) && !JB_ROOT_IS_SCALAR(image->resource);
 	}
@@ -361,13 +434,24 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 	if (image->version == NULL && image->is_object)
 		image->version = json_version(&image->resource->root);
 
-	if (target->deleted.attnum != 0)
+	if (target->deleted.attnum != 0 && target->layout.deleted_kind == DELETED_BOOLEAN)
 	{
 		value = heap_getattr(tuple, target->deleted.attnum, desc, &isnull);
-		if (!isnull && target->layout.deleted_kind == DELETED_BOOLEAN)
-			image->deleted = DatumGetBool(value);
-		else if (!isnull)
-			image->deleted = strcmp(TextDatumGetCString(value), target->layout.deleted_value) == 0;
+		image->deleted = !isnull && DatumGetBool(value);
+	}
+	else if (target->deleted.attnum != 0)
+	{
+		/* Any text-like type (varchar, char(n), name): by its output, blank-padding aside. */
+		char *status = column_text(tuple, desc, &target->deleted);
+
+		if (status != NULL && target->deleted.type == BPCHAROID)
+		{
+			int len = strlen(status);
+
+			while (len > 0 && status[len - 1] == ' ')
+				status[--len] = '\0';
+		}
+		image->deleted = status != NULL && strcmp(status, target->layout.deleted_value) == 0;
 	}
 
 	image->usable = image->type != NULL && image->id != NULL;
@@ -381,7 +465,10 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 		image->problem = "the resource has no id";
 	if (!image->usable)
 		return;
-	if (image->is_object)
+	if (same_json && before->usable && strcmp(before->type, image->type) == 0 &&
+	    strcmp(before->id, image->id) == 0)
+		image->patients = before->patients;
+	else if (image->is_object)
 		compartment_patient_ids(&image->resource->root, image->type, image->id, &image->patients);
 }
 
@@ -519,9 +606,18 @@ record_change(CaptureTarget *target, const char *action, RowImage *image, Patien
 	row.resource_id = image->id;
 	row.version_id = image->version;
 	row.patients = patients;
-	row.resource = NULL;
-	if (with_resource && image->resource != NULL)
-		row.resource = image->is_object ? complete_resource(image) : image->resource;
+	row.has_resource = with_resource && image->resource != NULL;
+	row.resource = (Datum) 0;
+	if (row.has_resource)
+	{
+		Jsonb *complete = image->is_object ? complete_resource(image) : image->resource;
+
+		/*
+		 * Unchanged JSON is logged as the table stored it: a large resource
+		 * is then copied compressed instead of compressed a second time.
+		 */
+		row.resource = complete == image->resource ? image->raw_resource : JsonbPGetDatum(complete);
+	}
 	row.actor = current_actor();
 	row.source_table = target->source_table;
 	change_log_append(&row);
@@ -554,7 +650,7 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
-		read_image(target, trigdata->tg_trigtuple, desc, &new);
+		read_image(target, trigdata->tg_trigtuple, desc, &new, NULL);
 		warn_content(target, &new);
 		if (new.usable && !new.deleted)
 			record_change(target, "created", &new, &new.patients, true);
@@ -562,15 +658,15 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 	}
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 	{
-		read_image(target, trigdata->tg_trigtuple, desc, &old);
+		read_image(target, trigdata->tg_trigtuple, desc, &old, NULL);
 		warn_content(target, &old);
 		if (old.usable && !old.deleted)
 			record_change(target, "deleted", &old, &old.patients, false);
 		return;
 	}
 
-	read_image(target, trigdata->tg_trigtuple, desc, &old);
-	read_image(target, trigdata->tg_newtuple, desc, &new);
+	read_image(target, trigdata->tg_trigtuple, desc, &old, NULL);
+	read_image(target, trigdata->tg_newtuple, desc, &new, &old);
 	warn_content(target, &new); /* odd old content loses nothing */
 	if (!new.usable)
 		return;
@@ -631,9 +727,8 @@ fhir_notify_capture(PG_FUNCTION_ARGS)
 	target = capture_target(trigdata);
 	if (!target->columns_ok)
 	{
-		char *problem = psprintf("column \"%s\" named at watch() time is gone; run "
-		                         "fhir_notify.watch() again for this table",
-		                         target->missing);
+		char *problem =
+		    psprintf("%s; run fhir_notify.watch() again for this table", target->problem);
 
 		capture_warning(target->source_table, problem, false);
 		pfree(problem);

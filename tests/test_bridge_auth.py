@@ -9,20 +9,18 @@ import time
 
 import pytest
 
-from _local_tokens import (AUDIENCE, ISSUER, SECRET, claims, hs256, hs256_with_key_bytes, jwks,
-                           rs256, rsa_key, unsigned)
-from bridgeproc import (Bridge, FhirStore, assert_update, bridge_logs, condition,  # noqa: F401
-                        create_fhir_database, new_id, observation, shared_cluster)
+import tokens
+from bridgeproc import (AUDIENCE, ISSUER, KEY_DIR, SECRET_FILE, Bridge, FhirStore,  # noqa: F401
+                        assert_update, bridge_logs, condition, create_fhir_database, hs256, new_id,
+                        observation, rs256, shared_cluster)
 from wsclient import Closed
 
 VALIDATION_ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER, "--jwt-leeway", "0"]
-RSA_PRIVATE, RSA_PUBLIC = rsa_key()
-OTHER_PRIVATE, OTHER_PUBLIC = rsa_key()
+RSA_PRIVATE, RSA_PUBLIC = tokens.make_rsa_keypair(KEY_DIR)
+OTHER_PRIVATE, OTHER_PUBLIC = tokens.make_rsa_keypair(KEY_DIR)
 KID = "test-key-1"
 
 
-# Waiting for the bridge (branch bridge-core) and watch() (ext-capture); removed per test as they land.
-pytestmark = pytest.mark.xfail(strict=True, reason="bridge not built yet")
 
 @pytest.fixture(scope="module")
 def db():
@@ -44,22 +42,18 @@ def _module_bridge(db, **kwargs):
 
 @pytest.fixture(scope="module")
 def hs_bridge(db):
-    yield from _module_bridge(db, secret=SECRET, args=VALIDATION_ARGS)
+    yield from _module_bridge(db, secret_file=SECRET_FILE, args=VALIDATION_ARGS)
 
 
 @pytest.fixture(scope="module")
-def rs_bridge(db, tmp_path_factory):
-    key_file = tmp_path_factory.mktemp("rs") / "public.pem"
-    key_file.write_bytes(RSA_PUBLIC)
-    key_file.chmod(0o644)
-    yield from _module_bridge(db, args=VALIDATION_ARGS + ["--jwt-public-key-file", str(key_file)])
+def rs_bridge(db):
+    yield from _module_bridge(db, args=VALIDATION_ARGS + ["--jwt-public-key-file", RSA_PUBLIC])
 
 
 @pytest.fixture(scope="module")
-def jwks_bridge(db, tmp_path_factory):
-    key_file = tmp_path_factory.mktemp("jwks") / "jwks.json"
-    key_file.write_text(jwks(RSA_PUBLIC, KID))
-    yield from _module_bridge(db, args=VALIDATION_ARGS + ["--jwks-file", str(key_file)])
+def jwks_bridge(db):
+    jwks_file = tokens.make_jwks(KEY_DIR, [(RSA_PUBLIC, KID)])
+    yield from _module_bridge(db, args=VALIDATION_ARGS + ["--jwks-file", jwks_file])
 
 
 def assert_refused(bridge, token, error="AUTH_FAILED", **connect_args):
@@ -92,13 +86,13 @@ def test_valid_hs256_token_in_query_or_header_is_accepted(hs_bridge):
     "not_yet_valid", "rs256_on_hs_bridge"])
 def test_bad_hs256_tokens_are_refused(hs_bridge, case):
     token = {
-        "bad_signature": lambda: hs256(secret=SECRET + "x"),
-        "alg_none": lambda: unsigned(),
+        "bad_signature": lambda: hs256(secret=b"not-the-secret"),
+        "alg_none": lambda: tokens.unsigned_token(aud=AUDIENCE, iss=ISSUER),
         "garbage": lambda: "not.a.token",
-        "wrong_audience": lambda: hs256(audience="someone-else"),
-        "wrong_issuer": lambda: hs256(issuer="https://evil.example"),
-        "no_audience": lambda: hs256(audience=None),
-        "not_yet_valid": lambda: hs256(not_before=120),
+        "wrong_audience": lambda: hs256(aud="someone-else"),
+        "wrong_issuer": lambda: hs256(iss="https://evil.example"),
+        "no_audience": lambda: hs256(aud=None),
+        "not_yet_valid": lambda: hs256(claims={"nbf": int(time.time()) + 120}),
         "rs256_on_hs_bridge": lambda: rs256(RSA_PRIVATE),
     }[case]()
     assert_refused(hs_bridge, token)
@@ -109,7 +103,7 @@ def test_bad_token_in_header_is_refused(hs_bridge):
 
 
 def test_expired_token_is_refused_with_token_expired(hs_bridge):
-    assert_refused(hs_bridge, hs256(expires_in=-60), error="TOKEN_EXPIRED")
+    assert_refused(hs_bridge, hs256(exp_in=-60), error="TOKEN_EXPIRED")
 
 
 def test_no_token_gets_auth_required_and_no_data(hs_bridge, store):
@@ -153,7 +147,7 @@ def test_first_message_authenticate(hs_bridge, store):
 
 def test_first_message_authenticate_with_bad_token_is_refused(hs_bridge):
     with hs_bridge.connect(None, welcome=False) as client:
-        client.send_json({"type": "authenticate", "token": hs256(secret="wrong")})
+        client.send_json({"type": "authenticate", "token": hs256(secret=b"wrong")})
         code, _, messages = client.wait_closed()
     assert [m.get("type") for m in messages] == ["error"], messages
     assert messages[0]["error"] == "AUTH_FAILED"
@@ -208,11 +202,12 @@ def test_token_without_read_scope_gets_nothing(hs_bridge, store):
 def test_token_expiry_closes_the_socket_and_authenticate_extends_it(hs_bridge, store):
     patient = new_id("pat")
     lifetime = 4
-    short = claims(expires_in=lifetime)
-    with hs_bridge.connect(hs256(short)) as expiring, hs_bridge.connect(hs256(short)) as renewed:
+    short = tokens.claims_for(exp_in=lifetime, aud=AUDIENCE, iss=ISSUER)
+    with hs_bridge.connect(hs256(claims=short)) as expiring, \
+            hs_bridge.connect(hs256(claims=short)) as renewed:
         expiring.subscribe("chart", [patient])
         renewed.subscribe("chart", [patient])
-        renewed.send_json({"type": "authenticate", "token": hs256(expires_in=600)})
+        renewed.send_json({"type": "authenticate", "token": hs256(exp_in=600)})
         assert renewed.recv_json()["type"] == "auth_success"
         before = store.create(condition(patient))
         for client in (expiring, renewed):
@@ -241,11 +236,12 @@ def test_valid_rs256_token_is_accepted(rs_bridge):
                                   "alg_none", "expired_rs256"])
 def test_bad_rs256_tokens_are_refused(rs_bridge, case):
     token = {
-        "hs256_with_public_key_as_secret": lambda: hs256_with_key_bytes(RSA_PUBLIC),
+        "hs256_with_public_key_as_secret": lambda: tokens.confused_token(RSA_PUBLIC, aud=AUDIENCE,
+                                                                          iss=ISSUER),
         "hs256": lambda: hs256(),
         "other_rsa_key": lambda: rs256(OTHER_PRIVATE),
-        "alg_none": lambda: unsigned(),
-        "expired_rs256": lambda: rs256(RSA_PRIVATE, expires_in=-60),
+        "alg_none": lambda: tokens.unsigned_token(aud=AUDIENCE, iss=ISSUER),
+        "expired_rs256": lambda: rs256(RSA_PRIVATE, exp_in=-60),
     }[case]()
     assert_refused(rs_bridge, token, error="TOKEN_EXPIRED" if case == "expired_rs256" else "AUTH_FAILED")
 
@@ -261,7 +257,8 @@ def test_jwks_bad_tokens_are_refused(jwks_bridge, case):
     token = {
         "unknown_kid": lambda: rs256(OTHER_PRIVATE, kid="no-such-key"),
         "known_kid_wrong_key": lambda: rs256(OTHER_PRIVATE, kid=KID),
-        "hs256_with_public_key": lambda: hs256_with_key_bytes(RSA_PUBLIC, kid=KID),
+        "hs256_with_public_key": lambda: tokens.confused_token(RSA_PUBLIC, kid=KID, aud=AUDIENCE,
+                                                                iss=ISSUER),
     }[case]()
     assert_refused(jwks_bridge, token)
 
@@ -269,9 +266,13 @@ def test_jwks_bad_tokens_are_refused(jwks_bridge, case):
 def test_refused_client_never_gets_data(hs_bridge, store):
     """A refused connection is closed: even racing a write, no update reaches it."""
     patient = new_id("pat")
-    client = hs_bridge.connect(hs256(secret="wrong"), welcome=False)
+    client = hs_bridge.connect(hs256(secret=b"wrong"), welcome=False)
     with client:
-        client.send_json({"type": "subscribe", "data": {"subscription_id": "s", "patient_ids": [patient]}})
+        try:
+            client.send_json({"type": "subscribe", "data": {"subscription_id": "s",
+                                                            "patient_ids": [patient]}})
+        except Closed:
+            pass  # refused before the subscribe went out: fine
         store.create(condition(patient))
         code, _, messages = client.wait_closed()
     assert code == 4001
@@ -280,8 +281,61 @@ def test_refused_client_never_gets_data(hs_bridge, store):
 
 def test_closed_error_is_reported(hs_bridge):
     """The harness itself: recv_json on a refused socket raises Closed with the code."""
-    with hs_bridge.connect(hs256(secret="wrong"), welcome=False) as client:
+    with hs_bridge.connect(hs256(secret=b"wrong"), welcome=False) as client:
         with pytest.raises(Closed) as closed:
             for _ in range(5):
                 client.recv_json()
         assert closed.value.code == 4001
+
+
+def test_reauthenticate_replaces_the_rights_of_a_live_connection(hs_bridge, store):
+    first, second = new_id("pat"), new_id("pat")
+    with hs_bridge.connect(hs256(scope="patient/*.read", patient=first)) as client:
+        client.subscribe("first", [first])
+        client.send_json({"type": "authenticate", "token": hs256(scope="patient/*.read", patient=second)})
+        assert client.recv_json()["type"] == "auth_success"
+        # The first patient is no longer allowed: neither an old subscription nor a new one
+        # may deliver its changes.
+        client.send_json({"type": "subscribe", "data": {"subscription_id": "again",
+                                                        "patient_ids": [first]}})
+        answer = client.recv_json()
+        assert answer.get("type") == "error" and answer["error"] == "FORBIDDEN", answer
+        client.subscribe("second", [second])
+        store.create(condition(first))
+        barrier = store.create(condition(second))
+        assert_update(client.recv_update(), "created", "Condition", barrier["id"], second)
+        client.expect_no_message()
+
+
+def test_reauthenticate_with_a_bad_token_closes(hs_bridge):
+    with hs_bridge.connect(hs256()) as client:
+        client.send_json({"type": "authenticate", "token": hs256(secret=b"wrong")})
+        code, _, messages = client.wait_closed()
+    assert code == 4001, (code, messages)
+    assert [m.get("type") for m in messages] == ["error"] and messages[0]["error"] == "AUTH_FAILED", messages
+
+
+def test_authorize_sql_policy_decides_user_and_patient(db, store):
+    cluster = shared_cluster()
+    blocked, allowed = new_id("pat"), new_id("pat")
+    cluster.execute("CREATE TABLE IF NOT EXISTS public.care_team (username text, patient_id text)", dbname=db)
+    cluster.execute("INSERT INTO public.care_team VALUES ('dr.smith', %s)", (allowed,), dbname=db)
+    query = ("SELECT EXISTS (SELECT 1 FROM public.care_team WHERE username = $1 AND patient_id = $2)")
+    with Bridge(cluster, db, secret_file=SECRET_FILE,
+                args=VALIDATION_ARGS + ["--authorize-sql", query]) as bridge:
+        with bridge.connect(hs256(sub="dr.smith")) as client:
+            client.send_json({"type": "subscribe", "data": {"subscription_id": "blocked",
+                                                            "patient_ids": [blocked]}})
+            answer = client.recv_json()
+            assert answer.get("type") == "error" and answer["error"] == "FORBIDDEN", answer
+            assert answer.get("subscription_id") == "blocked", answer
+            client.subscribe("allowed", [allowed])
+            store.create(condition(blocked))
+            barrier = store.create(condition(allowed))
+            assert_update(client.recv_update(), "created", "Condition", barrier["id"], allowed)
+            client.expect_no_message()
+        with bridge.connect(hs256(sub="dr.jones")) as client:
+            client.send_json({"type": "subscribe", "data": {"subscription_id": "allowed",
+                                                            "patient_ids": [allowed]}})
+            answer = client.recv_json()
+            assert answer.get("type") == "error" and answer["error"] == "FORBIDDEN", answer

@@ -4,18 +4,21 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
+import uuid
 
 import pytest
+import websockets.exceptions
 
-from _local_tokens import AUDIENCE, ISSUER, SECRET, hs256
-from bridgeproc import (BRIDGE_BINARY, Bridge, FhirStore, assert_update,  # noqa: F401
-                        bridge_logs, condition, create_fhir_database, install_fhir_schema, new_id, shared_cluster)
+import tokens
+from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update,  # noqa: F401
+                        bridge_logs, condition, create_fhir_database, hs256, install_fhir_schema, new_id, shared_cluster)
 from pgcluster import Cluster, free_port
 from wsclient import Closed, HandshakeRejected
 
-ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER]
+ARGS = VALIDATION_ARGS
 SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file", "jwt-audience",
             "jwt-issuer", "jwt-leeway", "insecure-no-auth", "allowed-origin", "max-connections",
             "max-subscriptions", "max-frame-size", "send-queue-limit", "channel", "poll-interval",
@@ -23,8 +26,6 @@ SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file
             "version", "tls-cert", "tls-key", "authorize-sql", "authorize-cache-seconds"]
 
 
-# Waiting for the bridge (branch bridge-core) and watch() (ext-capture); removed per test as they land.
-pytestmark = pytest.mark.xfail(strict=True, reason="bridge not built yet")
 
 @pytest.fixture(scope="module")
 def db():
@@ -40,7 +41,7 @@ def store(db):
 
 @pytest.fixture(scope="module")
 def bridge(db):
-    with Bridge(shared_cluster(), db, secret=SECRET, args=ARGS) as b:
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as b:
         yield b
         assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
 
@@ -126,7 +127,7 @@ def test_healthz_and_metrics_counters_move(bridge, store):
             created = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
         during = bridge.metrics()
-    with bridge.connect(hs256(secret="wrong"), welcome=False) as refused:
+    with bridge.connect(hs256(secret=b"wrong"), welcome=False) as refused:
         refused.wait_closed()
     deadline = time.monotonic() + 10
     while True:
@@ -152,7 +153,7 @@ def test_healthz_and_metrics_counters_move(bridge, store):
 
 
 def test_sigterm_closes_clients_with_1001_and_exits_0(db):
-    with Bridge(shared_cluster(), db, secret=SECRET, args=ARGS) as bridge:
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
         clients = [bridge.connect(hs256()) for _ in range(3)]
         clients[0].subscribe("chart", [new_id("pat")])
         bridge.signal(signal.SIGTERM)
@@ -162,13 +163,15 @@ def test_sigterm_closes_clients_with_1001_and_exits_0(db):
         assert bridge.wait_exit(20) == 0
 
 
-def test_sighup_reloads_keys(db, store):
-    with Bridge(shared_cluster(), db, secret=SECRET, args=ARGS) as bridge:
-        old_token = hs256()
+def test_sighup_reloads_keys(db, store, tmp_path):
+    secret_file = tokens.make_hs256_secret(tmp_path)
+    with Bridge(shared_cluster(), db, secret_file=secret_file, args=ARGS) as bridge:
+        old_token = hs256(secret=secret_file)
         with bridge.connect(old_token) as client:
             client.ping()
-        new_secret = "a-completely-new-secret-0123456789"
-        bridge.write_file("jwt-secret", new_secret)
+        new_secret = b"a-completely-new-secret-0123456789"
+        with open(secret_file, "wb") as f:
+            f.write(new_secret + b"\n")
         bridge.signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
         while True:
@@ -185,39 +188,39 @@ def test_sighup_reloads_keys(db, store):
         assert bridge.proc.poll() is None
 
 
-def test_sighup_with_a_broken_key_file_keeps_the_old_keys(db):
-    with Bridge(shared_cluster(), db, secret=SECRET, args=ARGS) as bridge:
-        os.unlink(os.path.join(bridge.dir, "jwt-secret"))
+def test_sighup_with_a_broken_key_file_keeps_the_old_keys(db, tmp_path):
+    secret_file = tokens.make_hs256_secret(tmp_path)
+    with open(secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\n")
+    with Bridge(shared_cluster(), db, secret_file=secret_file, args=ARGS) as bridge:
+        os.unlink(secret_file)
         offset = bridge.log_size()
         bridge.signal(signal.SIGHUP)
-        bridge.wait_for_log("jwt-secret", since=offset)
-        with bridge.connect(hs256()) as client:
+        bridge.wait_for_log(os.path.basename(secret_file), since=offset)
+        with bridge.connect(hs256(secret=secret)) as client:
             client.ping()
         assert bridge.proc.poll() is None
 
 
 def test_settings_from_environment_variables(db, store):
-    secret_file = os.path.join(shared_cluster().dir, "env-secret")
-    with open(secret_file, "w") as f:
-        f.write(SECRET + "\n")
     port = free_port()
     env = {"FHIR_NOTIFY_DB": shared_cluster().dsn(db), "FHIR_NOTIFY_LISTEN": f"127.0.0.1:{port}",
-           "FHIR_NOTIFY_JWT_SECRET_FILE": secret_file, "FHIR_NOTIFY_JWT_AUDIENCE": AUDIENCE}
+           "FHIR_NOTIFY_JWT_SECRET_FILE": SECRET_FILE, "FHIR_NOTIFY_JWT_AUDIENCE": AUDIENCE}
     with Bridge(shared_cluster(), db, db=False, listen=False, env=env, wait=False) as bridge:
         bridge.port = port
         bridge.wait_healthy()
         patient = new_id("pat")
-        with bridge.connect(hs256(issuer=None)) as client:
+        with bridge.connect(hs256(iss=None)) as client:
             client.subscribe("chart", [patient])
             created = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
-        with bridge.connect(hs256(audience="other"), welcome=False) as client:
+        with bridge.connect(hs256(aud="other"), welcome=False) as client:
             code, _, _ = client.wait_closed()
         assert code == 4001
 
 
 def test_allowed_origin_rejects_a_foreign_origin(db):
-    with Bridge(shared_cluster(), db, secret=SECRET,
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
                 args=ARGS + ["--allowed-origin", "https://ehr.example", "--allowed-origin",
                              "http://localhost:3000"]) as bridge:
         for origin in ["https://evil.example", "https://ehr.example.evil.example", "null"]:
@@ -230,7 +233,7 @@ def test_allowed_origin_rejects_a_foreign_origin(db):
 
 
 def test_subscription_limit(db):
-    with Bridge(shared_cluster(), db, secret=SECRET, args=ARGS + ["--max-subscriptions", "2"]) as bridge:
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS + ["--max-subscriptions", "2"]) as bridge:
         with bridge.connect(hs256()) as client:
             client.subscribe("one", [new_id("pat")])
             client.subscribe("two", [new_id("pat")])
@@ -244,7 +247,7 @@ def test_subscription_limit(db):
 
 
 def test_connection_limit(db):
-    with Bridge(shared_cluster(), db, secret=SECRET, args=ARGS + ["--max-connections", "2"]) as bridge:
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS + ["--max-connections", "2"]) as bridge:
         first, second = bridge.connect(hs256()), bridge.connect(hs256())
         try:
             try:
@@ -277,11 +280,14 @@ def test_connection_limit(db):
 def test_bridge_started_before_the_database_is_unhealthy_then_recovers():
     port = free_port()
     dsn = f"host=127.0.0.1 port={port} dbname=postgres user=postgres connect_timeout=2"
-    with Bridge(shared_cluster(), db=dsn, secret=SECRET, args=ARGS, wait=False) as bridge:
+    with Bridge(shared_cluster(), db=dsn, secret_file=SECRET_FILE, args=ARGS, wait=False) as bridge:
         bridge.wait_health(503, timeout=30)
         with Cluster(port=port) as cluster:
             install_fhir_schema(cluster, "postgres")
             bridge.wait_health(200, timeout=60)
+            # Until the bridge bug shown by test_bridge_started_before_the_extension_exists... is
+            # fixed, /healthz 200 comes before the bridge has its starting point in the log.
+            bridge.wait_for_log("reading the change log after tick")
             store = FhirStore(cluster, "postgres")
             try:
                 patient = new_id("pat")
@@ -294,8 +300,7 @@ def test_bridge_started_before_the_database_is_unhealthy_then_recovers():
 
 
 def test_settings_from_a_config_file(db, store, tmp_path):
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(SECRET)
+    secret_file = SECRET_FILE
     port = free_port()
     config = tmp_path / "bridge.conf"
     config.write_text(f"# the test bridge\n"
@@ -309,7 +314,7 @@ def test_settings_from_a_config_file(db, store, tmp_path):
         bridge.port = port
         bridge.wait_healthy()
         patient = new_id("pat")
-        with bridge.connect(hs256(issuer=None)) as client:
+        with bridge.connect(hs256(iss=None)) as client:
             client.subscribe("chart", [patient])
             client.send_json({"type": "subscribe", "data": {"subscription_id": "more",
                                                             "patient_ids": [patient]}})
@@ -317,14 +322,14 @@ def test_settings_from_a_config_file(db, store, tmp_path):
             assert answer.get("type") == "error" and answer["error"] == "LIMIT_EXCEEDED", answer
             created = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
-        with bridge.connect(hs256(audience="other"), welcome=False) as client:
+        with bridge.connect(hs256(aud="other"), welcome=False) as client:
             code, _, _ = client.wait_closed()
         assert code == 4001
 
 
 def test_safety_poll_delivers_when_no_doorbell_rings(db, store):
     """Listening on a channel nobody rings, only the safety poll can find the change."""
-    with Bridge(shared_cluster(), db, secret=SECRET,
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
                 args=ARGS + ["--channel", "nobody_rings_here", "--poll-interval", "1"]) as bridge:
         patient = new_id("pat")
         with bridge.connect(hs256()) as client:
@@ -332,3 +337,98 @@ def test_safety_poll_delivers_when_no_doorbell_rings(db, store):
             created = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
             client.expect_no_message()
+
+
+def test_custom_doorbell_channel(store):
+    """The database rings on fhir_notify.channel, the bridge listens on --channel; with the
+    safety poll an hour away, only that doorbell can deliver."""
+    cluster = shared_cluster()
+    db = create_fhir_database(cluster)
+    cluster.execute(f'ALTER DATABASE "{db}" SET fhir_notify.channel = \'chart_bell\'')
+    writer = FhirStore(cluster, db)
+    try:
+        with Bridge(cluster, db, secret_file=SECRET_FILE,
+                    args=ARGS + ["--channel", "chart_bell", "--poll-interval", "3600"]) as bridge:
+            patient = new_id("pat")
+            with bridge.connect(hs256()) as client:
+                client.subscribe("chart", [patient])
+                for _ in range(3):
+                    created = writer.create(condition(patient))
+                    assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+    finally:
+        writer.close()
+
+
+def self_signed_certificate(directory):
+    """(certificate PEM path, key PEM path) for 127.0.0.1, made now."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([
+                       x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                       critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_tls_serves_wss_and_https(db, store, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(cafile=cert)
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, ssl_context=context,
+                args=ARGS + ["--tls-cert", cert, "--tls-key", key]) as bridge:
+        patient = new_id("pat")
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            created = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+        # Plain ws on the TLS port gets no welcome.
+        bridge.ssl_context = None
+        with pytest.raises((websockets.exceptions.InvalidMessage, OSError)):
+            bridge.connect(hs256())
+        bridge.ssl_context = context
+        assert bridge.health() == 200
+
+
+@pytest.mark.xfail(strict=True, reason="bridge bug: /healthz is 200 once LISTEN succeeds, before the "
+                   "first fhir_notify.tick(); the first successful tick then becomes the starting "
+                   "point and skips the changes committed meanwhile (bridge/pg.c reader_query_done)")
+def test_bridge_started_before_the_extension_exists_recovers_once_it_does():
+    """A database without fhir_notify yet (being restored, extension not created): the bridge
+    is not healthy while it cannot read the change log, and delivers once the extension is there."""
+    cluster = shared_cluster()
+    db = "fhir_" + uuid.uuid4().hex[:10]
+    cluster.execute(f'CREATE DATABASE "{db}"')
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "1"],
+                wait=False) as bridge:
+        bridge.wait_for_log("fhir_notify")
+        assert bridge.proc.poll() is None
+        assert bridge.health() == 503
+        install_fhir_schema(cluster, db)
+        bridge.wait_health(200)
+        store = FhirStore(cluster, db)
+        try:
+            patient = new_id("pat")
+            with bridge.connect(hs256()) as client:
+                client.subscribe("chart", [patient])
+                created = store.create(condition(patient))
+                assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+        finally:
+            store.close()

@@ -8,20 +8,18 @@
 """
 
 import json
+import threading
 import time
 
 import pytest
 
-from _local_tokens import AUDIENCE, ISSUER, SECRET, hs256
-from bridgeproc import (Bridge, FhirStore, assert_update, bridge_connections, bridge_logs,  # noqa: F401
-                        condition, create_fhir_database, new_id, observation, shared_cluster)
+from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update, bridge_connections, bridge_logs,  # noqa: F401
+                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
 from pgcluster import Cluster
 
-ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER]
+ARGS = VALIDATION_ARGS
 
 
-# Waiting for the bridge (branch bridge-core) and watch() (ext-capture); removed per test as they land.
-pytestmark = pytest.mark.xfail(strict=True, reason="bridge not built yet")
 
 @pytest.fixture(scope="module")
 def db():
@@ -30,7 +28,7 @@ def db():
 
 @pytest.fixture(scope="module")
 def bridge(db):
-    with Bridge(shared_cluster(), db, secret=SECRET, args=ARGS) as b:
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as b:
         yield b
         assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
 
@@ -126,6 +124,94 @@ def test_malformed_cursor_is_a_bad_request(bridge, token):
         client.ping()
 
 
+def test_resume_across_a_bridge_restart(db, store, token):
+    """Cursors live in the database, not in one bridge process: a client whose bridge was
+    restarted (or who reconnects to another bridge) resumes exactly."""
+    patient = new_id("pat")
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as first_bridge:
+        with first_bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"],
+                                   patient)["cursor"]
+            assert first_bridge.stop() == 0
+    missed = [store.create(condition(patient)), store.create(observation(patient))]
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as second_bridge:
+        with second_bridge.connect(token) as client:
+            client.subscribe("chart", [patient], since=cursor)
+            for resource in missed:
+                assert_update(client.recv_update(), "created", resource["resourceType"], resource["id"],
+                              patient, resource)
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
+
+
+def test_cursor_older_than_resume_max_age_gets_resync(db, store, token):
+    patient = new_id("pat")
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS + ["--resume-max-age", "1"]) as bridge:
+        with bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"],
+                                   patient)["cursor"]
+        store.create(condition(patient))
+        time.sleep(2.5)
+        with bridge.connect(token) as client:
+            client.subscribe("chart", [patient], since=cursor)
+            message = client.recv_json()
+            assert message.get("type") == "resync", message
+            assert message["data"]["patient_id"] == patient and message["data"]["subscription_id"] == "chart"
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
+
+
+def test_resume_while_changes_keep_coming_neither_loses_nor_repeats(bridge, db, token):
+    """The seam between replay and live delivery: a writer never pauses while the client
+    reconnects; what it saw before plus after the resume is exactly what was written."""
+    patient = new_id("pat")
+    total = 80
+    written = []
+    stop = threading.Event()
+
+    def write():
+        store = FhirStore(shared_cluster(), db)
+        try:
+            for i in range(total):
+                if stop.is_set():
+                    break
+                written.append(store.create(condition(patient, text=f"change {i}"))["id"])
+                time.sleep(0.01)
+        finally:
+            store.close()
+
+    with bridge.connect(token) as watcher:
+        watcher.subscribe("watch", [patient])
+        writer = threading.Thread(target=write)
+        seen = []
+        try:
+            with bridge.connect(token) as client:
+                client.subscribe("chart", [patient])
+                writer.start()
+                for message in client.recv_updates(10):
+                    seen.append(message["data"]["resource_id"])
+                cursor = message["data"]["cursor"]
+            time.sleep(0.2)  # changes keep coming while disconnected
+            with bridge.connect(token) as client:
+                client.subscribe("chart", [patient], since=cursor)
+                writer.join(120)
+                assert not writer.is_alive()
+                for _ in range(len(written) - len(seen)):
+                    seen.append(client.recv_update()["data"]["resource_id"])
+                client.expect_no_message(within=1.0)
+        finally:
+            stop.set()
+            writer.join(120)
+        assert seen == written
+        assert [m["data"]["resource_id"] for m in watcher.recv_updates(len(written))] == written
+
+
 # -- pruned log: resync --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -135,7 +221,7 @@ def prune_db():
 
 @pytest.fixture(scope="module")
 def prune_bridge(prune_db):
-    with Bridge(shared_cluster(), prune_db, secret=SECRET,
+    with Bridge(shared_cluster(), prune_db, secret_file=SECRET_FILE,
                 args=ARGS + ["--resume-max-changes", "5"]) as b:
         yield b
         assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
@@ -216,7 +302,7 @@ def outage_db(own_cluster):
 
 @pytest.fixture(scope="module")
 def outage_bridge(own_cluster, outage_db):
-    with Bridge(own_cluster, outage_db, secret=SECRET, args=ARGS) as b:
+    with Bridge(own_cluster, outage_db, secret_file=SECRET_FILE, args=ARGS) as b:
         yield b
         assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
 
