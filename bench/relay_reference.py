@@ -128,13 +128,18 @@ class Relay:
             message = json.loads(text)
             kind = message.get("type")
             data = message.get("data") or {}
+            if not isinstance(data, dict):
+                raise ValueError("data is not an object")
+            patients = data.get("patient_ids") or []
+            if not isinstance(patients, list):
+                raise ValueError("patient_ids is not a list")
         except (ValueError, AttributeError):
             await websocket.send(json.dumps({"type": "error", "error": "BAD_REQUEST",
                                              "message": "malformed message"}))
             return
         if kind == "subscribe":
             sid = data.get("subscription_id")
-            patients = [str(p) for p in data.get("patient_ids") or []]
+            patients = [str(p) for p in patients]
             if sid in subscriptions:
                 self.leave(websocket, subscriptions[sid])
             subscriptions[sid] = patients
@@ -156,8 +161,12 @@ class Relay:
 
     def relay(self, payload):
         """Sends one notification to everybody in its patient's room."""
-        data = json.loads(payload)
-        room = self.rooms.get(data.get("patient_id"))
+        try:
+            data = json.loads(payload)
+            room = self.rooms.get(data.get("patient_id"))
+        except (ValueError, AttributeError, TypeError):
+            return  # anybody may NOTIFY on the channel: not ours
+
         if not room:
             return
         text = json.dumps({"type": "update", "data": data, "timestamp": utc_now()})
