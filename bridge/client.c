@@ -28,6 +28,8 @@ queue_push(client *c, message *msg)
 		c->queue_cap = new_cap;
 		c->queue_head = 0;
 	}
+	if (c->queue_len == 0)
+		c->last_progress_us = now_monotonic_us();
 	c->queue[(c->queue_head + c->queue_len) % c->queue_cap] = msg;
 	c->queue_len++;
 	if (msg->kind == MESSAGE_UPDATE)
@@ -70,7 +72,9 @@ client_drop_queued_updates(client *c)
 void
 client_send_update(client *c, message *msg, bool catch_up)
 {
-	if (!catch_up && c->queued_updates >= the_bridge.settings.send_queue_limit)
+	if (!catch_up && c->queued_updates >= the_bridge.settings.send_queue_limit &&
+	    (now_monotonic_us() - c->last_progress_us > STALLED_CLIENT_US ||
+	     c->queued_updates >= (long long) the_bridge.settings.send_queue_limit * QUEUE_HARD_FACTOR))
 	{
 		char cursor_text[CURSOR_TEXT_LEN];
 
@@ -133,7 +137,7 @@ client_close(client *c, int code, const char *reason)
 }
 
 /* Messages written per writeable callback while the socket takes them. */
-#define WRITES_PER_CALLBACK 16
+#define WRITES_PER_CALLBACK 32
 
 /* See client.h. */
 int
@@ -164,6 +168,7 @@ client_write_next(client *c)
 			return -1;
 		}
 		the_metrics.messages_sent++;
+		c->last_progress_us = now_monotonic_us();
 		if (msg->kind == MESSAGE_UPDATE)
 		{
 			the_metrics.updates_sent++;
@@ -346,6 +351,14 @@ subscription_activate(subscription *sub)
 {
 	sub->active = true;
 	sub->active_from = bridge_current_cursor();
+}
+
+/* See client.h. */
+void
+subscription_activate_caught_up(subscription *sub)
+{
+	sub->active = true;
+	sub->active_from = (cursor){sub->since.tick, sub->since.position + 1};
 }
 
 /* See client.h. */
