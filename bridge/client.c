@@ -108,10 +108,7 @@ client_send_update(client *c, message *msg, bool catch_up)
 		}
 		c->resync_queued = true;
 		if (!c->stuck_since_us)
-		{
 			c->stuck_since_us = now_monotonic_us();
-			client_arm_timer(c);
-		}
 		return;
 	}
 	client_send(c, msg);
@@ -136,7 +133,6 @@ client_close(client *c, int code, const char *reason)
 	c->close_code = code;
 	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
 	c->close_deadline_us = now_monotonic_us() + CLOSE_FLUSH_US;
-	client_arm_timer(c);
 	lws_callback_on_writable(c->wsi);
 }
 
@@ -147,6 +143,18 @@ client_close(client *c, int code, const char *reason)
 int
 client_write_next(client *c)
 {
+	if (c->ping_pending)
+	{
+		unsigned char ping[LWS_PRE + 1];
+
+		c->ping_pending = false;
+		c->last_ping_us = now_monotonic_us();
+		if (lws_write(c->wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+			return -1;
+		if (c->queue_len > 0 || c->close_code)
+			lws_callback_on_writable(c->wsi);
+		return 0;
+	}
 	for (int n = 0; c->queue_len > 0 && n < WRITES_PER_CALLBACK; n++)
 	{
 		message *msg;
@@ -187,11 +195,7 @@ client_write_next(client *c)
 		lws_callback_on_writable(c->wsi);
 		return 0;
 	}
-	if (c->stuck_since_us)
-	{
-		c->stuck_since_us = 0;
-		client_arm_timer(c);
-	}
+	c->stuck_since_us = 0;
 	if (c->close_code)
 	{
 		/* the close frame goes in a callback of its own, after the last message */
@@ -208,59 +212,61 @@ client_write_next(client *c)
 	return 0;
 }
 
-/* See client.h. */
-void
-client_arm_timer(client *c)
+/*
+ * Asks for a hard close from inside the connection's own callback, where
+ * the close code can still be set: an lws timer due at once. Timers due
+ * soon sit at the head of lws's sorted list, so this is cheap, unlike a
+ * timer per connection for a far deadline such as the token's expiry.
+ */
+static void
+request_hard_close(client *c, int code, const char *reason)
 {
-	long long now_mono = now_monotonic_us();
-	long long deadlines[4];
-	int n = 0;
-	long long delay;
-
-	if (c->close_code)
-		deadlines[n++] = c->close_deadline_us - now_mono; /* the only deadline left */
-	else if (!c->authenticated)
-		deadlines[n++] = c->connected_us + AUTH_TIMEOUT_US - now_mono;
-	if (!c->close_code && c->authenticated && c->expires_us)
-		deadlines[n++] = c->expires_us - now_wall_us();
-	if (!c->close_code && c->stuck_since_us)
-		deadlines[n++] = c->stuck_since_us + STUCK_CLIENT_US - now_mono;
-	if (n == 0)
-	{
-		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
+	if (c->hard_close_code)
 		return;
-	}
-	delay = deadlines[0];
-	for (int i = 1; i < n; i++)
-		delay = deadlines[i] < delay ? deadlines[i] : delay;
-	lws_set_timer_usecs(c->wsi, delay < 1000 ? 1000 : delay);
+	c->hard_close_code = code;
+	snprintf(c->hard_close_reason, sizeof(c->hard_close_reason), "%s", reason);
+	lws_set_timer_usecs(c->wsi, 1);
 }
 
 /* See client.h. */
 int
 client_timer_fired(client *c)
 {
-	long long now_mono = now_monotonic_us();
+	if (!c->hard_close_code)
+		return 0; /* a spent timer: never re-armed or cancelled from here */
+	lws_close_reason(c->wsi, (enum lws_close_status) c->hard_close_code,
+	                 (unsigned char *) c->hard_close_reason, strlen(c->hard_close_reason));
+	return -1;
+}
 
+/* Checks one connection's deadlines; see clients_sweep(). */
+static void
+sweep_client(client *c, long long now_mono, long long now_wall)
+{
+	if (c->hard_close_code)
+		return;
 	if (c->close_code)
 	{
-		if (now_mono < c->close_deadline_us)
+		if (now_mono >= c->close_deadline_us)
 		{
-			client_arm_timer(c);
-			return 0;
+			log_info("client %s: could not flush before closing, dropping the connection", c->id);
+			request_hard_close(c, c->close_code, c->close_reason);
 		}
-		log_info("client %s: could not flush before closing, dropping the connection", c->id);
-		return -1;
+		return;
 	}
 	if (c->stuck_since_us && now_mono >= c->stuck_since_us + STUCK_CLIENT_US)
 	{
-		static const char reason[] = "client too slow";
-
 		the_metrics.slow_client_closes++;
 		log_warning("client %s: not reading its updates, closing with 1013", c->id);
-		lws_close_reason(c->wsi, (enum lws_close_status) 1013, (unsigned char *) reason,
-		                 sizeof(reason) - 1);
-		return -1;
+		request_hard_close(c, 1013, "client too slow");
+		return;
+	}
+	if (now_mono - c->last_rx_us >= IDLE_HANGUP_US)
+	{
+		log_info("client %s: silent for %lld seconds, not even answering pings; dropping it", c->id,
+		         IDLE_HANGUP_US / 1000000);
+		request_hard_close(c, LWS_CLOSE_STATUS_GOINGAWAY, "no answer to pings");
+		return;
 	}
 	if (!c->authenticated && now_mono >= c->connected_us + AUTH_TIMEOUT_US)
 	{
@@ -268,19 +274,33 @@ client_timer_fired(client *c)
 		         AUTH_TIMEOUT_US / 1000000);
 		client_send_error(c, "AUTH_REQUIRED", "no token was given in time", NULL);
 		client_close(c, 4001, "Unauthorized");
-		return 0;
+		return;
 	}
-	if (c->authenticated && c->expires_us && now_wall_us() >= c->expires_us)
+	if (c->authenticated && c->expires_us && now_wall >= c->expires_us)
 	{
 		log_info("client %s: token expired, closing", c->id);
 		/* nothing more is delivered on an expired token */
 		client_drop_queued_updates(c);
 		client_send_error(c, "TOKEN_EXPIRED", "the token has expired", NULL);
 		client_close(c, 4001, "Unauthorized");
-		return 0;
+		return;
 	}
-	client_arm_timer(c);
-	return 0;
+	if (now_mono - c->last_rx_us >= IDLE_PING_US && now_mono - c->last_ping_us >= IDLE_PING_US)
+	{
+		c->ping_pending = true;
+		lws_callback_on_writable(c->wsi);
+	}
+}
+
+/* See client.h. */
+void
+clients_sweep(void)
+{
+	long long now_mono = now_monotonic_us();
+	long long now_wall = now_wall_us();
+
+	for (client *c = the_bridge.clients; c; c = c->next)
+		sweep_client(c, now_mono, now_wall);
 }
 
 /* See client.h. */

@@ -61,7 +61,12 @@ typedef struct client
 	int close_code; /* pending close, sent once the queue is flushed */
 	char close_reason[64];
 	long long close_deadline_us; /* monotonic: past it the connection is dropped unflushed */
-	bool close_sent_pending;     /* the queue is flushed; the close goes in the next callback */
+	int hard_close_code;         /* the sweep asked for an immediate close with this code */
+	char hard_close_reason[64];
+	long long last_rx_us;   /* monotonic: the last message or pong from the client */
+	long long last_ping_us; /* monotonic: the last ping sent */
+	bool ping_pending;
+	bool close_sent_pending; /* the queue is flushed; the close goes in the next callback */
 
 	char *rx; /* the message being reassembled from fragments */
 	size_t rx_len;
@@ -88,15 +93,23 @@ void client_send_error(client *c, const char *code, const char *text, const char
 void client_close(client *c, int code, const char *reason);
 /* Writes the next queued message; called in LWS_CALLBACK_SERVER_WRITEABLE. */
 int client_write_next(client *c);
-/* Re-arms the per-connection timer for the nearest deadline. */
-void client_arm_timer(client *c);
-/* Closes connections past a deadline (auth, token expiry, stuck queue); -1: close now. */
+/*
+ * Enforces every connection's deadlines (authentication, token expiry, a
+ * stuck queue, a close that cannot flush, idle pings): called every half
+ * second from the main loop rather than with an lws timer per connection,
+ * whose sorted list would make accepting N connections cost O(N^2).
+ */
+void clients_sweep(void);
+/* LWS_CALLBACK_TIMER: a hard close requested by the sweep; -1 closes. */
 int client_timer_fired(client *c);
 
 /* Unauthenticated connections are closed after this. */
 #define AUTH_TIMEOUT_US (10 * 1000000LL)
 /* A pending close that cannot flush the queue (the peer does not read) is forced after this. */
 #define CLOSE_FLUSH_US (5 * 1000000LL)
+/* A connection silent this long gets a WebSocket ping; silent this long after, it is dropped. */
+#define IDLE_PING_US   (30 * 1000000LL)
+#define IDLE_HANGUP_US (75 * 1000000LL)
 /*
  * Past --send-queue-limit a client's queue overflows if nothing was written
  * to it for this long (it is not reading), or at once when it is this many

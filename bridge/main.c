@@ -57,13 +57,17 @@ warn_insecure(void)
 	last_insecure_warning_us = now_monotonic_us();
 }
 
-/* Once a second: wakes the loop for the signal flags, repeats the insecure warning. */
+/*
+ * Twice a second: connection deadlines, the insecure warning, and a wake-up
+ * of the loop for the signal flags.
+ */
 static void
 housekeeping(lws_sorted_usec_list_t *sul)
 {
+	clients_sweep();
 	if (!the_bridge.keys && now_monotonic_us() - last_insecure_warning_us >= INSECURE_WARNING_US)
 		warn_insecure();
-	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
+	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC / 2);
 }
 
 static bool
@@ -162,13 +166,11 @@ raise_fd_limit(void)
 }
 
 /*
- * A connection silent for 30 s gets a WebSocket ping; one silent for 75 s
- * (a peer that vanished without closing) is dropped, freeing its rooms.
+ * No lws idle-validity timer per connection (lws 4.1 keeps timers in one
+ * sorted list: a far deadline per connection makes accepting N connections
+ * O(N^2)); clients_sweep() pings idle connections and drops dead ones.
  */
-static const lws_retry_bo_t idle_policy = {
-    .secs_since_valid_ping = 30,
-    .secs_since_valid_hangup = 75,
-};
+static const lws_retry_bo_t no_idle_policy;
 
 static const struct lws_protocols protocols[] = {
     {"fhir-notify", ws_callback, sizeof(client), 4096, 0, NULL, 0},
@@ -248,7 +250,7 @@ main(int argc, char **argv)
 	info.pt_serv_buf_size = 32768;
 	info.count_threads = 1;
 	info.vhost_name = "default";
-	info.retry_and_idle_policy = &idle_policy;
+	info.retry_and_idle_policy = &no_idle_policy;
 	if (the_bridge.settings.tls_cert)
 	{
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;

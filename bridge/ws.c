@@ -109,7 +109,6 @@ authenticate(client *c, const char *token)
 	/* the token is good until exp plus the clock skew allowed when it was checked */
 	c->expires_us =
 	    grant.expires_at ? (grant.expires_at + the_bridge.settings.jwt_leeway) * 1000000LL : 0;
-	client_arm_timer(c);
 	log_info("client %s: authenticated as %s", c->id, grant.subject ? grant.subject : "(unknown)");
 	return true;
 }
@@ -153,6 +152,7 @@ on_established(struct lws *wsi, client *c)
 	make_uuid(c->id);
 	lws_get_peer_simple(wsi, c->peer, sizeof(c->peer));
 	c->connected_us = now_monotonic_us();
+	c->last_rx_us = c->connected_us;
 	c->next = the_bridge.clients;
 	if (c->next)
 		c->next->prev = c;
@@ -169,7 +169,6 @@ on_established(struct lws *wsi, client *c)
 		free(token);
 		return;
 	}
-	client_arm_timer(c);
 }
 
 static bool
@@ -533,7 +532,11 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			on_established(wsi, c);
 			return 0;
 		case LWS_CALLBACK_RECEIVE:
+			c->last_rx_us = now_monotonic_us();
 			return on_receive(wsi, c, in, len);
+		case LWS_CALLBACK_RECEIVE_PONG:
+			c->last_rx_us = now_monotonic_us();
+			return 0;
 		case LWS_CALLBACK_SERVER_WRITEABLE:
 			return client_write_next(c);
 		case LWS_CALLBACK_TIMER:
