@@ -27,6 +27,7 @@ typedef enum reader_step
 	STEP_IDLE,
 	STEP_LISTEN,
 	STEP_TICK,
+	STEP_TICK_READ, /* tick() and the read after the last tick in one round trip */
 	STEP_READ,
 	STEP_RESUME
 } reader_step;
@@ -54,6 +55,8 @@ static bool fetch_wanted;
 static long long newest_tick;  /* from the last tick() */
 static long long reading_upto; /* the read in flight covers ticks up to this */
 static bool step_failed;
+static int step_results; /* results of the current query so far */
+static bool job_turn;    /* reads and catch-ups alternate: a busy log never starves resumes */
 static resume_job *jobs_head, *jobs_tail;
 static resume_job *job_in_flight;
 static lws_sorted_usec_list_t poll_timer;
@@ -211,13 +214,39 @@ kick(void)
 {
 	if (!reader.ready || reader.busy || fanning_out)
 		return;
-	if (fetch_wanted)
+	if (fetch_wanted && !(job_turn && jobs_head))
 	{
 		fetch_wanted = false;
-		step = STEP_TICK;
-		pg_link_send(&reader, "SELECT fhir_notify.tick()", 0, NULL);
+		job_turn = true;
+		step_results = 0;
+		if (the_bridge.last_tick == 0)
+		{
+			step = STEP_TICK;
+			pg_link_send(&reader, "SELECT fhir_notify.tick()", 0, NULL);
+		}
+		else
+		{
+			strbuf sql;
+
+			/*
+			 * The read is a second statement of the same round trip: it
+			 * sees the tick the first one made. Ticks past the newest are
+			 * simply not there yet.
+			 */
+			strbuf_init(&sql, 1024);
+			strbuf_appendf(
+			    &sql,
+			    "SELECT fhir_notify.tick(); SELECT " CHANGE_COLUMNS
+			    " FROM fhir_notify.read(%lld, %d) r ORDER BY r.tick_id, (r.change).position",
+			    the_bridge.last_tick, MAX_TICKS_PER_READ);
+			step = STEP_TICK_READ;
+			reading_upto = the_bridge.last_tick + MAX_TICKS_PER_READ;
+			pg_link_send(&reader, sql.data, 0, NULL);
+			strbuf_free(&sql);
+		}
 		return;
 	}
+	job_turn = false;
 	while (jobs_head && the_bridge.last_tick > 0)
 	{
 		resume_job *job = jobs_head;
@@ -356,11 +385,18 @@ reader_result(pg_link *link, const PGresult *res)
 		          primary ? primary : "unknown error", sqlstate ? sqlstate : "none");
 		return;
 	}
+	step_results++;
 	switch (step)
 	{
 		case STEP_TICK:
 			if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
 				newest_tick = atoll(PQgetvalue(res, 0, 0));
+			break;
+		case STEP_TICK_READ:
+			if (step_results == 1 && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+				newest_tick = atoll(PQgetvalue(res, 0, 0));
+			else if (step_results == 2)
+				collect_changes(res);
 			break;
 		case STEP_READ:
 			collect_changes(res);
@@ -394,7 +430,7 @@ reader_query_done(pg_link *link)
 		free(job_in_flight);
 		job_in_flight = NULL;
 	}
-	else if (done == STEP_TICK || done == STEP_READ)
+	else if (done == STEP_TICK || done == STEP_TICK_READ || done == STEP_READ)
 	{
 		/* healthy means the change log can be read, not only that a socket is open */
 		if (failed && the_bridge.database_connected)
@@ -402,6 +438,27 @@ reader_query_done(pg_link *link)
 		the_bridge.database_connected = !failed;
 		if (!failed)
 			the_bridge.last_tick_ok_us = now_monotonic_us();
+	}
+	if (done == STEP_TICK_READ && !failed && step_results == 2 &&
+	    newest_tick >= the_bridge.last_tick)
+	{
+		/* the read may have asked past the newest tick: those come next time */
+		if (reading_upto > newest_tick)
+			reading_upto = newest_tick;
+		fanning_out = true;
+		fan_out_step(&fan_out_timer);
+		return;
+	}
+	if (done == STEP_TICK_READ)
+	{
+		/* failed, or the log went back in time: the read's rows are not to be trusted */
+		drop_pending();
+		if (failed)
+		{
+			kick();
+			return;
+		}
+		done = STEP_TICK;
 	}
 	if (done == STEP_TICK && !failed)
 	{
@@ -472,6 +529,13 @@ pg_queue_resume(subscription *sub)
 	resume_job *job = xcalloc(1, sizeof(resume_job));
 
 	job->sub = sub;
+	/*
+	 * Read the log up to now first, so that the limits are judged against
+	 * everything committed before the subscribe, not only what the bridge
+	 * happened to have read.
+	 */
+	fetch_wanted = true;
+	job_turn = false;
 	if (jobs_tail)
 		jobs_tail->next = job;
 	else

@@ -257,7 +257,9 @@ pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *val
 
 	if (!link->ready || link->busy)
 		return false;
-	if (!PQsendQueryParams(link->conn, sql, nparams, NULL, values, NULL, NULL, 0))
+	/* without parameters the simple protocol, which also takes several statements */
+	if (!(nparams == 0 ? PQsendQuery(link->conn, sql)
+	                   : PQsendQueryParams(link->conn, sql, nparams, NULL, values, NULL, NULL, 0)))
 	{
 		link_fail(link, PQerrorMessage(link->conn));
 		return false;
