@@ -215,22 +215,29 @@ link_fail(pg_link *link, const char *why)
 	lws_sul_schedule(the_bridge.context, 0, &link->retry, retry_cb, delay_ms * 1000);
 }
 
-/* Reads what arrived: notifications and query results. */
+/* Hands every notification libpq has parsed so far to the owner. */
 static void
-consume(pg_link *link)
+deliver_notifies(pg_link *link)
 {
 	PGnotify *notify;
 
-	if (!PQconsumeInput(link->conn))
-	{
-		link_fail(link, PQerrorMessage(link->conn));
-		return;
-	}
 	while (link->conn && (notify = PQnotifies(link->conn)) != NULL)
 	{
 		link->ops->notify(link, notify);
 		PQfreemem(notify);
 	}
+}
+
+/* Reads what arrived: notifications and query results. */
+static void
+consume(pg_link *link)
+{
+	if (!PQconsumeInput(link->conn))
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return;
+	}
+	deliver_notifies(link);
 	while (link->conn && link->busy && !PQisBusy(link->conn))
 	{
 		PGresult *res = PQgetResult(link->conn);
@@ -244,7 +251,14 @@ consume(pg_link *link)
 		}
 		link->ops->result(link, res);
 		PQclear(res);
+		deliver_notifies(link);
 	}
+	/*
+	 * libpq parses a notification that arrived behind the results only
+	 * while reading them: without this it would wait for the next packet,
+	 * that is for the safety poll.
+	 */
+	deliver_notifies(link);
 	if (link->conn && PQstatus(link->conn) == CONNECTION_BAD)
 		link_fail(link, PQerrorMessage(link->conn));
 }
