@@ -39,5 +39,7 @@ extern void doorbell_ring(void);
 
 /* ticker.c */
 extern void ticker_init(void);
+extern bool ticker_available(void);
+extern void ticker_ring(void);
 
 #endif /* FHIR_NOTIFY_H */
