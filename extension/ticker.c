@@ -167,12 +167,14 @@ ticker_init(void)
 /*
  * Whether ticker mode can work in this server: the library was loaded
  * through shared_preload_libraries, so the shared memory and the worker
- * exist.
+ * exist. True also while the postmaster preloads us, before the shared
+ * memory is made, so that fhir_notify.doorbell = ticker in
+ * postgresql.conf is accepted.
  */
 bool
 ticker_available(void)
 {
-	return ticker_shared != NULL;
+	return ticker_shared != NULL || process_shared_preload_libraries_in_progress;
 }
 
 /*
@@ -310,8 +312,13 @@ ticker_main(Datum main_arg)
 		}
 		if (ConfigReloadPending)
 		{
+			int old_interval_ms = ticker_interval_ms;
+
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (ticker_interval_ms != old_interval_ms)
+				ereport(LOG,
+				        (errmsg("fhir_notify ticker interval is now %d ms", ticker_interval_ms)));
 		}
 
 		commits = pg_atomic_read_u64(&ticker_shared->commits);
