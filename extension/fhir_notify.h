@@ -39,7 +39,17 @@ extern void doorbell_ring(void);
 
 /* ticker.c */
 extern void ticker_init(void);
+
+/*
+ * Whether fhir_notify.doorbell = 'ticker' can work in this server. Called by
+ * the setting's check hook, also while _PG_init runs, before ticker_init().
+ */
 extern bool ticker_available(void);
+
+/*
+ * Wakes the ticker: called once after a transaction that captured changes
+ * committed, in ticker mode. Must not raise an error.
+ */
 extern void ticker_ring(void);
 
 #endif /* FHIR_NOTIFY_H */

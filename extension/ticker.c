@@ -76,10 +76,6 @@ static int ticker_interval_ms = 1;
 /* Our shared memory; NULL when not preloaded. */
 static TickerShared *ticker_shared = NULL;
 
-/* Whether the current transaction captured a change (ticker mode). */
-static bool ticker_commit_pending = false;
-static bool ticker_callback_registered = false;
-
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
@@ -178,60 +174,25 @@ ticker_available(void)
 }
 
 /*
- * Wakes the worker once per committed transaction that captured a change.
- * Runs after the commit record is written and the transaction is visible to
- * new snapshots, so the tick the bridge takes on the doorbell sees it. Must
- * not fail: the transaction has already committed.
- */
-static void
-ticker_xact_callback(XactEvent event, void *arg)
-{
-	Latch *latch;
-
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PREPARE:
-
-			/*
-			 * A prepared transaction commits later, maybe in another
-			 * session that does not ring; ringing now only costs a spare
-			 * doorbell, and the bridge's safety poll finds the commit.
-			 */
-			if (!ticker_commit_pending)
-				return;
-			ticker_commit_pending = false;
-			if (ticker_shared == NULL)
-				return;
-			pg_atomic_fetch_add_u64(&ticker_shared->commits, 1);
-			SpinLockAcquire(&ticker_shared->mutex);
-			latch = ticker_shared->worker_latch;
-			SpinLockRelease(&ticker_shared->mutex);
-			if (latch != NULL)
-				SetLatch(latch);
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			ticker_commit_pending = false;
-			break;
-		default:
-			break;
-	}
-}
-
-/*
- * Called for every captured change in ticker mode: arranges that the worker
- * is woken when the transaction commits. Cheap enough for every row.
+ * Wakes the worker: called by the doorbell once after a transaction that
+ * captured changes committed (its commit record is written and it is
+ * visible to new snapshots, so the tick the bridge takes on the doorbell
+ * sees it). Must not fail: the transaction has already committed. A
+ * spinlock and an atomic add, cheap enough for every commit.
  */
 void
 ticker_ring(void)
 {
-	if (!ticker_callback_registered)
-	{
-		RegisterXactCallback(ticker_xact_callback, NULL);
-		ticker_callback_registered = true;
-	}
-	ticker_commit_pending = true;
+	Latch *latch;
+
+	if (ticker_shared == NULL)
+		return;
+	pg_atomic_fetch_add_u64(&ticker_shared->commits, 1);
+	SpinLockAcquire(&ticker_shared->mutex);
+	latch = ticker_shared->worker_latch;
+	SpinLockRelease(&ticker_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /*
