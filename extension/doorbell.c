@@ -2,17 +2,130 @@
  * doorbell.c
  *	  The doorbell: one tiny NOTIFY per committing transaction that captured
  *	  a change, never the resource itself.
+ *
+ * The trigger calls doorbell_ring() for every captured change; that only
+ * sets a flag. The NOTIFY itself is queued once, just before commit, from a
+ * transaction callback: NOTIFY is transactional, so a rolled-back
+ * transaction rings nothing, and a transaction that is PREPAREd (two-phase
+ * commit forbids NOTIFY) does not fail because of us; its changes are read
+ * at the next doorbell or the reader's safety poll. The payload is a
+ * constant empty string: readers take the facts from the change log, and
+ * anyone who can connect can NOTIFY on any channel.
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "commands/async.h"
+#include "utils/guc.h"
+
 #include "fhir_notify.h"
 
+typedef enum DoorbellMode
+{
+	DOORBELL_COMMIT,
+	DOORBELL_OFF,
+	DOORBELL_TICKER
+} DoorbellMode;
+
+static const struct config_enum_entry doorbell_modes[] = {
+    {"commit", DOORBELL_COMMIT, false},
+    {"off", DOORBELL_OFF, false},
+    {"ticker", DOORBELL_TICKER, false},
+    {NULL, 0, false},
+};
+
+/* fhir_notify.doorbell and fhir_notify.channel. */
+static int doorbell_mode = DOORBELL_COMMIT;
+static char *doorbell_channel = NULL;
+
+/* Whether the current transaction captured a change. */
+static bool doorbell_pending = false;
+
 /*
- * Registers the doorbell settings.
+ * Refuses the ticker mode when this build or this server cannot run the
+ * ticker, so that nobody waits for doorbells that never come.
+ */
+static bool
+check_doorbell(int *newval, void **extra, GucSource source)
+{
+	if (*newval == DOORBELL_TICKER && !ticker_available())
+	{
+		GUC_check_errdetail("The ticker needs fhir_notify loaded at server start.");
+		GUC_check_errhint("Set shared_preload_libraries = 'fhir_notify' and restart the server, "
+		                  "or use fhir_notify.doorbell = 'commit'.");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Accepts only channel names NOTIFY accepts, so that ringing at commit
+ * cannot fail.
+ */
+static bool
+check_channel(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0')
+	{
+		GUC_check_errdetail("The channel name must not be empty.");
+		return false;
+	}
+	if (strlen(*newval) >= NAMEDATALEN)
+	{
+		GUC_check_errdetail("The channel name must be shorter than %d bytes.", NAMEDATALEN);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Rings the doorbell of a transaction that captured changes: queues the
+ * NOTIFY just before commit, or wakes the ticker once it committed.
+ */
+static void
+doorbell_xact_callback(XactEvent event, void *arg)
+{
+	if (!doorbell_pending)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (doorbell_mode == DOORBELL_COMMIT)
+				Async_Notify(doorbell_channel, "");
+			break;
+		case XACT_EVENT_COMMIT:
+			if (doorbell_mode == DOORBELL_TICKER)
+				ticker_ring();
+			doorbell_pending = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_ABORT:
+			doorbell_pending = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Registers the doorbell settings and the commit callback.
  */
 void
 doorbell_init(void)
 {
+	DefineCustomStringVariable(
+	    "fhir_notify.channel", "The NOTIFY channel of the doorbell.",
+	    "Readers LISTEN on it. Only superusers may change it, so that an application role "
+	    "cannot silence the doorbell.",
+	    &doorbell_channel, "fhir_notify", PGC_SUSET, 0, check_channel, NULL, NULL);
+	DefineCustomEnumVariable(
+	    "fhir_notify.doorbell", "How readers learn of committed changes.",
+	    "commit: one NOTIFY per committing transaction that captured a change; off: none "
+	    "(readers poll); ticker: a background worker sends one NOTIFY per tick for all "
+	    "transactions.",
+	    &doorbell_mode, DOORBELL_COMMIT, doorbell_modes, PGC_SUSET, 0, check_doorbell, NULL, NULL);
+	RegisterXactCallback(doorbell_xact_callback, NULL);
 }
 
 /*
@@ -21,4 +134,5 @@ doorbell_init(void)
 void
 doorbell_ring(void)
 {
+	doorbell_pending = true;
 }

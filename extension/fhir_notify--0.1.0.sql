@@ -163,13 +163,142 @@ $$;
 -- Routing (compartment.c)
 -- ---------------------------------------------------------------------------
 
+/*
+ * The ids of the Patients a FHIR resource belongs to (the R4 Patient
+ * compartment plus fhir_notify.extra_links), distinct and sorted in C
+ * collation; '{}' when none. The same routine the capture trigger uses.
+ */
+CREATE FUNCTION fhir_notify.patient_refs(resource jsonb) RETURNS text[]
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'patient_refs';
+
+COMMENT ON FUNCTION fhir_notify.patient_refs(jsonb) IS
+	'The ids of the patients a FHIR resource belongs to, distinct and sorted';
+
+/*
+ * The same with the resource type and logical id given, as for tables that
+ * keep them outside the JSON (fhirbase stores the JSON without "id"); a NULL
+ * argument is read from the JSON.
+ */
+CREATE FUNCTION fhir_notify.patient_refs(resource jsonb, resource_type text,
+	logical_id text DEFAULT NULL) RETURNS text[]
+LANGUAGE c IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'patient_refs_typed';
+
+COMMENT ON FUNCTION fhir_notify.patient_refs(jsonb, text, text) IS
+	'The ids of the patients a FHIR resource of the given type and id belongs to';
 
 
 -- ---------------------------------------------------------------------------
 -- Capture: watch(), unwatch(), the trigger (trigger.c, layout.c)
 -- ---------------------------------------------------------------------------
 
+-- What is watched. The trigger itself reads its layout from its arguments;
+-- this table is the record of what watch() was asked for.
+CREATE TABLE fhir_notify.watched_tables (
+	table_oid oid PRIMARY KEY,
+	layout text NOT NULL,
+	options jsonb NOT NULL,
+	trigger_arguments text[] NOT NULL,
+	since timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
 
+COMMENT ON TABLE fhir_notify.watched_tables IS
+	'The tables fhir_notify.watch() put a capture trigger on';
+
+-- The watched tables that still exist, by name.
+CREATE VIEW fhir_notify.watched AS
+	SELECT w.table_oid::pg_catalog.regclass AS "table", w.layout, w.options, w.since
+	FROM fhir_notify.watched_tables w
+	WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = w.table_oid);
+
+/* The row trigger: records each change of a watched table (trigger.c). */
+CREATE FUNCTION fhir_notify.capture() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'fhir_notify_capture';
+
+/* The statement trigger that warns that a TRUNCATE is not streamed. */
+CREATE FUNCTION fhir_notify.capture_truncate() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'fhir_notify_capture_truncate';
+
+/*
+ * The capture trigger's arguments for tbl: its layout resolved against the
+ * table's columns (layout.c). Errors name the column and what was expected.
+ */
+CREATE FUNCTION fhir_notify.resolve_layout(tbl regclass, layout text, options jsonb)
+RETURNS text[]
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'fhir_notify_resolve_layout';
+
+/* Drops the capture triggers of tbl that exist. */
+CREATE FUNCTION fhir_notify.drop_triggers(tbl regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	name text;
+BEGIN
+	FOR name IN
+		SELECT t.tgname FROM pg_trigger t
+		WHERE t.tgrelid = tbl
+		  AND t.tgname IN ('fhir_notify_capture', 'fhir_notify_truncate')
+		  AND NOT t.tgisinternal
+	LOOP
+		EXECUTE format('DROP TRIGGER %I ON %s', name, tbl);
+	END LOOP;
+END
+$$;
+
+/*
+ * Starts capturing the changes of tbl. layout is 'auto', 'wintehr', 'jsonb'
+ * or 'fhirbase'; options name columns ({"resource": "content", "type": ...,
+ * "id": ..., "version": ..., "deleted": ...}) and {"record_unrouted": true}
+ * records changes that belong to no patient. Watching again replaces.
+ */
+CREATE FUNCTION fhir_notify.watch(tbl regclass, layout text DEFAULT 'auto',
+                                  options jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	arguments text[];
+	argument_list text;
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'cannot watch a NULL table';
+	END IF;
+	arguments := fhir_notify.resolve_layout(tbl, coalesce(layout, 'auto'),
+	                                        coalesce(options, '{}'));
+	SELECT string_agg(quote_literal(a), ', ' ORDER BY n) INTO argument_list
+	FROM unnest(arguments) WITH ORDINALITY AS u(a, n);
+
+	PERFORM fhir_notify.drop_triggers(tbl);
+	EXECUTE format('CREATE TRIGGER fhir_notify_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+	               'FOR EACH ROW EXECUTE FUNCTION fhir_notify.capture(%s)', tbl, argument_list);
+	EXECUTE format('CREATE TRIGGER fhir_notify_truncate AFTER TRUNCATE ON %s '
+	               'FOR EACH STATEMENT EXECUTE FUNCTION fhir_notify.capture_truncate()', tbl);
+
+	DELETE FROM fhir_notify.watched_tables w
+	WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = w.table_oid);
+	INSERT INTO fhir_notify.watched_tables AS w (table_oid, layout, options, trigger_arguments)
+	VALUES (tbl, substr(arguments[1], length('layout=') + 1), coalesce(options, '{}'), arguments)
+	ON CONFLICT (table_oid) DO UPDATE
+		SET layout = excluded.layout, options = excluded.options,
+		    trigger_arguments = excluded.trigger_arguments,
+		    since = CASE WHEN w.trigger_arguments = excluded.trigger_arguments
+		                 THEN w.since ELSE excluded.since END;
+END
+$$;
+
+/* Stops capturing the changes of tbl. Not watched: nothing to do. */
+CREATE FUNCTION fhir_notify.unwatch(tbl regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM fhir_notify.drop_triggers(tbl);
+	DELETE FROM fhir_notify.watched_tables WHERE table_oid = tbl;
+END
+$$;
 
 -- ---------------------------------------------------------------------------
 -- Doorbell and ticker (doorbell.c, ticker.c)

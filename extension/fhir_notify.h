@@ -5,6 +5,7 @@
  * One file per concern:
  *	  fhir_notify.c   _PG_init: wiring only
  *	  compartment.c   which patients a resource belongs to (patient_refs)
+ *	  reference.c     the Patient id in one Reference element
  *	  layout.c        where a watched table keeps type, id, version, deleted
  *	  trigger.c       the capture trigger: writes the change log
  *	  doorbell.c      the NOTIFY doorbell rung once per committing transaction
@@ -29,6 +30,11 @@ typedef struct PatientIds
 extern void compartment_init(void);
 extern void compartment_patient_ids(JsonbContainer *resource, const char *resource_type,
                                     const char *logical_id, PatientIds *result);
+
+/* reference.c: one Reference element -> Patient id (pointing into the jsonb) */
+#define PATIENT_ID_MAX_LEN 64
+extern bool patient_id_is_valid(const char *id, int len);
+extern bool reference_patient_id(JsonbContainer *element, const char **id, int *id_len);
 
 /* trigger.c */
 extern void capture_init(void);

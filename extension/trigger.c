@@ -1,10 +1,124 @@
 /*
  * trigger.c
  *	  The capture trigger: one change-log row per change of a watched resource.
+ *
+ * fhir_notify.capture() runs AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW
+ * on every watched table, so it is on the path of every clinical write. It
+ * therefore
+ *	  - never fails a write because of what the resource contains: odd JSON
+ *	    is recorded as far as it can be and earns a rate-limited WARNING;
+ *	  - does no catalog lookups per row: the layout is parsed from the
+ *	    trigger's arguments once per backend and kept, keyed by trigger oid,
+ *	    until the table's relcache entry is invalidated;
+ *	  - inserts through one plan prepared once per backend, as the owner of
+ *	    the change log (like SECURITY DEFINER), so the writing role needs no
+ *	    grant on fhir_notify and cannot write the log itself;
+ *	  - does all per-row work in a memory context reset after every row.
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
 #include "fhir_notify.h"
+#include "layout.h"
+
+PG_FUNCTION_INFO_V1(fhir_notify_capture);
+PG_FUNCTION_INFO_V1(fhir_notify_capture_truncate);
+
+/* fhir_notify.actor: who is writing, as the application says it. */
+static char *capture_actor = NULL;
+
+/* fhir_notify.warning_interval: seconds between content warnings. */
+static int capture_warning_interval = 60;
+
+/* A watched column: its attribute number and output function. */
+typedef struct CaptureColumn
+{
+	AttrNumber attnum; /* 0 when the layout has no such column */
+	bool is_text;      /* text-like: read without the output function */
+	FmgrInfo output;
+} CaptureColumn;
+
+/* What the trigger knows about one watched table, per backend. */
+typedef struct CaptureTarget
+{
+	Oid trigger_oid; /* hash key */
+	Oid relid;
+	bool valid;         /* false once the relation changed: rebuild */
+	bool columns_ok;    /* false when a column named at watch() time is gone */
+	char *missing;      /* the column that is gone */
+	Layout layout;      /* strings in capture_cache_context */
+	char *source_table; /* schema-qualified name of the table */
+	CaptureColumn resource;
+	CaptureColumn type;
+	CaptureColumn id;
+	CaptureColumn version;
+	CaptureColumn deleted;
+} CaptureTarget;
+
+/* One side (OLD or NEW) of a change, read from the row. */
+typedef struct RowImage
+{
+	bool usable;     /* type and id known: the change can be recorded */
+	bool deleted;    /* the row marks the resource deleted */
+	Jsonb *resource; /* NULL when the column is NULL */
+	bool is_object;  /* resource is a JSON object, so it can be routed */
+	char *type;
+	char *id;
+	char *version;
+	PatientIds patients;
+	const char *problem; /* what is odd about the content, for the warning */
+} RowImage;
+
+static HTAB *capture_targets = NULL;
+static MemoryContext capture_cache_context = NULL;
+static MemoryContext capture_row_context = NULL;
+static int capture_depth = 0;
+
+/* The prepared INSERT into the change log, and whose rights it runs with. */
+static SPIPlanPtr insert_plan = NULL;
+static Oid log_owner = InvalidOid;
+static Oid log_relid = InvalidOid;
+
+/* Rate limit of content warnings. */
+static TimestampTz last_warning = 0;
+static int suppressed_warnings = 0;
+
+/*
+ * Forgets what is cached about a relation when it changes (columns renamed,
+ * trigger replaced, extension dropped); InvalidOid means every relation.
+ */
+static void
+capture_relcache_callback(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	CaptureTarget *target;
+
+	if (relid == InvalidOid || relid == log_relid)
+		log_owner = InvalidOid;
+	if (capture_targets == NULL)
+		return;
+	hash_seq_init(&status, capture_targets);
+	while ((target = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || target->relid == relid)
+			target->valid = false;
+}
 
 /*
  * Registers the capture settings.
@@ -12,4 +126,619 @@
 void
 capture_init(void)
 {
+	DefineCustomStringVariable(
+	    "fhir_notify.actor", "Who makes the changes of this session or transaction.",
+	    "Recorded with every captured change. The application may SET LOCAL it per "
+	    "transaction; when empty the session user and application_name are recorded.",
+	    &capture_actor, "", PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("fhir_notify.warning_interval",
+	                        "Least seconds between two warnings about odd resource content.",
+	                        "Warnings in between are counted and the count reported with the "
+	                        "next one. 0 warns about every row.",
+	                        &capture_warning_interval, 60, 0, 86400, PGC_SUSET, GUC_UNIT_S, NULL,
+	                        NULL, NULL);
+	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+}
+
+/*
+ * Warns about a change that could not be captured as written, at most once
+ * per fhir_notify.warning_interval per backend, with the count of warnings
+ * left out since the last one. Never an error: the clinical write goes on.
+ */
+static void
+capture_warning(const char *source_table, const char *problem, bool recorded)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (capture_warning_interval > 0 && last_warning != 0 &&
+	    !TimestampDifferenceExceeds(last_warning, now, capture_warning_interval * 1000))
+	{
+		suppressed_warnings++;
+		return;
+	}
+	ereport(
+	    WARNING,
+	    (errcode(ERRCODE_DATA_EXCEPTION),
+	     recorded ? errmsg("fhir_notify: change of \"%s\" recorded without patients: %s",
+	                       source_table, problem)
+	              : errmsg("fhir_notify: change of \"%s\" not recorded: %s", source_table, problem),
+	     suppressed_warnings > 0 ? errdetail("%d similar warnings were suppressed before this one.",
+	                                         suppressed_warnings)
+	                             : 0));
+	last_warning = now;
+	suppressed_warnings = 0;
+}
+
+/*
+ * Finds a column of the relation by name and prepares to read it.
+ * Returns false when the relation has no such column any more.
+ */
+static bool
+resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
+{
+	memset(column, 0, sizeof(*column));
+	if (name == NULL)
+		return true;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+		Oid output;
+		bool varlena;
+
+		if (attr->attisdropped || strcmp(NameStr(attr->attname), name) != 0)
+			continue;
+		column->attnum = attr->attnum;
+		column->is_text = attr->atttypid == TEXTOID || attr->atttypid == VARCHAROID;
+		getTypeOutputInfo(attr->atttypid, &output, &varlena);
+		fmgr_info_cxt(output, &column->output, capture_cache_context);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * The cached description of the table a trigger fires on, (re)built from the
+ * trigger's arguments and the relation's columns when missing or stale.
+ */
+static CaptureTarget *
+capture_target(TriggerData *trigdata)
+{
+	Trigger *trigger = trigdata->tg_trigger;
+	Relation rel = trigdata->tg_relation;
+	TupleDesc desc = RelationGetDescr(rel);
+	CaptureTarget *target;
+	MemoryContext old;
+	bool found;
+	struct
+	{
+		const char *name;
+		CaptureColumn *column;
+	} columns[5];
+
+	if (capture_targets == NULL)
+	{
+		HASHCTL ctl;
+
+		capture_cache_context = AllocSetContextCreate(TopMemoryContext, "fhir_notify capture cache",
+		                                              ALLOCSET_DEFAULT_SIZES);
+		capture_row_context = AllocSetContextCreate(TopMemoryContext, "fhir_notify capture row",
+		                                            ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(CaptureTarget);
+		ctl.hcxt = capture_cache_context;
+		capture_targets = hash_create("fhir_notify watched tables", 16, &ctl,
+		                              HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+
+	target = hash_search(capture_targets, &trigger->tgoid, HASH_ENTER, &found);
+	if (found && target->valid)
+		return target;
+
+	/* Strings of a stale entry are left in the cache context: rare and small. */
+	old = MemoryContextSwitchTo(capture_cache_context);
+	target->relid = RelationGetRelid(rel);
+	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
+	target->source_table = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+	                                                  RelationGetRelationName(rel));
+	columns[0].name = target->layout.resource_column;
+	columns[0].column = &target->resource;
+	columns[1].name = target->layout.type_column;
+	columns[1].column = &target->type;
+	columns[2].name = target->layout.id_column;
+	columns[2].column = &target->id;
+	columns[3].name = target->layout.version_column;
+	columns[3].column = &target->version;
+	columns[4].name = target->layout.deleted_column;
+	columns[4].column = &target->deleted;
+	target->columns_ok = target->layout.resource_column != NULL;
+	target->missing = target->layout.resource_column ? NULL : "resource";
+	for (int i = 0; i < (int) lengthof(columns); i++)
+		if (!resolve_column(desc, columns[i].name, columns[i].column) && target->columns_ok)
+		{
+			target->columns_ok = false;
+			target->missing = pstrdup(columns[i].name);
+		}
+	MemoryContextSwitchTo(old);
+	target->valid = true;
+	return target;
+}
+
+/*
+ * The text of a column of tuple, or NULL when the column is absent or NULL.
+ */
+static char *
+column_text(HeapTuple tuple, TupleDesc desc, CaptureColumn *column)
+{
+	bool isnull;
+	Datum value;
+
+	if (column->attnum == 0)
+		return NULL;
+	value = heap_getattr(tuple, column->attnum, desc, &isnull);
+	if (isnull)
+		return NULL;
+	if (column->is_text)
+		return TextDatumGetCString(value);
+	return OutputFunctionCall(&column->output, value);
+}
+
+/*
+ * The string value of key in a JSON object, or NULL when it is absent or not
+ * a string.
+ */
+static char *
+json_string(JsonbContainer *object, const char *key)
+{
+	JsonbValue value;
+
+	if (getKeyJsonValueFromContainer(object, key, strlen(key), &value) == NULL ||
+	    value.type != jbvString)
+		return NULL;
+	return pnstrdup(value.val.string.val, value.val.string.len);
+}
+
+/*
+ * meta.versionId of a JSON resource, or NULL.
+ */
+static char *
+json_version(JsonbContainer *object)
+{
+	JsonbValue meta;
+
+	if (getKeyJsonValueFromContainer(object, "meta", 4, &meta) == NULL || meta.type != jbvBinary ||
+	    !JsonContainerIsObject(meta.val.binary.data))
+		return NULL;
+	return json_string(meta.val.binary.data, "versionId");
+}
+
+/*
+ * Reads one side of a change from tuple: resource, type, id, version,
+ * deleted state, and the patients it belongs to. Odd content is noted in
+ * image->problem; image->usable is false when the change cannot be
+ * recorded at all (no type or no id).
+ */
+static void
+read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image)
+{
+	bool isnull;
+	Datum value;
+
+	memset(image, 0, sizeof(*image));
+
+	value = heap_getattr(tuple, target->resource.attnum, desc, &isnull);
+	if (!isnull)
+	{
+		image->resource = DatumGetJsonbP(value);
+		image->is_object =
+		    JB_ROOT_IS_OBJECT(image->resource) && !JB_ROOT_IS_SCALAR(image->resource);
+	}
+
+	image->type = column_text(tuple, desc, &target->type);
+	if (image->type == NULL && target->layout.type_name != NULL)
+		image->type = target->layout.type_name;
+	if (image->type == NULL && image->is_object)
+		image->type = json_string(&image->resource->root, "resourceType");
+
+	image->id = column_text(tuple, desc, &target->id);
+	if (image->id == NULL && image->is_object)
+		image->id = json_string(&image->resource->root, "id");
+
+	image->version = column_text(tuple, desc, &target->version);
+	if (image->version == NULL && image->is_object)
+		image->version = json_version(&image->resource->root);
+
+	if (target->deleted.attnum != 0)
+	{
+		value = heap_getattr(tuple, target->deleted.attnum, desc, &isnull);
+		if (!isnull && target->layout.deleted_kind == DELETED_BOOLEAN)
+			image->deleted = DatumGetBool(value);
+		else if (!isnull)
+			image->deleted = strcmp(TextDatumGetCString(value), target->layout.deleted_value) == 0;
+	}
+
+	image->usable = image->type != NULL && image->id != NULL;
+	if (image->resource == NULL && !image->deleted)
+		image->problem = "the resource is NULL";
+	else if (image->resource != NULL && !image->is_object)
+		image->problem = "the resource is not a JSON object";
+	else if (image->type == NULL)
+		image->problem = "the resource has no resourceType";
+	else if (image->id == NULL)
+		image->problem = "the resource has no id";
+	if (!image->usable)
+		return;
+	if (image->is_object)
+		compartment_patient_ids(&image->resource->root, image->type, image->id, &image->patients);
+}
+
+/*
+ * Whether two versions of a resource are the same: same version and equal
+ * JSON (jsonb equality, so key order and number formatting do not count).
+ */
+static bool
+same_content(RowImage *old, RowImage *new)
+{
+	if ((old->version == NULL) != (new->version == NULL))
+		return false;
+	if (old->version != NULL && strcmp(old->version, new->version) != 0)
+		return false;
+	if (old->resource == NULL || new->resource == NULL)
+		return old->resource == new->resource;
+	if (VARSIZE(old->resource) == VARSIZE(new->resource) &&
+	    memcmp(old->resource, new->resource, VARSIZE(old->resource)) == 0)
+		return true;
+	return compareJsonbContainers(&old->resource->root, &new->resource->root) == 0;
+}
+
+/*
+ * The patients in a but not in b; both are sorted by strcmp.
+ */
+static PatientIds
+patients_removed(PatientIds *a, PatientIds *b)
+{
+	PatientIds removed = {0, NULL};
+	int j = 0;
+
+	if (a->count == 0)
+		return removed;
+	removed.ids = palloc(sizeof(char *) * a->count);
+	for (int i = 0; i < a->count; i++)
+	{
+		int cmp = 1;
+
+		while (j < b->count && (cmp = strcmp(b->ids[j], a->ids[i])) < 0)
+			j++;
+		if (j >= b->count || cmp != 0)
+			removed.ids[removed.count++] = a->ids[i];
+	}
+	return removed;
+}
+
+/*
+ * Adds the type and id to a resource that lacks them (fhirbase keeps both
+ * outside the JSON), so readers always get a complete resource.
+ */
+static Jsonb *
+complete_resource(RowImage *image)
+{
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbValue value;
+	JsonbValue *result = NULL;
+	JsonbIteratorToken token;
+	bool has_type;
+	bool has_id;
+	JsonbContainer *root = &image->resource->root;
+
+	has_type = getKeyJsonValueFromContainer(root, "resourceType", 12, &value) != NULL;
+	has_id = getKeyJsonValueFromContainer(root, "id", 2, &value) != NULL;
+	if (has_type && has_id)
+		return image->resource;
+
+	it = JsonbIteratorInit(root);
+	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE)
+	{
+		result = pushJsonbValue(&state, token, token < WJB_BEGIN_ARRAY ? &value : NULL);
+		if (token == WJB_BEGIN_OBJECT)
+		{
+			JsonbValue key;
+			JsonbValue text;
+
+			key.type = text.type = jbvString;
+			if (!has_type)
+			{
+				key.val.string.val = "resourceType";
+				key.val.string.len = 12;
+				text.val.string.val = image->type;
+				text.val.string.len = strlen(image->type);
+				pushJsonbValue(&state, WJB_KEY, &key);
+				pushJsonbValue(&state, WJB_VALUE, &text);
+			}
+			if (!has_id)
+			{
+				key.val.string.val = "id";
+				key.val.string.len = 2;
+				text.val.string.val = image->id;
+				text.val.string.len = strlen(image->id);
+				pushJsonbValue(&state, WJB_KEY, &key);
+				pushJsonbValue(&state, WJB_VALUE, &text);
+			}
+		}
+	}
+	return JsonbValueToJsonb(result);
+}
+
+/*
+ * The actor to record: fhir_notify.actor, or else the session user and the
+ * application name, as in "alice (wintehr-backend)".
+ */
+static char *
+current_actor(void)
+{
+	char *user;
+
+	if (capture_actor != NULL && capture_actor[0] != '\0')
+		return capture_actor;
+	user = GetUserNameFromId(GetSessionUserId(), true);
+	if (user == NULL)
+		user = "unknown";
+	if (application_name != NULL && application_name[0] != '\0')
+		return psprintf("%s (%s)", user, application_name);
+	return user;
+}
+
+/*
+ * The owner of fhir_notify.changes, whose rights the insert runs with.
+ */
+static Oid
+change_log_owner(void)
+{
+	HeapTuple tuple;
+	Oid namespace;
+
+	if (OidIsValid(log_owner))
+		return log_owner;
+	namespace = get_namespace_oid("fhir_notify", false);
+	log_relid = get_relname_relid("changes", namespace);
+	if (!OidIsValid(log_relid))
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+		                errmsg("relation \"fhir_notify.changes\" does not exist"),
+		                errhint("Reinstall the extension: DROP EXTENSION fhir_notify CASCADE; "
+		                        "CREATE EXTENSION fhir_notify;")));
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(log_relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", log_relid);
+	log_owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return log_owner;
+}
+
+/*
+ * Appends one row to the change log as its owner, and rings the doorbell.
+ * Unrouted changes are skipped unless the table records them.
+ */
+static void
+record_change(CaptureTarget *target, const char *action, RowImage *image, PatientIds *patients,
+              bool with_resource)
+{
+	static Oid argtypes[8] = {TEXTOID,      TEXTOID,  TEXTOID, TEXTOID,
+	                          TEXTARRAYOID, JSONBOID, TEXTOID, TEXTOID};
+	Datum values[8];
+	char nulls[8];
+	Datum *ids;
+	Oid owner;
+	Oid save_userid;
+	int save_sec_context;
+	int rc;
+
+	if (patients->count == 0 && !target->layout.record_unrouted)
+		return;
+
+	memset(nulls, ' ', sizeof(nulls));
+	ids = palloc(sizeof(Datum) * (patients->count + 1));
+	for (int i = 0; i < patients->count; i++)
+		ids[i] = CStringGetTextDatum(patients->ids[i]);
+
+	values[0] = CStringGetTextDatum(action);
+	values[1] = CStringGetTextDatum(image->type);
+	values[2] = CStringGetTextDatum(image->id);
+	if (image->version != NULL)
+		values[3] = CStringGetTextDatum(image->version);
+	else
+		nulls[3] = 'n';
+	values[4] =
+	    PointerGetDatum(construct_array(ids, patients->count, TEXTOID, -1, false, TYPALIGN_INT));
+	if (with_resource && image->resource != NULL)
+		values[5] = JsonbPGetDatum(image->is_object ? complete_resource(image) : image->resource);
+	else
+		nulls[5] = 'n';
+	values[6] = CStringGetTextDatum(current_actor());
+	values[7] = CStringGetTextDatum(target->source_table);
+
+	owner = change_log_owner();
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+	                                  SECURITY_RESTRICTED_OPERATION);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (insert_plan == NULL)
+	{
+		SPIPlanPtr plan = SPI_prepare(
+		    "INSERT INTO fhir_notify.changes (action, resource_type, resource_id, version_id, "
+		    "patient_ids, resource, actor, source_table) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+		    8, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		insert_plan = plan;
+	}
+	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "insert into fhir_notify.changes failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+
+	/* On error the (sub)transaction abort restores the user. */
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+
+	doorbell_ring();
+}
+
+/*
+ * Warns (rate-limited) about odd content of one side of a change.
+ */
+static void
+warn_content(CaptureTarget *target, RowImage *image)
+{
+	if (image->problem != NULL)
+		capture_warning(target->source_table, image->problem, image->usable);
+}
+
+/*
+ * Works out what a row change means for the resource and records it:
+ * created, updated, deleted (hard or soft), undeleted, and patients that an
+ * update took away from the resource.
+ */
+static void
+capture_row(CaptureTarget *target, TriggerData *trigdata)
+{
+	TupleDesc desc = RelationGetDescr(trigdata->tg_relation);
+	RowImage old;
+	RowImage new;
+	PatientIds removed;
+
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	{
+		read_image(target, trigdata->tg_trigtuple, desc, &new);
+		warn_content(target, &new);
+		if (new.usable && !new.deleted)
+			record_change(target, "created", &new, &new.patients, true);
+		return;
+	}
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+	{
+		read_image(target, trigdata->tg_trigtuple, desc, &old);
+		warn_content(target, &old);
+		if (old.usable && !old.deleted)
+			record_change(target, "deleted", &old, &old.patients, false);
+		return;
+	}
+
+	read_image(target, trigdata->tg_trigtuple, desc, &old);
+	read_image(target, trigdata->tg_newtuple, desc, &new);
+	warn_content(target, &new); /* odd old content loses nothing */
+	if (!new.usable)
+		return;
+	if (!old.usable || (old.deleted && !new.deleted))
+	{
+		if (!new.deleted)
+			record_change(target, "created", &new, &new.patients, true);
+		return;
+	}
+	if (old.deleted)
+		return; /* still deleted */
+	if (new.deleted)
+	{
+		/* Soft delete: the patients are those of the resource as it was. */
+		old.version = new.version;
+		record_change(target, "deleted", &old, &old.patients, false);
+		return;
+	}
+	if (strcmp(old.type, new.type) != 0 || strcmp(old.id, new.id) != 0)
+	{
+		/* The row now holds another resource. */
+		record_change(target, "deleted", &old, &old.patients, false);
+		record_change(target, "created", &new, &new.patients, true);
+		return;
+	}
+	if (same_content(&old, &new))
+		return;
+
+	removed = patients_removed(&old.patients, &new.patients);
+	if (removed.count > 0)
+	{
+		/* Those patients' charts must drop the resource. */
+		record_change(target, "deleted", &new, &removed, false);
+	}
+	record_change(target, "updated", &new, &new.patients, true);
+}
+
+/*
+ * SQL: fhir_notify.capture() RETURNS trigger. The row trigger watch()
+ * installs; its arguments are the table's layout.
+ */
+Datum
+fhir_notify_capture(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	CaptureTarget *target;
+	MemoryContext row_context;
+	MemoryContext old;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+		                errmsg("fhir_notify.capture() must be called as a trigger")));
+	if (!TRIGGER_FIRED_AFTER(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+		                errmsg("fhir_notify.capture() must be fired AFTER ... FOR EACH ROW"),
+		                errhint("Install it with fhir_notify.watch().")));
+
+	target = capture_target(trigdata);
+	if (!target->columns_ok)
+	{
+		char *problem = psprintf("column \"%s\" named at watch() time is gone; run "
+		                         "fhir_notify.watch() again for this table",
+		                         target->missing);
+
+		capture_warning(target->source_table, problem, false);
+		pfree(problem);
+		return PointerGetDatum(NULL);
+	}
+
+	/*
+	 * A capture nested in another (a trigger on the change log itself) gets
+	 * its own context so it cannot reset the outer one's memory.
+	 */
+	row_context = capture_depth == 0 ? capture_row_context
+	                                 : AllocSetContextCreate(CurrentMemoryContext,
+	                                                         "fhir_notify nested capture row",
+	                                                         ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(row_context);
+	old = MemoryContextSwitchTo(row_context);
+	capture_depth++;
+	PG_TRY();
+	{
+		capture_row(target, trigdata);
+	}
+	PG_FINALLY();
+	{
+		capture_depth--;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(row_context);
+	if (row_context != capture_row_context)
+		MemoryContextDelete(row_context);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * SQL: fhir_notify.capture_truncate() RETURNS trigger. TRUNCATE removes rows
+ * without row triggers, so the change log cannot tell anybody; say so.
+ */
+Datum
+fhir_notify_capture_truncate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+		                errmsg("fhir_notify.capture_truncate() must be called as a trigger")));
+	ereport(WARNING, (errmsg("truncate of watched table \"%s\" is not recorded in the change log",
+	                         RelationGetRelationName(trigdata->tg_relation)),
+	                  errdetail("Clients are not told that the resources of this table are gone."),
+	                  errhint("Delete rows with DELETE to have the deletions streamed.")));
+	return PointerGetDatum(NULL);
 }

@@ -1,0 +1,674 @@
+/*
+ * layout.c
+ *	  Where a watched table keeps type, id, version and deleted state:
+ *	  recognising the layout of a table at watch() time, checking its
+ *	  columns, and carrying the result in the capture trigger's arguments.
+ *
+ * Three layouts (see README): wintehr (fhir.resources with a soft-delete
+ * flag), jsonb (any table with a jsonb resource column) and fhirbase (one
+ * table per resource type, id and txid in columns). Every configuration
+ * error is raised here, at watch() time, never on a clinical write.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "fhir_notify.h"
+#include "layout.h"
+
+PG_FUNCTION_INFO_V1(fhir_notify_resolve_layout);
+
+/* The resource types of FHIR R4, for naming one-table-per-type tables. */
+static const char *const fhir_types[] = {
+    "Account",
+    "ActivityDefinition",
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "AuditEvent",
+    "Basic",
+    "Binary",
+    "BiologicallyDerivedProduct",
+    "BodyStructure",
+    "Bundle",
+    "CapabilityStatement",
+    "CarePlan",
+    "CareTeam",
+    "CatalogEntry",
+    "ChargeItem",
+    "ChargeItemDefinition",
+    "Claim",
+    "ClaimResponse",
+    "ClinicalImpression",
+    "CodeSystem",
+    "Communication",
+    "CommunicationRequest",
+    "CompartmentDefinition",
+    "Composition",
+    "ConceptMap",
+    "Condition",
+    "Consent",
+    "Contract",
+    "Coverage",
+    "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse",
+    "DetectedIssue",
+    "Device",
+    "DeviceDefinition",
+    "DeviceMetric",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "EffectEvidenceSynthesis",
+    "Encounter",
+    "Endpoint",
+    "EnrollmentRequest",
+    "EnrollmentResponse",
+    "EpisodeOfCare",
+    "EventDefinition",
+    "Evidence",
+    "EvidenceVariable",
+    "ExampleScenario",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "GraphDefinition",
+    "Group",
+    "GuidanceResponse",
+    "HealthcareService",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "ImplementationGuide",
+    "InsurancePlan",
+    "Invoice",
+    "Library",
+    "Linkage",
+    "List",
+    "Location",
+    "Measure",
+    "MeasureReport",
+    "Media",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationKnowledge",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicinalProduct",
+    "MedicinalProductAuthorization",
+    "MedicinalProductContraindication",
+    "MedicinalProductIndication",
+    "MedicinalProductIngredient",
+    "MedicinalProductInteraction",
+    "MedicinalProductManufactured",
+    "MedicinalProductPackaged",
+    "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect",
+    "MessageDefinition",
+    "MessageHeader",
+    "MolecularSequence",
+    "NamingSystem",
+    "NutritionOrder",
+    "Observation",
+    "ObservationDefinition",
+    "OperationDefinition",
+    "OperationOutcome",
+    "Organization",
+    "OrganizationAffiliation",
+    "Parameters",
+    "Patient",
+    "PaymentNotice",
+    "PaymentReconciliation",
+    "Person",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "ResearchDefinition",
+    "ResearchElementDefinition",
+    "ResearchStudy",
+    "ResearchSubject",
+    "RiskAssessment",
+    "RiskEvidenceSynthesis",
+    "Schedule",
+    "SearchParameter",
+    "ServiceRequest",
+    "Slot",
+    "Specimen",
+    "SpecimenDefinition",
+    "StructureDefinition",
+    "StructureMap",
+    "Subscription",
+    "Substance",
+    "SubstanceNucleicAcid",
+    "SubstancePolymer",
+    "SubstanceProtein",
+    "SubstanceReferenceInformation",
+    "SubstanceSourceMaterial",
+    "SubstanceSpecification",
+    "SupplyDelivery",
+    "SupplyRequest",
+    "Task",
+    "TerminologyCapabilities",
+    "TestReport",
+    "TestScript",
+    "ValueSet",
+    "VerificationResult",
+    "VisionPrescription",
+};
+
+/* The option keys watch() accepts, for the error message. */
+#define KNOWN_OPTIONS                                                                              \
+	"resource, type, id, version, deleted, deleted_value, type_name, record_unrouted"
+
+/*
+ * The name of a layout as users write it.
+ */
+const char *
+layout_kind_name(LayoutKind kind)
+{
+	switch (kind)
+	{
+		case LAYOUT_WINTEHR:
+			return "wintehr";
+		case LAYOUT_JSONB:
+			return "jsonb";
+		case LAYOUT_FHIRBASE:
+			return "fhirbase";
+	}
+	return "unknown";
+}
+
+/*
+ * The FHIR resource type a table name stands for (patient -> Patient,
+ * medicationrequest -> MedicationRequest), or NULL when none.
+ */
+const char *
+layout_fhir_type_name(const char *name)
+{
+	for (size_t i = 0; i < lengthof(fhir_types); i++)
+		if (pg_strcasecmp(fhir_types[i], name) == 0)
+			return fhir_types[i];
+	return NULL;
+}
+
+/*
+ * The type of a table's column, or InvalidOid when it has no such column.
+ */
+static Oid
+column_type(Relation rel, const char *name)
+{
+	TupleDesc desc = RelationGetDescr(rel);
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+
+		if (!attr->attisdropped && strcmp(NameStr(attr->attname), name) == 0)
+			return attr->atttypid;
+	}
+	return InvalidOid;
+}
+
+/* Whether type is text or a text-like type whose output is its value. */
+static bool
+is_text_type(Oid type)
+{
+	return type == TEXTOID || type == VARCHAROID || type == BPCHAROID || type == NAMEOID;
+}
+
+/*
+ * The only jsonb column of a table, "resource" when there are several, or
+ * NULL when there is none or the choice is ambiguous.
+ */
+static char *
+guess_resource_column(Relation rel, int *jsonb_columns)
+{
+	TupleDesc desc = RelationGetDescr(rel);
+	char *found = NULL;
+
+	*jsonb_columns = 0;
+	if (column_type(rel, "resource") == JSONBOID)
+		return pstrdup("resource");
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+
+		if (!attr->attisdropped && attr->atttypid == JSONBOID)
+		{
+			(*jsonb_columns)++;
+			found = NameStr(attr->attname);
+		}
+	}
+	return *jsonb_columns == 1 ? pstrdup(found) : NULL;
+}
+
+/*
+ * Reads watch()'s options object into layout, overriding what the layout
+ * chose. Unknown keys and values of the wrong JSON type are errors.
+ */
+static void
+apply_options(Jsonb *options, Layout *layout, bool *deleted_value_given)
+{
+	JsonbIterator *it;
+	JsonbValue value;
+	JsonbIteratorToken token;
+	char *key = NULL;
+
+	*deleted_value_given = false;
+	if (options == NULL)
+		return;
+	if (!JB_ROOT_IS_OBJECT(options) || JB_ROOT_IS_SCALAR(options))
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("watch() options must be a JSON object"),
+		                errhint("Pass options => '{\"resource\": \"content\"}' to name the "
+		                        "column that holds the resource.")));
+
+	it = JsonbIteratorInit(&options->root);
+	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE)
+	{
+		char **target = NULL;
+
+		if (token == WJB_KEY)
+		{
+			key = pnstrdup(value.val.string.val, value.val.string.len);
+			continue;
+		}
+		if (token != WJB_VALUE)
+			continue;
+
+		if (strcmp(key, "record_unrouted") == 0)
+		{
+			if (value.type != jbvBool)
+				ereport(ERROR,
+				        (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				         errmsg("watch() option \"record_unrouted\" must be true or false")));
+			layout->record_unrouted = value.val.boolean;
+			continue;
+		}
+		if (strcmp(key, "resource") == 0)
+			target = &layout->resource_column;
+		else if (strcmp(key, "type") == 0)
+			target = &layout->type_column;
+		else if (strcmp(key, "id") == 0)
+			target = &layout->id_column;
+		else if (strcmp(key, "version") == 0)
+			target = &layout->version_column;
+		else if (strcmp(key, "deleted") == 0)
+			target = &layout->deleted_column;
+		else if (strcmp(key, "deleted_value") == 0)
+		{
+			target = &layout->deleted_value;
+			*deleted_value_given = true;
+		}
+		else if (strcmp(key, "type_name") == 0)
+			target = &layout->type_name;
+		else
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			                errmsg("unknown watch() option \"%s\"", key),
+			                errdetail("Known options are " KNOWN_OPTIONS ".")));
+
+		if (value.type == jbvNull && strcmp(key, "resource") != 0)
+			*target = NULL; /* null: this layout has no such column */
+		else if (value.type == jbvString && value.val.string.len > 0)
+			*target = pnstrdup(value.val.string.val, value.val.string.len);
+		else
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			                errmsg("watch() option \"%s\" must be a column name", key),
+			                errhint("Pass options => '{\"%s\": \"column_name\"}'.", key)));
+	}
+}
+
+/*
+ * Raises the error for a column the layout needs but the table lacks.
+ */
+static void
+missing_column(Relation rel, const Layout *layout, const char *option, const char *column,
+               const char *what)
+{
+	ereport(ERROR,
+	        (errcode(ERRCODE_UNDEFINED_COLUMN),
+	         errmsg("table \"%s\" has no column \"%s\"", RelationGetRelationName(rel), column),
+	         errdetail("The %s layout expects %s in column \"%s\".", layout_kind_name(layout->kind),
+	                   what, column),
+	         errhint("Pass options => '{\"%s\": \"column_name\"}' to name the column that "
+	                 "holds it.",
+	                 option)));
+}
+
+/*
+ * Checks that every column the layout names exists with a usable type.
+ */
+static void
+check_columns(Relation rel, Layout *layout, bool deleted_value_given)
+{
+	const char *relname = RelationGetRelationName(rel);
+	Oid type;
+	struct
+	{
+		const char *option;
+		char *column;
+		const char *what;
+	} optional[] = {
+	    {"type", layout->type_column, "the resource type"},
+	    {"id", layout->id_column, "the logical id"},
+	    {"version", layout->version_column, "the version"},
+	};
+
+	type = column_type(rel, layout->resource_column);
+	if (type == InvalidOid)
+		missing_column(rel, layout, "resource", layout->resource_column, "the resource JSON");
+	if (type != JSONBOID)
+		ereport(ERROR,
+		        (errcode(ERRCODE_DATATYPE_MISMATCH),
+		         errmsg("column \"%s\" of table \"%s\" is of type %s, not jsonb",
+		                layout->resource_column, relname, format_type_be(type)),
+		         errhint("Convert the column to jsonb (ALTER TABLE ... ALTER COLUMN %s TYPE jsonb "
+		                 "USING %s::jsonb), or name another column with options => "
+		                 "'{\"resource\": \"column_name\"}'.",
+		                 quote_identifier(layout->resource_column),
+		                 quote_identifier(layout->resource_column))));
+
+	for (size_t i = 0; i < lengthof(optional); i++)
+		if (optional[i].column != NULL && column_type(rel, optional[i].column) == InvalidOid)
+			missing_column(rel, layout, optional[i].option, optional[i].column, optional[i].what);
+
+	layout->deleted_kind = DELETED_NONE;
+	if (layout->deleted_column != NULL)
+	{
+		type = column_type(rel, layout->deleted_column);
+		if (type == InvalidOid)
+			missing_column(rel, layout, "deleted", layout->deleted_column, "the deleted flag");
+		if (type == BOOLOID)
+		{
+			if (deleted_value_given)
+				ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				                errmsg("watch() option \"deleted_value\" needs a text column, "
+				                       "but column \"%s\" is boolean",
+				                       layout->deleted_column)));
+			layout->deleted_kind = DELETED_BOOLEAN;
+		}
+		else if (is_text_type(type))
+		{
+			layout->deleted_kind = DELETED_STATUS;
+			if (layout->deleted_value == NULL)
+				layout->deleted_value = pstrdup("deleted");
+		}
+		else
+			ereport(ERROR,
+			        (errcode(ERRCODE_DATATYPE_MISMATCH),
+			         errmsg("column \"%s\" of table \"%s\" is of type %s, not boolean or text",
+			                layout->deleted_column, relname, format_type_be(type)),
+			         errhint("Pass options => '{\"deleted\": null}' when the table marks no "
+			                 "deleted rows.")));
+	}
+	if (layout->deleted_kind != DELETED_STATUS)
+		layout->deleted_value = NULL;
+
+	if (layout->type_name != NULL)
+	{
+		const char *canonical = layout_fhir_type_name(layout->type_name);
+
+		if (canonical == NULL || strcmp(canonical, layout->type_name) != 0)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			                errmsg("\"%s\" is not a FHIR R4 resource type", layout->type_name),
+			                canonical ? errhint("Did you mean \"%s\"?", canonical) : 0));
+	}
+}
+
+/*
+ * The layout a table's columns look like, for layout 'auto'.
+ */
+static LayoutKind
+recognise_layout(Relation rel)
+{
+	int jsonb_columns;
+
+	if (column_type(rel, "resource") == JSONBOID &&
+	    column_type(rel, "resource_type") != InvalidOid &&
+	    column_type(rel, "fhir_id") != InvalidOid && column_type(rel, "version_id") != InvalidOid &&
+	    column_type(rel, "deleted") == BOOLOID)
+		return LAYOUT_WINTEHR;
+	if (column_type(rel, "resource") == JSONBOID && column_type(rel, "id") != InvalidOid &&
+	    column_type(rel, "txid") != InvalidOid)
+		return LAYOUT_FHIRBASE;
+	if (guess_resource_column(rel, &jsonb_columns) != NULL)
+		return LAYOUT_JSONB;
+
+	if (jsonb_columns == 0)
+		ereport(
+		    ERROR,
+		    (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		     errmsg("cannot recognise the layout of table \"%s\"", RelationGetRelationName(rel)),
+		     errdetail("The table has no jsonb column to take the resource from."),
+		     errhint("Pass layout => 'jsonb' with options => '{\"resource\": "
+		             "\"content\"}' to name the jsonb column that holds the resource.")));
+	ereport(
+	    ERROR,
+	    (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+	     errmsg("cannot recognise the layout of table \"%s\"", RelationGetRelationName(rel)),
+	     errdetail("The table has %d jsonb columns and none is named \"resource\".", jsonb_columns),
+	     errhint("Pass options => '{\"resource\": \"content\"}' to name the column that "
+	             "holds the resource.")));
+	return LAYOUT_JSONB; /* not reached */
+}
+
+/*
+ * Resolves layout_name ('auto', 'wintehr', 'jsonb' or 'fhirbase') and
+ * options against the columns of rel. Raises an error naming the column and
+ * what was expected when the table does not fit.
+ */
+void
+layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *layout)
+{
+	bool automatic = false;
+	bool deleted_value_given;
+	int jsonb_columns;
+
+	memset(layout, 0, sizeof(*layout));
+	if (strcmp(layout_name, "auto") == 0)
+	{
+		automatic = true;
+		layout->kind = recognise_layout(rel);
+	}
+	else if (strcmp(layout_name, "wintehr") == 0)
+		layout->kind = LAYOUT_WINTEHR;
+	else if (strcmp(layout_name, "jsonb") == 0)
+		layout->kind = LAYOUT_JSONB;
+	else if (strcmp(layout_name, "fhirbase") == 0)
+		layout->kind = LAYOUT_FHIRBASE;
+	else
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("unknown layout \"%s\"", layout_name),
+		                errhint("Known layouts are auto, wintehr, jsonb and fhirbase.")));
+
+	switch (layout->kind)
+	{
+		case LAYOUT_WINTEHR:
+			layout->resource_column = pstrdup("resource");
+			layout->type_column = pstrdup("resource_type");
+			layout->id_column = pstrdup("fhir_id");
+			layout->version_column = pstrdup("version_id");
+			layout->deleted_column = pstrdup("deleted");
+			break;
+		case LAYOUT_FHIRBASE:
+			layout->resource_column = pstrdup("resource");
+			layout->id_column = pstrdup("id");
+			layout->version_column = pstrdup("txid");
+			if (column_type(rel, "status") != InvalidOid)
+				layout->deleted_column = pstrdup("status");
+			if (column_type(rel, "resource_type") != InvalidOid)
+				layout->type_column = pstrdup("resource_type");
+			break;
+		case LAYOUT_JSONB:
+			layout->resource_column = guess_resource_column(rel, &jsonb_columns);
+			break;
+	}
+
+	apply_options(options, layout, &deleted_value_given);
+
+	if (layout->resource_column == NULL)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("table \"%s\" has no jsonb column named \"resource\"",
+		                       RelationGetRelationName(rel)),
+		                errdetail("The jsonb layout takes the resource from a jsonb column."),
+		                errhint("Pass options => '{\"resource\": \"content\"}' to name the column "
+		                        "that holds the resource.")));
+
+	/* One table per type: the type comes from the table's name. */
+	if (layout->kind == LAYOUT_FHIRBASE && layout->type_column == NULL && layout->type_name == NULL)
+	{
+		const char *type_name = layout_fhir_type_name(RelationGetRelationName(rel));
+
+		if (type_name == NULL)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			                errmsg("cannot tell the resource type of table \"%s\"",
+			                       RelationGetRelationName(rel)),
+			                errdetail("The fhirbase layout takes the type from a column "
+			                          "\"resource_type\" or from the table's name."),
+			                errhint("Pass options => '{\"type_name\": \"Observation\"}'.")));
+		layout->type_name = pstrdup(type_name);
+	}
+
+	check_columns(rel, layout, deleted_value_given);
+
+	if (automatic)
+		ereport(NOTICE, (errmsg("table \"%s\" uses the %s layout", RelationGetRelationName(rel),
+		                        layout_kind_name(layout->kind)),
+		                 errdetail("The resource is in column \"%s\".", layout->resource_column)));
+}
+
+/*
+ * Appends "key=value" to args when value is set; returns the new count.
+ */
+static int
+add_arg(char **args, int nargs, const char *key, const char *value)
+{
+	if (value != NULL)
+		args[nargs++] = psprintf("%s=%s", key, value);
+	return nargs;
+}
+
+/*
+ * Writes the layout as trigger arguments; returns how many.
+ */
+int
+layout_to_args(const Layout *layout, char **args)
+{
+	int nargs = 0;
+
+	nargs = add_arg(args, nargs, "layout", layout_kind_name(layout->kind));
+	nargs = add_arg(args, nargs, "resource", layout->resource_column);
+	nargs = add_arg(args, nargs, "type", layout->type_column);
+	nargs = add_arg(args, nargs, "id", layout->id_column);
+	nargs = add_arg(args, nargs, "version", layout->version_column);
+	nargs = add_arg(args, nargs, "deleted", layout->deleted_column);
+	nargs = add_arg(args, nargs, "deleted_value", layout->deleted_value);
+	nargs = add_arg(args, nargs, "type_name", layout->type_name);
+	nargs = add_arg(args, nargs, "record_unrouted", layout->record_unrouted ? "true" : "false");
+	Assert(nargs <= LAYOUT_MAX_ARGS);
+	return nargs;
+}
+
+/*
+ * Reads trigger arguments written by layout_to_args() back into a layout,
+ * in the current memory context. Column types are not checked here.
+ */
+void
+layout_from_args(int nargs, char **args, Layout *layout)
+{
+	memset(layout, 0, sizeof(*layout));
+	layout->kind = LAYOUT_JSONB;
+	for (int i = 0; i < nargs; i++)
+	{
+		char *equals = strchr(args[i], '=');
+		char *key;
+		char *value;
+
+		if (equals == NULL)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			                errmsg("malformed fhir_notify.capture() argument \"%s\"", args[i]),
+			                errhint("Run fhir_notify.watch() again for this table.")));
+		key = pnstrdup(args[i], equals - args[i]);
+		value = pstrdup(equals + 1);
+
+		if (strcmp(key, "layout") == 0)
+			layout->kind = strcmp(value, "wintehr") == 0    ? LAYOUT_WINTEHR
+			               : strcmp(value, "fhirbase") == 0 ? LAYOUT_FHIRBASE
+			                                                : LAYOUT_JSONB;
+		else if (strcmp(key, "resource") == 0)
+			layout->resource_column = value;
+		else if (strcmp(key, "type") == 0)
+			layout->type_column = value;
+		else if (strcmp(key, "id") == 0)
+			layout->id_column = value;
+		else if (strcmp(key, "version") == 0)
+			layout->version_column = value;
+		else if (strcmp(key, "deleted") == 0)
+			layout->deleted_column = value;
+		else if (strcmp(key, "deleted_value") == 0)
+			layout->deleted_value = value;
+		else if (strcmp(key, "type_name") == 0)
+			layout->type_name = value;
+		else if (strcmp(key, "record_unrouted") == 0)
+			layout->record_unrouted = strcmp(value, "true") == 0;
+	}
+	if (layout->deleted_column != NULL)
+		layout->deleted_kind = layout->deleted_value != NULL ? DELETED_STATUS : DELETED_BOOLEAN;
+}
+
+/*
+ * SQL: fhir_notify.resolve_layout(tbl regclass, layout text, options jsonb)
+ * RETURNS text[]. The capture trigger's arguments for tbl; watch() calls it.
+ */
+Datum
+fhir_notify_resolve_layout(PG_FUNCTION_ARGS)
+{
+	Oid relid = PG_GETARG_OID(0);
+	char *layout_name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Jsonb *options = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	Relation rel;
+	Layout layout;
+	char *args[LAYOUT_MAX_ARGS];
+	Datum elems[LAYOUT_MAX_ARGS];
+	int nargs;
+
+	rel = table_open(relid, AccessShareLock);
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+	    rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+		                errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+		                errdetail("Only tables can be watched.")));
+	if (strcmp(get_namespace_name(RelationGetNamespace(rel)), "fhir_notify") == 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("table \"%s\" belongs to fhir_notify and cannot be watched",
+		                       RelationGetRelationName(rel))));
+
+	layout_resolve(rel, layout_name, options, &layout);
+	nargs = layout_to_args(&layout, args);
+	table_close(rel, AccessShareLock);
+
+	for (int i = 0; i < nargs; i++)
+		elems[i] = CStringGetTextDatum(args[i]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, nargs, TEXTOID, -1, false, TYPALIGN_INT));
+}
