@@ -316,20 +316,3 @@ ticker_main(Datum main_arg)
 		                 TICKER_IDLE_TIMEOUT_MS, PG_WAIT_EXTENSION);
 	}
 }
-
-/*
- * Whether ticker mode can run here (stub until the ticker is written).
- */
-bool
-ticker_available(void)
-{
-	return false;
-}
-
-/*
- * Wakes the ticker after a commit (stub until the ticker is written).
- */
-void
-ticker_ring(void)
-{
-}
