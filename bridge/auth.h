@@ -29,6 +29,20 @@ typedef enum auth_result
 	AUTH_EXPIRED  /* valid signature but "exp" has passed */
 } auth_result;
 
+/*
+ * One read right from one SMART scope: the changes of resource type `type`
+ * (NULL: every type) of every patient, or, when patient_only, only of the
+ * grant's patient. auth_grant_allows checks these rules one by one, so
+ * rights of different levels never mix (user/Condition.read with a
+ * patient-level wildcard read scope gives Condition for everybody and every
+ * type for the token's patient, not every type for everybody).
+ */
+typedef struct auth_scope_rule
+{
+	bool patient_only;
+	char *type;
+} auth_scope_rule;
+
 /* What a verified token may receive. */
 typedef struct auth_grant
 {
@@ -41,26 +55,50 @@ typedef struct auth_grant
 	int ntypes;
 	long long expires_at; /* "exp" in seconds since the epoch, 0 if none */
 	json_t *claims;       /* the whole payload, for the welcome message */
+	/*
+	 * The exact rights; the summary fields above lose which level a type
+	 * came from, so decide with auth_grant_allows, not with them.
+	 */
+	auth_scope_rule *rules;
+	int nrules;
 } auth_grant;
 
-/* Loads the configured keys; NULL with a message in err on failure. */
+/*
+ * Loads the configured keys (every configured source; at least one is
+ * needed); NULL with a message in err on failure. Reloading is the caller's:
+ * load the new set, swap, free the old one.
+ */
 auth_keys *auth_keys_load(const auth_config *config, char *err, size_t errlen);
 void auth_keys_free(auth_keys *keys);
 
 /*
  * Verifies token (signature, alg pinned to the key type, exp, nbf, aud,
  * iss) at time now and fills grant from its claims. On failure err says why
- * (for the log, never key material).
+ * (for the log, never key material) and grant is left empty. grant is
+ * overwritten: clear an earlier grant before reusing it.
  */
 auth_result auth_verify(const auth_keys *keys, const char *token, long long now, auth_grant *grant,
                         char *err, size_t errlen);
 
-/* Whether grant may receive resource_type changes of patient_id (NULL: any type). */
+/*
+ * Whether grant may receive resource_type changes of patient_id (NULL: any
+ * type, i.e. whether it may receive anything of that patient). A NULL
+ * patient_id asks about changes that belong to no patient: only user/ and
+ * system/ scopes allow those.
+ */
 bool auth_grant_allows(const auth_grant *grant, const char *patient_id, const char *resource_type);
 
-/* A grant that allows everything, for --insecure-no-auth. */
+/* A grant that allows everything, for --insecure-no-auth (subject "anonymous"). */
 void auth_grant_unrestricted(auth_grant *grant);
 
+/* Frees what grant holds and empties it; safe on an empty grant. */
 void auth_grant_clear(auth_grant *grant);
+
+/*
+ * Fills grant's rights from the SMART scopes in claims ("scope" string,
+ * "scp" array or string) and the "patient" claim. Used by auth_verify;
+ * exposed for tests.
+ */
+void auth_grant_set_scopes(auth_grant *grant, json_t *claims);
 
 #endif /* BRIDGE_AUTH_H */

@@ -1,12 +1,302 @@
 /*
  * main.c
- *	  fhir-notify-bridge: options, signals and the event loop (placeholder).
+ *	  fhir-notify-bridge: options, signals and the event loop. Signal
+ *	  handlers only set flags; the loop reloads (SIGHUP) or drains and exits
+ *	  (SIGTERM, SIGINT).
  */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libwebsockets.h>
+
+#include "auth.h"
+#include "bridge.h"
+#include "change.h"
+#include "client.h"
+#include "config.h"
+#include "log.h"
+#include "pg.h"
+#include "pg_link.h"
+#include "rooms.h"
+#include "ws.h"
+
+/* Recent changes kept for resuming clients (at least --resume-max-changes). */
+#define RING_MIN_CAPACITY 10000
+/* How long SIGTERM waits for clients to take their 1001 close. */
+#define DRAIN_TIMEOUT_US    (5 * 1000000LL)
+#define INSECURE_WARNING_US (60 * 1000000LL)
+
+static volatile sig_atomic_t terminate_requested;
+static volatile sig_atomic_t reload_requested;
+static lws_sorted_usec_list_t housekeeping_timer;
+static long long last_insecure_warning_us;
+
+static void
+on_signal(int signo)
+{
+	if (signo == SIGHUP)
+		reload_requested = 1;
+	else
+		terminate_requested = 1;
+	/* wakes the loop: a write to lws's internal pipe */
+	if (the_bridge.context)
+		lws_cancel_service(the_bridge.context);
+}
+
+static void
+warn_insecure(void)
+{
+	log_warning("running with --insecure-no-auth: every client may read every patient's changes "
+	            "without a token");
+	last_insecure_warning_us = now_monotonic_us();
+}
+
+/* Once a second: wakes the loop for the signal flags, repeats the insecure warning. */
+static void
+housekeeping(lws_sorted_usec_list_t *sul)
+{
+	if (!the_bridge.keys && now_monotonic_us() - last_insecure_warning_us >= INSECURE_WARNING_US)
+		warn_insecure();
+	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
+}
+
+static bool
+keys_configured(const bridge_settings *s)
+{
+	return s->jwt_secret_file || s->jwt_public_key_file || s->jwks_file;
+}
+
+/* Loads the verification keys named by the settings; NULL with a logged error. */
+static auth_keys *
+load_keys(const bridge_settings *s)
+{
+	auth_config config = {
+	    .hs256_secret_file = s->jwt_secret_file,
+	    .public_key_file = s->jwt_public_key_file,
+	    .jwks_file = s->jwks_file,
+	    .audience = s->jwt_audience,
+	    .issuer = s->jwt_issuer,
+	    .leeway_seconds = s->jwt_leeway,
+	};
+	char err[512] = "";
+	auth_keys *keys = auth_keys_load(&config, err, sizeof(err));
+
+	if (!keys)
+		log_error("auth: could not load the token keys: %s", err[0] ? err : "unknown error");
+	return keys;
+}
+
+static void
+reload(void)
+{
+	log_level level;
+
+	log_info("reloading settings and keys");
+	if (!config_reload(the_bridge.argc, the_bridge.argv, &the_bridge.settings))
+		return;
+	if (log_parse_level(the_bridge.settings.log_level, &level))
+		log_min_level = level;
+	if (keys_configured(&the_bridge.settings))
+	{
+		auth_keys *keys = load_keys(&the_bridge.settings);
+
+		if (keys)
+		{
+			auth_keys_free(the_bridge.keys);
+			the_bridge.keys = keys;
+		}
+		else
+			log_error("auth: keeping the previous keys");
+	}
+}
+
+/* Splits "host:port", "[v6]:port", ":port" or "port". */
+static bool
+parse_listen(const char *listen, char *host, size_t hostlen, int *port)
+{
+	const char *colon = strrchr(listen, ':');
+	char *end;
+	long p;
+
+	host[0] = '\0';
+	if (colon)
+	{
+		size_t len = (size_t) (colon - listen);
+
+		if (len > 0 && listen[0] == '[' && listen[len - 1] == ']')
+		{
+			listen++;
+			len -= 2;
+		}
+		if (len >= hostlen)
+			return false;
+		memcpy(host, listen, len);
+		host[len] = '\0';
+		colon++;
+	}
+	else
+		colon = listen;
+	p = strtol(colon, &end, 10);
+	if (end == colon || *end != '\0' || p < 0 || p > 65535)
+		return false;
+	*port = (int) p;
+	return true;
+}
+
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
+	{
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static const struct lws_protocols protocols[] = {
+    {"fhir-notify", ws_callback, sizeof(client), 4096, 0, NULL, 0},
+    {PG_LINK_PROTOCOL, pg_link_callback, 0, 0, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
 
 int
-main(void)
+main(int argc, char **argv)
 {
-	fprintf(stderr, "fhir-notify-bridge: not built yet\n");
-	return 1;
+	struct lws_context_creation_info info;
+	struct sigaction sa;
+	char host[256];
+	int port;
+	log_level level;
+	long long drain_deadline = 0;
+	config_outcome outcome;
+
+	the_bridge.argc = argc;
+	the_bridge.argv = argv;
+	outcome = config_load(argc, argv, &the_bridge.settings);
+	if (outcome != CONFIG_OK)
+		return outcome == CONFIG_EXIT_OK ? 0 : 2;
+	if (log_parse_level(the_bridge.settings.log_level, &level))
+		log_min_level = level;
+	srand((unsigned) (now_wall_us() ^ getpid()));
+
+	if (!the_bridge.settings.db)
+	{
+		fprintf(stderr, "fhir-notify-bridge: --db (or FHIR_NOTIFY_DB) is required\n");
+		return 2;
+	}
+	if (!parse_listen(the_bridge.settings.listen, host, sizeof(host), &port))
+	{
+		fprintf(stderr, "fhir-notify-bridge: invalid --listen \"%s\": expected ADDRESS:PORT\n",
+		        the_bridge.settings.listen);
+		return 2;
+	}
+	if (!!the_bridge.settings.tls_cert != !!the_bridge.settings.tls_key)
+	{
+		fprintf(stderr, "fhir-notify-bridge: --tls-cert and --tls-key go together\n");
+		return 2;
+	}
+	if (keys_configured(&the_bridge.settings))
+	{
+		the_bridge.keys = load_keys(&the_bridge.settings);
+		if (!the_bridge.keys)
+			return 1;
+	}
+	else if (!the_bridge.settings.insecure_no_auth)
+	{
+		fprintf(stderr,
+		        "fhir-notify-bridge: no token key configured: give --jwt-secret-file, "
+		        "--jwt-public-key-file or --jwks-file (or --insecure-no-auth for testing only)\n");
+		return 2;
+	}
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit();
+
+	log_install_lws();
+	memset(&info, 0, sizeof(info));
+	info.port = port;
+	info.iface = host[0] && strcmp(host, "0.0.0.0") != 0 && strcmp(host, "*") != 0 ? host : NULL;
+	info.protocols = protocols;
+	/* no lws security-header preset: its CSP would block the --static demo page's scripts */
+	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+	if (strcmp(host, "0.0.0.0") == 0 || strchr(host, '.'))
+		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+	info.max_http_header_data = 16384;
+	info.pt_serv_buf_size = 32768;
+	info.count_threads = 1;
+	info.vhost_name = "default";
+	if (the_bridge.settings.tls_cert)
+	{
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+		info.ssl_cert_filepath = the_bridge.settings.tls_cert;
+		info.ssl_private_key_filepath = the_bridge.settings.tls_key;
+	}
+	the_bridge.context = lws_create_context(&info);
+	if (!the_bridge.context)
+	{
+		log_error("could not listen on %s", the_bridge.settings.listen);
+		return 1;
+	}
+	the_bridge.vhost = lws_get_vhost_by_name(the_bridge.context, "default");
+	log_info("fhir-notify-bridge %s listening on %s%s", BRIDGE_VERSION, the_bridge.settings.listen,
+	         the_bridge.settings.tls_cert ? " (tls)" : "");
+	if (!the_bridge.keys)
+		warn_insecure();
+
+	ring_init(the_bridge.settings.resume_max_changes > RING_MIN_CAPACITY
+	              ? the_bridge.settings.resume_max_changes
+	              : RING_MIN_CAPACITY);
+	pg_start();
+	authorize_start();
+	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
+
+	for (;;)
+	{
+		if (lws_service(the_bridge.context, 1000) < 0)
+			break;
+		if (reload_requested)
+		{
+			reload_requested = 0;
+			reload();
+		}
+		if (terminate_requested && !the_bridge.draining)
+		{
+			log_info("shutting down: closing %d connections", the_bridge.nclients);
+			the_bridge.draining = true;
+			drain_deadline = now_monotonic_us() + DRAIN_TIMEOUT_US;
+			for (client *c = the_bridge.clients; c; c = c->next)
+			{
+				client_drop_queued_updates(c);
+				client_close(c, 1001, "server shutting down");
+			}
+		}
+		if (the_bridge.draining &&
+		    (the_bridge.nclients == 0 || now_monotonic_us() > drain_deadline))
+			break;
+	}
+
+	lws_sul_cancel(&housekeeping_timer);
+	pg_stop();
+	authorize_stop();
+	lws_context_destroy(the_bridge.context);
+	ring_free();
+	rooms_free();
+	auth_keys_free(the_bridge.keys);
+	config_free(&the_bridge.settings);
+	log_info("stopped");
+	return 0;
 }

@@ -196,7 +196,7 @@ COMMENT ON FUNCTION fhir_notify.patient_refs(jsonb, text, text) IS
 -- What is watched. The trigger itself reads its layout from its arguments;
 -- this table is the record of what watch() was asked for.
 CREATE TABLE fhir_notify.watched_tables (
-	table_oid oid PRIMARY KEY,
+	relation regclass PRIMARY KEY,
 	layout text NOT NULL,
 	options jsonb NOT NULL,
 	trigger_arguments text[] NOT NULL,
@@ -206,11 +206,18 @@ CREATE TABLE fhir_notify.watched_tables (
 COMMENT ON TABLE fhir_notify.watched_tables IS
 	'The tables fhir_notify.watch() put a capture trigger on';
 
--- The watched tables that still exist, by name.
+-- pg_dump keeps its rows (the triggers are dumped with their tables);
+-- regclass is dumped by name and survives pg_upgrade.
+SELECT pg_catalog.pg_extension_config_dump('fhir_notify.watched_tables', '');
+
+-- The watched tables that still exist and still have the capture trigger
+-- (a dropped table's oid may be reused), by name.
 CREATE VIEW fhir_notify.watched AS
-	SELECT w.table_oid::pg_catalog.regclass AS "table", w.layout, w.options, w.since
+	SELECT w.relation AS "table", w.layout, w.options, w.since
 	FROM fhir_notify.watched_tables w
-	WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = w.table_oid);
+	WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+	              WHERE t.tgrelid OPERATOR(pg_catalog.=) w.relation
+	                AND t.tgname OPERATOR(pg_catalog.=) 'fhir_notify_capture');
 
 /* The row trigger: records each change of a watched table (trigger.c). */
 CREATE FUNCTION fhir_notify.capture() RETURNS trigger
@@ -278,10 +285,11 @@ BEGIN
 	               'FOR EACH STATEMENT EXECUTE FUNCTION fhir_notify.capture_truncate()', tbl);
 
 	DELETE FROM fhir_notify.watched_tables w
-	WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = w.table_oid);
-	INSERT INTO fhir_notify.watched_tables AS w (table_oid, layout, options, trigger_arguments)
+	WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t
+	                  WHERE t.tgrelid = w.relation AND t.tgname = 'fhir_notify_capture');
+	INSERT INTO fhir_notify.watched_tables AS w (relation, layout, options, trigger_arguments)
 	VALUES (tbl, substr(arguments[1], length('layout=') + 1), coalesce(options, '{}'), arguments)
-	ON CONFLICT (table_oid) DO UPDATE
+	ON CONFLICT (relation) DO UPDATE
 		SET layout = excluded.layout, options = excluded.options,
 		    trigger_arguments = excluded.trigger_arguments,
 		    since = CASE WHEN w.trigger_arguments = excluded.trigger_arguments
@@ -296,7 +304,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM fhir_notify.drop_triggers(tbl);
-	DELETE FROM fhir_notify.watched_tables WHERE table_oid = tbl;
+	DELETE FROM fhir_notify.watched_tables w WHERE w.relation = tbl;
 END
 $$;
 

@@ -10,32 +10,33 @@
  *	  - does no catalog lookups per row: the layout is parsed from the
  *	    trigger's arguments once per backend and kept, keyed by trigger oid,
  *	    until the table's relcache entry is invalidated;
- *	  - inserts through one plan prepared once per backend, as the owner of
- *	    the change log (like SECURITY DEFINER), so the writing role needs no
- *	    grant on fhir_notify and cannot write the log itself;
+ *	  - appends to the change log as its owner (like SECURITY DEFINER; see
+ *	    change_log.c), so the writing role needs no grant on fhir_notify
+ *	    and cannot write the log itself;
  *	  - does all per-row work in a memory context reset after every row.
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "fhir_notify.h"
+#include "change_log.h"
 #include "layout.h"
 
 PG_FUNCTION_INFO_V1(fhir_notify_capture);
@@ -60,10 +61,11 @@ typedef struct CaptureTarget
 {
 	Oid trigger_oid; /* hash key */
 	Oid relid;
-	bool valid;         /* false once the relation changed: rebuild */
-	bool columns_ok;    /* false when a column named at watch() time is gone */
-	char *missing;      /* the column that is gone */
-	Layout layout;      /* strings in capture_cache_context */
+	bool valid;            /* false once the relation changed: rebuild */
+	MemoryContext context; /* holds what the entry points to */
+	bool columns_ok;       /* false when a column named at watch() time is gone */
+	char *missing;         /* the column that is gone */
+	Layout layout;
 	char *source_table; /* schema-qualified name of the table */
 	CaptureColumn resource;
 	CaptureColumn type;
@@ -75,10 +77,11 @@ typedef struct CaptureTarget
 /* One side (OLD or NEW) of a change, read from the row. */
 typedef struct RowImage
 {
-	bool usable;     /* type and id known: the change can be recorded */
-	bool deleted;    /* the row marks the resource deleted */
-	Jsonb *resource; /* NULL when the column is NULL */
-	bool is_object;  /* resource is a JSON object, so it can be routed */
+	bool usable;        /* type and id known: the change can be recorded */
+	bool deleted;       /* the row marks the resource deleted */
+	Jsonb *resource;    /* NULL when the column is NULL */
+	Datum raw_resource; /* the column as stored, maybe toasted */
+	bool is_object;     /* resource is a JSON object, so it can be routed */
 	char *type;
 	char *id;
 	char *version;
@@ -90,11 +93,6 @@ static HTAB *capture_targets = NULL;
 static MemoryContext capture_cache_context = NULL;
 static MemoryContext capture_row_context = NULL;
 static int capture_depth = 0;
-
-/* The prepared INSERT into the change log, and whose rights it runs with. */
-static SPIPlanPtr insert_plan = NULL;
-static Oid log_owner = InvalidOid;
-static Oid log_relid = InvalidOid;
 
 /* Rate limit of content warnings. */
 static TimestampTz last_warning = 0;
@@ -110,8 +108,6 @@ capture_relcache_callback(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	CaptureTarget *target;
 
-	if (relid == InvalidOid || relid == log_relid)
-		log_owner = InvalidOid;
 	if (capture_targets == NULL)
 		return;
 	hash_seq_init(&status, capture_targets);
@@ -138,6 +134,7 @@ capture_init(void)
 	                        &capture_warning_interval, 60, 0, 86400, PGC_SUSET, GUC_UNIT_S, NULL,
 	                        NULL, NULL);
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+	change_log_init();
 }
 
 /*
@@ -174,7 +171,7 @@ capture_warning(const char *source_table, const char *problem, bool recorded)
  * Returns false when the relation has no such column any more.
  */
 static bool
-resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
+resolve_column(TupleDesc desc, const char *name, CaptureColumn *column, MemoryContext context)
 {
 	memset(column, 0, sizeof(*column));
 	if (name == NULL)
@@ -190,10 +187,31 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column)
 		column->attnum = attr->attnum;
 		column->is_text = attr->atttypid == TEXTOID || attr->atttypid == VARCHAROID;
 		getTypeOutputInfo(attr->atttypid, &output, &varlena);
-		fmgr_info_cxt(output, &column->output, capture_cache_context);
+		fmgr_info_cxt(output, &column->output, context);
 		return true;
 	}
 	return false;
+}
+
+/*
+ * The schema-qualified name of the table that was watched: the table the
+ * trigger fires on, or for a partition the partitioned table watch() was
+ * given (whose trigger PostgreSQL cloned onto the partition).
+ */
+static char *
+watched_table_name(Relation rel, Trigger *trigger)
+{
+	Oid relid = RelationGetRelid(rel);
+
+	if (trigger->tgisclone && rel->rd_rel->relispartition)
+	{
+		List *ancestors = get_partition_ancestors(relid);
+
+		if (ancestors != NIL)
+			relid = llast_oid(ancestors);
+	}
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+	                                  get_rel_name(relid));
 }
 
 /*
@@ -231,15 +249,21 @@ capture_target(TriggerData *trigdata)
 	}
 
 	target = hash_search(capture_targets, &trigger->tgoid, HASH_ENTER, &found);
-	if (found && target->valid)
+	if (!found)
+	{
+		target->valid = false;
+		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
+		                                        ALLOCSET_SMALL_SIZES);
+	}
+	if (target->valid)
 		return target;
 
-	/* Strings of a stale entry are left in the cache context: rare and small. */
-	old = MemoryContextSwitchTo(capture_cache_context);
+	/* Nothing uses a stale entry between two rows: its memory can go. */
+	MemoryContextReset(target->context);
+	old = MemoryContextSwitchTo(target->context);
 	target->relid = RelationGetRelid(rel);
 	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
-	target->source_table = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-	                                                  RelationGetRelationName(rel));
+	target->source_table = watched_table_name(rel, trigger);
 	columns[0].name = target->layout.resource_column;
 	columns[0].column = &target->resource;
 	columns[1].name = target->layout.type_column;
@@ -253,7 +277,8 @@ capture_target(TriggerData *trigdata)
 	target->columns_ok = target->layout.resource_column != NULL;
 	target->missing = target->layout.resource_column ? NULL : "resource";
 	for (int i = 0; i < (int) lengthof(columns); i++)
-		if (!resolve_column(desc, columns[i].name, columns[i].column) && target->columns_ok)
+		if (!resolve_column(desc, columns[i].name, columns[i].column, target->context) &&
+		    target->columns_ok)
 		{
 			target->columns_ok = false;
 			target->missing = pstrdup(columns[i].name);
@@ -318,17 +343,24 @@ json_version(JsonbContainer *object)
  * recorded at all (no type or no id).
  */
 static void
-read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image)
+read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image,
+           const RowImage *before)
 {
 	bool isnull;
 	Datum value;
+	bool same_json = false;
 
 	memset(image, 0, sizeof(*image));
 
 	value = heap_getattr(tuple, target->resource.attnum, desc, &isnull);
+	image->raw_resource = isnull ? (Datum) 0 : value;
+	/* An UPDATE that left the JSON alone stores the same bytes (or toast pointer). */
+	if (!isnull && before != NULL && before->resource != NULL &&
+	    datumIsEqual(value, before->raw_resource, false, -1))
+		same_json = true;
 	if (!isnull)
 	{
-		image->resource = DatumGetJsonbP(value);
+		image->resource = same_json ? before->resource : DatumGetJsonbP(value);
 		image->is_object =
 		    JB_ROOT_IS_OBJECT(image->resource) && !JB_ROOT_IS_SCALAR(image->resource);
 	}
@@ -367,7 +399,10 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 		image->problem = "the resource has no id";
 	if (!image->usable)
 		return;
-	if (image->is_object)
+	if (same_json && before->usable && strcmp(before->type, image->type) == 0 &&
+	    strcmp(before->id, image->id) == 0)
+		image->patients = before->patients;
+	else if (image->is_object)
 		compartment_patient_ids(&image->resource->root, image->type, image->id, &image->patients);
 }
 
@@ -488,100 +523,38 @@ current_actor(void)
 }
 
 /*
- * The owner of fhir_notify.changes, whose rights the insert runs with.
- */
-static Oid
-change_log_owner(void)
-{
-	HeapTuple tuple;
-	Oid namespace;
-
-	if (OidIsValid(log_owner))
-		return log_owner;
-	namespace = get_namespace_oid("fhir_notify", false);
-	log_relid = get_relname_relid("changes", namespace);
-	if (!OidIsValid(log_relid))
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
-		                errmsg("relation \"fhir_notify.changes\" does not exist"),
-		                errhint("Reinstall the extension: DROP EXTENSION fhir_notify CASCADE; "
-		                        "CREATE EXTENSION fhir_notify;")));
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(log_relid));
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", log_relid);
-	log_owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return log_owner;
-}
-
-/*
- * Appends one row to the change log as its owner, and rings the doorbell.
- * Unrouted changes are skipped unless the table records them.
+ * Appends one row to the change log and rings the doorbell. Unrouted
+ * changes are skipped unless the table records them.
  */
 static void
 record_change(CaptureTarget *target, const char *action, RowImage *image, PatientIds *patients,
               bool with_resource)
 {
-	static Oid argtypes[8] = {TEXTOID,      TEXTOID,  TEXTOID, TEXTOID,
-	                          TEXTARRAYOID, JSONBOID, TEXTOID, TEXTOID};
-	Datum values[8];
-	char nulls[8];
-	Datum *ids;
-	Oid owner;
-	Oid save_userid;
-	int save_sec_context;
-	int rc;
+	ChangeRow row;
 
 	if (patients->count == 0 && !target->layout.record_unrouted)
 		return;
 
-	memset(nulls, ' ', sizeof(nulls));
-	ids = palloc(sizeof(Datum) * (patients->count + 1));
-	for (int i = 0; i < patients->count; i++)
-		ids[i] = CStringGetTextDatum(patients->ids[i]);
-
-	values[0] = CStringGetTextDatum(action);
-	values[1] = CStringGetTextDatum(image->type);
-	values[2] = CStringGetTextDatum(image->id);
-	if (image->version != NULL)
-		values[3] = CStringGetTextDatum(image->version);
-	else
-		nulls[3] = 'n';
-	values[4] =
-	    PointerGetDatum(construct_array(ids, patients->count, TEXTOID, -1, false, TYPALIGN_INT));
-	if (with_resource && image->resource != NULL)
-		values[5] = JsonbPGetDatum(image->is_object ? complete_resource(image) : image->resource);
-	else
-		nulls[5] = 'n';
-	values[6] = CStringGetTextDatum(current_actor());
-	values[7] = CStringGetTextDatum(target->source_table);
-
-	owner = change_log_owner();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-	                                  SECURITY_RESTRICTED_OPERATION);
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (insert_plan == NULL)
+	row.action = action;
+	row.resource_type = image->type;
+	row.resource_id = image->id;
+	row.version_id = image->version;
+	row.patients = patients;
+	row.has_resource = with_resource && image->resource != NULL;
+	row.resource = (Datum) 0;
+	if (row.has_resource)
 	{
-		SPIPlanPtr plan = SPI_prepare(
-		    "INSERT INTO fhir_notify.changes (action, resource_type, resource_id, version_id, "
-		    "patient_ids, resource, actor, source_table) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-		    8, argtypes);
+		Jsonb *complete = image->is_object ? complete_resource(image) : image->resource;
 
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		insert_plan = plan;
+		/*
+		 * Unchanged JSON is logged as the table stored it: a large resource
+		 * is then copied compressed instead of compressed a second time.
+		 */
+		row.resource = complete == image->resource ? image->raw_resource : JsonbPGetDatum(complete);
 	}
-	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "insert into fhir_notify.changes failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
-
-	/* On error the (sub)transaction abort restores the user. */
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	row.actor = current_actor();
+	row.source_table = target->source_table;
+	change_log_append(&row);
 
 	doorbell_ring();
 }
@@ -611,7 +584,7 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
-		read_image(target, trigdata->tg_trigtuple, desc, &new);
+		read_image(target, trigdata->tg_trigtuple, desc, &new, NULL);
 		warn_content(target, &new);
 		if (new.usable && !new.deleted)
 			record_change(target, "created", &new, &new.patients, true);
@@ -619,15 +592,15 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 	}
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 	{
-		read_image(target, trigdata->tg_trigtuple, desc, &old);
+		read_image(target, trigdata->tg_trigtuple, desc, &old, NULL);
 		warn_content(target, &old);
 		if (old.usable && !old.deleted)
 			record_change(target, "deleted", &old, &old.patients, false);
 		return;
 	}
 
-	read_image(target, trigdata->tg_trigtuple, desc, &old);
-	read_image(target, trigdata->tg_newtuple, desc, &new);
+	read_image(target, trigdata->tg_trigtuple, desc, &old, NULL);
+	read_image(target, trigdata->tg_newtuple, desc, &new, &old);
 	warn_content(target, &new); /* odd old content loses nothing */
 	if (!new.usable)
 		return;

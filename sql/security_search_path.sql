@@ -48,6 +48,20 @@ SELECT count(*) AS evil_changes FROM evil.changes;
 RESET search_path;
 RESET ROLE;
 
+-- watch() itself, called by a superuser under that search_path, uses none
+-- of it either.
+CREATE FUNCTION evil.quote_literal(text) RETURNS text LANGUAGE sql AS
+	$$ INSERT INTO evil.log VALUES ('quote_literal'); SELECT '''evil''' $$;
+CREATE FUNCTION evil.substr(text, integer) RETURNS text LANGUAGE sql AS
+	$$ INSERT INTO evil.log VALUES ('substr'); SELECT 'evil' $$;
+SET search_path = evil, pg_catalog, public;
+SELECT fhir_notify.watch('public.resources', 'jsonb');
+RESET search_path;
+SELECT "table", layout FROM fhir_notify.watched;
+SELECT position('evil' in encode(tgargs, 'escape')) AS evil_at
+	FROM pg_trigger WHERE tgname = 'fhir_notify_capture';
+SELECT what, count(*) FROM evil.log GROUP BY what ORDER BY what;
+
 SELECT action, resource_id, patient_ids,
 	xid <> '1'::xid8 AS real_xid,
 	changed_at > 'epoch' AS real_time

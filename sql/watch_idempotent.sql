@@ -41,6 +41,12 @@ INSERT INTO resources (body) VALUES
 	('{"resourceType": "Condition", "id": "after", "subject": {"reference": "Patient/p1"}}');
 SELECT count(*) FROM fhir_notify.changes WHERE resource_id = 'after';
 
+-- A capture trigger dropped by hand leaves the view.
+SELECT fhir_notify.watch('resources', 'jsonb');
+DROP TRIGGER fhir_notify_capture ON resources;
+SELECT count(*) AS watched FROM fhir_notify.watched;
+SELECT fhir_notify.unwatch('resources');
+
 -- A dropped table leaves the view.
 SELECT fhir_notify.watch('resources');
 DROP TABLE resources;

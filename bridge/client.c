@@ -1,0 +1,429 @@
+/*
+ * client.c
+ *	  Client send queues, subscriptions and delivery of changes to them.
+ */
+#include "client.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "bridge.h"
+#include "log.h"
+#include "metrics.h"
+#include "pg.h"
+#include "rooms.h"
+
+static void
+queue_push(client *c, message *msg)
+{
+	if (c->queue_len == c->queue_cap)
+	{
+		int new_cap = c->queue_cap ? c->queue_cap * 2 : 16;
+		message **fresh = xcalloc((size_t) new_cap, sizeof(message *));
+
+		for (int i = 0; i < c->queue_len; i++)
+			fresh[i] = c->queue[(c->queue_head + i) % c->queue_cap];
+		free(c->queue);
+		c->queue = fresh;
+		c->queue_cap = new_cap;
+		c->queue_head = 0;
+	}
+	c->queue[(c->queue_head + c->queue_len) % c->queue_cap] = msg;
+	c->queue_len++;
+	if (msg->kind == MESSAGE_UPDATE)
+		c->queued_updates++;
+}
+
+/* See client.h. */
+void
+client_send(client *c, message *msg)
+{
+	if (msg->kind == MESSAGE_RESYNC)
+		the_metrics.resyncs++;
+	queue_push(c, message_ref(msg));
+	lws_callback_on_writable(c->wsi);
+}
+
+/* See client.h. */
+void
+client_drop_queued_updates(client *c)
+{
+	int kept = 0;
+
+	for (int i = 0; i < c->queue_len; i++)
+	{
+		message *msg = c->queue[(c->queue_head + i) % c->queue_cap];
+
+		if (msg->kind == MESSAGE_UPDATE)
+		{
+			the_metrics.queue_drops++;
+			message_unref(msg);
+		}
+		else
+			c->queue[(c->queue_head + kept++) % c->queue_cap] = msg;
+	}
+	c->queue_len = kept;
+	c->queued_updates = 0;
+}
+
+/* See client.h. */
+void
+client_send_update(client *c, message *msg, bool catch_up)
+{
+	if (!catch_up && c->queued_updates >= the_bridge.settings.send_queue_limit)
+	{
+		char cursor_text[CURSOR_TEXT_LEN];
+
+		the_metrics.queue_drops++; /* this one */
+		client_drop_queued_updates(c);
+		bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
+		log_warning("client %s: send queue over %d updates, dropped it and asked for a resync",
+		            c->id, the_bridge.settings.send_queue_limit);
+		for (int i = 0; i < c->nsubs; i++)
+		{
+			subscription *sub = c->subs[i];
+
+			if (!sub->active)
+				continue;
+			for (int j = 0; j < sub->npatients; j++)
+			{
+				message *resync =
+				    message_resync(sub->patient_ids[j], sub->id, "queue_overflow", cursor_text);
+
+				client_send(c, resync);
+				message_unref(resync);
+			}
+		}
+		/*
+		 * The change in hand is after the resync's cursor only if the
+		 * cursor is "now"; the current change was already counted in it,
+		 * so it is covered by the reload.
+		 */
+		if (!c->stuck_since_us)
+		{
+			c->stuck_since_us = now_monotonic_us();
+			client_arm_timer(c);
+		}
+		return;
+	}
+	client_send(c, msg);
+}
+
+/* See client.h. */
+void
+client_send_error(client *c, const char *code, const char *text, const char *subscription_id)
+{
+	message *msg = message_error(code, text, subscription_id);
+
+	client_send(c, msg);
+	message_unref(msg);
+}
+
+/* See client.h. */
+void
+client_close(client *c, int code, const char *reason)
+{
+	if (c->close_code)
+		return;
+	c->close_code = code;
+	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
+	lws_callback_on_writable(c->wsi);
+}
+
+/* See client.h. */
+int
+client_write_next(client *c)
+{
+	if (c->queue_len > 0)
+	{
+		message *msg = c->queue[c->queue_head];
+		int written;
+
+		c->queue_head = (c->queue_head + 1) % c->queue_cap;
+		c->queue_len--;
+		if (msg->kind == MESSAGE_UPDATE)
+			c->queued_updates--;
+		written = lws_write(c->wsi, message_payload(msg), msg->len, LWS_WRITE_TEXT);
+		if (written < (int) msg->len)
+		{
+			message_unref(msg);
+			log_info("client %s: write failed, closing", c->id);
+			return -1;
+		}
+		the_metrics.messages_sent++;
+		if (msg->kind == MESSAGE_UPDATE)
+		{
+			the_metrics.updates_sent++;
+			metrics_observe_delay((double) (now_wall_us() - msg->changed_at_us) / 1e6);
+		}
+		message_unref(msg);
+		if (c->queue_len > 0 || c->close_code)
+			lws_callback_on_writable(c->wsi);
+		else if (c->stuck_since_us)
+		{
+			c->stuck_since_us = 0;
+			client_arm_timer(c);
+		}
+		return 0;
+	}
+	if (c->close_code)
+	{
+		lws_close_reason(c->wsi, (enum lws_close_status) c->close_code,
+		                 (unsigned char *) c->close_reason, strlen(c->close_reason));
+		return -1;
+	}
+	return 0;
+}
+
+/* See client.h. */
+void
+client_arm_timer(client *c)
+{
+	long long now_mono = now_monotonic_us();
+	long long deadlines[3];
+	int n = 0;
+	long long delay;
+
+	if (!c->authenticated)
+		deadlines[n++] = c->connected_us + AUTH_TIMEOUT_US - now_mono;
+	if (c->authenticated && c->expires_us)
+		deadlines[n++] = c->expires_us - now_wall_us();
+	if (c->stuck_since_us)
+		deadlines[n++] = c->stuck_since_us + STUCK_CLIENT_US - now_mono;
+	if (n == 0)
+	{
+		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
+		return;
+	}
+	delay = deadlines[0];
+	for (int i = 1; i < n; i++)
+		delay = deadlines[i] < delay ? deadlines[i] : delay;
+	lws_set_timer_usecs(c->wsi, delay < 1000 ? 1000 : delay);
+}
+
+/* See client.h. */
+int
+client_timer_fired(client *c)
+{
+	long long now_mono = now_monotonic_us();
+
+	if (c->close_code)
+		return 0;
+	if (c->stuck_since_us && now_mono >= c->stuck_since_us + STUCK_CLIENT_US)
+	{
+		static const char reason[] = "client too slow";
+
+		the_metrics.slow_client_closes++;
+		log_warning("client %s: not reading its updates, closing with 1013", c->id);
+		lws_close_reason(c->wsi, (enum lws_close_status) 1013, (unsigned char *) reason,
+		                 sizeof(reason) - 1);
+		return -1;
+	}
+	if (!c->authenticated && now_mono >= c->connected_us + AUTH_TIMEOUT_US)
+	{
+		log_info("client %s: no token within %lld seconds, closing", c->id,
+		         AUTH_TIMEOUT_US / 1000000);
+		client_send_error(c, "AUTH_REQUIRED", "no token was given in time", NULL);
+		client_close(c, 4001, "Unauthorized");
+		return 0;
+	}
+	if (c->authenticated && c->expires_us && now_wall_us() >= c->expires_us)
+	{
+		log_info("client %s: token expired, closing", c->id);
+		/* nothing more is delivered on an expired token */
+		client_drop_queued_updates(c);
+		client_send_error(c, "TOKEN_EXPIRED", "the token has expired", NULL);
+		client_close(c, 4001, "Unauthorized");
+		return 0;
+	}
+	client_arm_timer(c);
+	return 0;
+}
+
+/* See client.h. */
+bool
+subscription_matches(const subscription *sub, const char *patient_id, const char *resource_type)
+{
+	bool patient = false;
+
+	if (sub->room)
+		return false;
+	for (int i = 0; i < sub->npatients && !patient; i++)
+		patient = strcmp(sub->patient_ids[i], patient_id) == 0;
+	if (!patient)
+		return false;
+	if (sub->ntypes == 0)
+		return true;
+	for (int i = 0; i < sub->ntypes; i++)
+	{
+		if (strcmp(sub->types[i], resource_type) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* See client.h. */
+subscription *
+client_find_subscription(client *c, const char *id)
+{
+	for (int i = 0; i < c->nsubs; i++)
+	{
+		if (strcmp(c->subs[i]->id, id) == 0)
+			return c->subs[i];
+	}
+	return NULL;
+}
+
+/* See client.h. */
+void
+subscription_free(subscription *sub)
+{
+	for (int i = 0; i < sub->npatients; i++)
+		free(sub->patient_ids[i]);
+	for (int i = 0; i < sub->ntypes; i++)
+		free(sub->types[i]);
+	free(sub->patient_ids);
+	free(sub->types);
+	free(sub->room);
+	free(sub->id);
+	free(sub);
+}
+
+/* Leaves sub's rooms, cancels its pending work and frees it. */
+void
+client_remove_subscription(client *c, subscription *sub)
+{
+	for (int i = 0; i < c->nsubs; i++)
+	{
+		if (c->subs[i] != sub)
+			continue;
+		memmove(&c->subs[i], &c->subs[i + 1], (size_t) (c->nsubs - i - 1) * sizeof(subscription *));
+		c->nsubs--;
+		break;
+	}
+	for (int i = 0; i < sub->npatients; i++)
+		rooms_leave(sub->patient_ids[i], c);
+	pg_cancel_for_subscription(sub);
+	authorize_cancel_for_subscription(sub);
+	subscription_free(sub);
+}
+
+/* See client.h. */
+void
+subscription_activate(subscription *sub)
+{
+	sub->active = true;
+	sub->active_from = bridge_current_cursor();
+}
+
+/* See client.h. */
+void
+subscription_resync(subscription *sub, const char *reason)
+{
+	char cursor_text[CURSOR_TEXT_LEN];
+
+	bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
+	log_info("client %s: subscription resync (%s)", sub->client->id, reason);
+	for (int i = 0; i < sub->npatients; i++)
+	{
+		message *msg = message_resync(sub->patient_ids[i], sub->id, reason, cursor_text);
+
+		client_send(sub->client, msg);
+		message_unref(msg);
+	}
+	subscription_activate(sub);
+}
+
+/* Frees everything the client holds; called when its connection is gone. */
+void
+client_release(client *c)
+{
+	while (c->nsubs > 0)
+		client_remove_subscription(c, c->subs[c->nsubs - 1]);
+	free(c->subs);
+	c->subs = NULL;
+	for (int i = 0; i < c->queue_len; i++)
+		message_unref(c->queue[(c->queue_head + i) % c->queue_cap]);
+	free(c->queue);
+	c->queue = NULL;
+	c->queue_len = 0;
+	free(c->rx);
+	c->rx = NULL;
+	if (c->authenticated)
+		auth_grant_clear(&c->grant);
+	c->authenticated = false;
+	if (c->prev)
+		c->prev->next = c->next;
+	else if (the_bridge.clients == c)
+		the_bridge.clients = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+	the_bridge.nclients--;
+}
+
+/* Whether c takes this change for this patient live, through any active subscription. */
+static bool
+client_wants_live(const client *c, const char *patient_id, const char *resource_type)
+{
+	bool wanted = false;
+
+	for (int i = 0; i < c->nsubs && !wanted; i++)
+		wanted = c->subs[i]->active && subscription_matches(c->subs[i], patient_id, resource_type);
+	return wanted && auth_grant_allows(&c->grant, patient_id, resource_type);
+}
+
+/* See client.h. */
+void
+deliver_change(change *ch)
+{
+	for (int i = 0; i < ch->npatients; i++)
+	{
+		room *r = rooms_find(ch->patient_ids[i]);
+
+		if (!r)
+			continue;
+		for (int m = 0; m < r->nmembers; m++)
+		{
+			client *c = r->members[m];
+
+			if (!c->authenticated || c->close_code)
+				continue;
+			if (client_wants_live(c, ch->patient_ids[i], ch->resource_type))
+				client_send_update(c, ch->messages[i], false);
+		}
+	}
+}
+
+/* See client.h. */
+int
+deliver_catch_up(subscription *sub, change *ch, bool count_only)
+{
+	client *c = sub->client;
+	int sent = 0;
+
+	for (int i = 0; i < ch->npatients; i++)
+	{
+		const char *pid = ch->patient_ids[i];
+		bool had_it = false;
+
+		if (!subscription_matches(sub, pid, ch->resource_type) ||
+		    !auth_grant_allows(&c->grant, pid, ch->resource_type))
+			continue;
+		/* one copy per client: skip what another subscription delivered live */
+		for (int s = 0; s < c->nsubs && !had_it; s++)
+		{
+			subscription *other = c->subs[s];
+
+			had_it = other != sub && other->active &&
+			         cursor_compare(ch->at, other->active_from) >= 0 &&
+			         subscription_matches(other, pid, ch->resource_type);
+		}
+		if (had_it)
+			continue;
+		if (!count_only)
+			client_send_update(c, ch->messages[i], true);
+		sent++;
+	}
+	return sent;
+}

@@ -1,0 +1,98 @@
+/*
+ * message.c
+ *	  Reference-counted outgoing messages with LWS_PRE headroom.
+ */
+#include "message.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <libwebsockets.h>
+
+/* Copies json into a fresh message with room for the WebSocket header. */
+message *
+message_new(message_kind kind, const char *json, size_t len)
+{
+	message *msg = xmalloc(sizeof(message) + LWS_PRE + len + 1);
+
+	msg->refs = 1;
+	msg->kind = kind;
+	msg->changed_at_us = 0;
+	msg->len = len;
+	memcpy(msg->data + LWS_PRE, json, len);
+	msg->data[LWS_PRE + len] = '\0';
+	return msg;
+}
+
+/* A message from a string buffer, which is freed. */
+message *
+message_from_strbuf(message_kind kind, strbuf *buf)
+{
+	message *msg = message_new(kind, buf->data, buf->len);
+
+	strbuf_free(buf);
+	return msg;
+}
+
+/* The JSON text (after the headroom). */
+unsigned char *
+message_payload(message *msg)
+{
+	return msg->data + LWS_PRE;
+}
+
+/* Takes another reference. */
+message *
+message_ref(message *msg)
+{
+	msg->refs++;
+	return msg;
+}
+
+/* Drops a reference, freeing the message with the last. */
+void
+message_unref(message *msg)
+{
+	if (msg && --msg->refs == 0)
+		free(msg);
+}
+
+/* An error reply; subscription_id is added when the error concerns one. */
+message *
+message_error(const char *code, const char *text, const char *subscription_id)
+{
+	strbuf buf;
+
+	strbuf_init(&buf, 128);
+	strbuf_append(&buf, "{\"type\":\"error\",\"error\":");
+	strbuf_append_json_string(&buf, code);
+	strbuf_append(&buf, ",\"message\":");
+	strbuf_append_json_string(&buf, text);
+	if (subscription_id)
+	{
+		strbuf_append(&buf, ",\"subscription_id\":");
+		strbuf_append_json_string(&buf, subscription_id);
+	}
+	strbuf_append(&buf, "}");
+	return message_from_strbuf(MESSAGE_CONTROL, &buf);
+}
+
+/* Tells a client to reload a patient's data and continue from cursor. */
+message *
+message_resync(const char *patient_id, const char *subscription_id, const char *reason,
+               const char *cursor_text)
+{
+	strbuf buf;
+
+	strbuf_init(&buf, 160);
+	strbuf_append(&buf, "{\"type\":\"resync\",\"data\":{\"patient_id\":");
+	strbuf_append_json_string(&buf, patient_id);
+	strbuf_append(&buf, ",\"subscription_id\":");
+	strbuf_append_json_string(&buf, subscription_id);
+	strbuf_append(&buf, ",\"reason\":");
+	strbuf_append_json_string(&buf, reason);
+	strbuf_append(&buf, ",\"cursor\":");
+	strbuf_append_json_string(&buf, cursor_text);
+	strbuf_append(&buf, "}}");
+	return message_from_strbuf(MESSAGE_RESYNC, &buf);
+}

@@ -1,0 +1,37 @@
+/*
+ * metrics.h
+ *	  Counters and the commit-to-send delay histogram, rendered as
+ *	  Prometheus text at /metrics; the /healthz answer.
+ */
+#ifndef BRIDGE_METRICS_H
+#define BRIDGE_METRICS_H
+
+#include "util.h"
+
+#define DELAY_BUCKETS 12
+
+typedef struct bridge_metrics
+{
+	long long connections_total;
+	long long changes_read;
+	long long messages_sent;
+	long long updates_sent;
+	long long queue_drops; /* updates dropped from overflowing queues */
+	long long resyncs;     /* resync messages sent */
+	long long database_reconnects;
+	long long auth_failures;
+	long long slow_client_closes;
+	long long delay_buckets[DELAY_BUCKETS + 1]; /* last: +Inf */
+	double delay_sum;
+	long long delay_count;
+} bridge_metrics;
+
+extern bridge_metrics the_metrics;
+
+/* Records the commit-to-send delay of one update. */
+void metrics_observe_delay(double seconds);
+void metrics_render(strbuf *out);
+/* The /healthz body; returns the HTTP status (200 or 503). */
+int healthz_render(strbuf *out);
+
+#endif /* BRIDGE_METRICS_H */

@@ -1,0 +1,552 @@
+/*
+ * ws.c
+ *	  WebSocket protocol handlers: authentication, subscribe, unsubscribe,
+ *	  ping; see docs/protocol.md for the contract.
+ */
+#include "ws.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "bridge.h"
+#include "client.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "pg.h"
+#include "rooms.h"
+
+#define MAX_PATIENTS_PER_SUBSCRIPTION 1000
+#define MAX_TYPES_PER_SUBSCRIPTION    200
+#define MAX_ID_LENGTH                 128
+
+static void
+send_json(client *c, json_t *object)
+{
+	char *text = json_dumps(object, JSON_COMPACT);
+	message *msg;
+
+	json_decref(object);
+	if (!text)
+		return;
+	msg = message_new(MESSAGE_CONTROL, text, strlen(text));
+	free(text);
+	client_send(c, msg);
+	message_unref(msg);
+}
+
+static json_t *
+now_timestamp(void)
+{
+	char stamp[40];
+
+	format_timestamp(now_wall_us(), stamp, sizeof(stamp));
+	return json_string(stamp);
+}
+
+static json_t *
+current_cursor_json(void)
+{
+	char text[CURSOR_TEXT_LEN];
+
+	return bridge_current_cursor_text(text, sizeof(text)) ? json_string(text) : json_null();
+}
+
+static void
+send_welcome(client *c)
+{
+	json_t *user = c->grant.claims ? json_deep_copy(c->grant.claims) : json_object();
+
+	if (!json_object_get(user, "sub") && c->grant.subject)
+		json_object_set_new(user, "sub", json_string(c->grant.subject));
+	send_json(c, json_pack("{s:s, s:{s:s, s:o, s:o, s:s}}", "type", "welcome", "data", "client_id",
+	                       c->id, "user", user, "cursor", current_cursor_json(), "server",
+	                       "fhir-notify-bridge/" BRIDGE_VERSION));
+}
+
+/*
+ * Verifies a token and, when good, makes its grant the connection's. A bad
+ * token is answered with AUTH_FAILED or TOKEN_EXPIRED and closes the
+ * connection with 4001.
+ */
+static bool
+authenticate(client *c, const char *token)
+{
+	auth_grant grant;
+	char err[256] = "";
+	auth_result result;
+
+	memset(&grant, 0, sizeof(grant));
+	if (!the_bridge.keys)
+	{
+		/* --insecure-no-auth without keys: every token (or none) is let in */
+		auth_grant_unrestricted(&grant);
+		result = AUTH_OK;
+	}
+	else
+		result =
+		    auth_verify(the_bridge.keys, token, (long long) time(NULL), &grant, err, sizeof(err));
+	if (result != AUTH_OK)
+	{
+		the_metrics.auth_failures++;
+		log_info("client %s: token rejected: %s", c->id, err[0] ? err : "invalid");
+		if (result == AUTH_EXPIRED)
+			client_send_error(c, "TOKEN_EXPIRED", "the token has expired", NULL);
+		else
+			client_send_error(c, "AUTH_FAILED", "the token is not valid", NULL);
+		client_drop_queued_updates(c);
+		client_close(c, 4001, "Unauthorized");
+		return false;
+	}
+	if (c->authenticated)
+		auth_grant_clear(&c->grant);
+	c->grant = grant;
+	c->authenticated = true;
+	/* the token is good until exp plus the clock skew allowed when it was checked */
+	c->expires_us =
+	    grant.expires_at ? (grant.expires_at + the_bridge.settings.jwt_leeway) * 1000000LL : 0;
+	client_arm_timer(c);
+	log_info("client %s: authenticated as %s", c->id, grant.subject ? grant.subject : "(unknown)");
+	return true;
+}
+
+/* The token from ?token= or an Authorization: Bearer header, if any. */
+static char *
+handshake_token(struct lws *wsi)
+{
+	char buf[8192];
+	const char *value = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof(buf));
+	int len;
+
+	if (value && *value)
+		return xstrdup(value);
+	len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
+	if (len > 0 && len < (int) sizeof(buf) &&
+	    lws_hdr_copy(wsi, buf, sizeof(buf), WSI_TOKEN_HTTP_AUTHORIZATION) > 0)
+	{
+		char *p = buf;
+
+		if (strncasecmp(p, "Bearer ", 7) == 0)
+		{
+			p += 7;
+			while (*p == ' ')
+				p++;
+			if (*p)
+				return xstrdup(p);
+		}
+	}
+	return NULL;
+}
+
+static void
+on_established(struct lws *wsi, client *c)
+{
+	char *token;
+
+	memset(c, 0, sizeof(*c));
+	c->wsi = wsi;
+	c->established = true;
+	make_uuid(c->id);
+	lws_get_peer_simple(wsi, c->peer, sizeof(c->peer));
+	c->connected_us = now_monotonic_us();
+	c->next = the_bridge.clients;
+	if (c->next)
+		c->next->prev = c;
+	the_bridge.clients = c;
+	the_bridge.nclients++;
+	the_metrics.connections_total++;
+	log_info("client %s: connected from %s", c->id, c->peer);
+
+	token = handshake_token(wsi);
+	if (token || !the_bridge.keys)
+	{
+		if (authenticate(c, token))
+			send_welcome(c);
+		free(token);
+		return;
+	}
+	client_arm_timer(c);
+}
+
+static bool
+valid_patient_id(const char *id)
+{
+	size_t len = strlen(id);
+
+	if (len < 1 || len > 64)
+		return false;
+	for (const char *p = id; *p; p++)
+	{
+		if (!isalnum((unsigned char) *p) && *p != '.' && *p != '-')
+			return false;
+	}
+	return true;
+}
+
+static bool
+valid_type_name(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len < 1 || len > 64)
+		return false;
+	for (const char *p = name; *p; p++)
+	{
+		if (!isalpha((unsigned char) *p))
+			return false;
+	}
+	return true;
+}
+
+/* Copies a JSON array of strings, skipping duplicates; NULL message on success. */
+static const char *
+string_array(json_t *array, char ***out, int *count, int max, bool (*valid)(const char *),
+             const char *what)
+{
+	size_t i;
+	json_t *item;
+
+	*out = NULL;
+	*count = 0;
+	if (!array || json_is_null(array))
+		return NULL;
+	if (!json_is_array(array))
+		return what;
+	if ((int) json_array_size(array) > max)
+		return what;
+	*out = xcalloc(json_array_size(array) + 1, sizeof(char *));
+	json_array_foreach(array, i, item)
+	{
+		const char *s = json_string_value(item);
+		bool duplicate = false;
+
+		if (!s || !valid(s))
+			return what;
+		for (int j = 0; j < *count; j++)
+			duplicate = duplicate || strcmp((*out)[j], s) == 0;
+		if (!duplicate)
+			(*out)[(*count)++] = xstrdup(s);
+	}
+	return NULL;
+}
+
+static void
+free_strings(char **list, int n)
+{
+	for (int i = 0; i < n; i++)
+		free(list[i]);
+	free(list);
+}
+
+static json_t *
+strings_json(char **list, int n)
+{
+	json_t *array = json_array();
+
+	for (int i = 0; i < n; i++)
+		json_array_append_new(array, json_string(list[i]));
+	return array;
+}
+
+/* See pg.h: the subscription passed every check; confirm it and start delivery. */
+void
+subscribe_authorized(subscription *sub)
+{
+	client *c = sub->client;
+	json_t *data;
+	char since_text[CURSOR_TEXT_LEN];
+
+	if (sub->forbidden)
+	{
+		client_send_error(c, "FORBIDDEN", "not allowed to see one of these patients", sub->id);
+		client_remove_subscription(c, sub);
+		return;
+	}
+	data = json_pack("{s:s, s:s}", "action", "created", "subscription_id", sub->id);
+	if (sub->room)
+		json_object_set_new(data, "room", json_string(sub->room));
+	else
+	{
+		json_object_set_new(data, "patient_ids", strings_json(sub->patient_ids, sub->npatients));
+		json_object_set_new(data, "resource_types", strings_json(sub->types, sub->ntypes));
+		if (sub->has_since)
+		{
+			cursor_format(sub->since, since_text, sizeof(since_text));
+			json_object_set_new(data, "cursor", json_string(since_text));
+		}
+		else
+			json_object_set_new(data, "cursor", current_cursor_json());
+	}
+	send_json(c, json_pack("{s:s, s:o}", "type", "subscription", "data", data));
+	if (sub->room)
+		return;
+	if (sub->has_since)
+		resume_start(sub);
+	else
+		subscription_activate(sub);
+}
+
+static void
+handle_subscribe(client *c, json_t *root)
+{
+	json_t *data = json_object_get(root, "data");
+	const char *sid, *room_name = NULL, *since_text = NULL;
+	const char *problem;
+	char **patients = NULL, **types = NULL;
+	int npatients = 0, ntypes = 0;
+	subscription *existing, *sub;
+	cursor since = {0, 0};
+	json_t *since_json;
+
+	if (!json_is_object(data))
+	{
+		client_send_error(c, "BAD_REQUEST", "subscribe needs a data object", NULL);
+		return;
+	}
+	sid = json_string_value(json_object_get(data, "subscription_id"));
+	if (!sid || !*sid || strlen(sid) > MAX_ID_LENGTH)
+	{
+		client_send_error(c, "BAD_REQUEST",
+		                  "subscription_id must be a string of 1 to 128 characters", NULL);
+		return;
+	}
+	if (json_object_get(data, "room") && !json_is_null(json_object_get(data, "room")))
+	{
+		room_name = json_string_value(json_object_get(data, "room"));
+		if (!room_name || !*room_name || strlen(room_name) > MAX_ID_LENGTH)
+		{
+			client_send_error(c, "BAD_REQUEST", "room must be a string of 1 to 128 characters",
+			                  sid);
+			return;
+		}
+	}
+	else
+	{
+		problem = string_array(
+		    json_object_get(data, "patient_ids"), &patients, &npatients,
+		    MAX_PATIENTS_PER_SUBSCRIPTION, valid_patient_id,
+		    "patient_ids must be an array of bare patient ids (1-64 of A-Z a-z 0-9 . -)");
+		if (!problem && npatients == 0)
+			problem = "patient_ids must name at least one patient";
+		if (!problem)
+			problem = string_array(json_object_get(data, "resource_types"), &types, &ntypes,
+			                       MAX_TYPES_PER_SUBSCRIPTION, valid_type_name,
+			                       "resource_types must be an array of resource type names");
+		since_json = json_object_get(data, "since");
+		if (!problem && since_json && !json_is_null(since_json))
+		{
+			since_text = json_string_value(since_json);
+			if (!since_text || !cursor_parse(since_text, &since))
+				problem = "since must be a cursor from an earlier message";
+		}
+		if (problem)
+		{
+			client_send_error(c, "BAD_REQUEST", problem, sid);
+			free_strings(patients, npatients);
+			free_strings(types, ntypes);
+			return;
+		}
+		for (int i = 0; i < npatients; i++)
+		{
+			if (!auth_grant_allows(&c->grant, patients[i], NULL))
+			{
+				log_debug("client %s: subscription to patient %s forbidden", c->id, patients[i]);
+				client_send_error(c, "FORBIDDEN", "the token does not allow one of these patients",
+				                  sid);
+				free_strings(patients, npatients);
+				free_strings(types, ntypes);
+				return;
+			}
+		}
+	}
+	existing = client_find_subscription(c, sid);
+	if (!existing && c->nsubs >= the_bridge.settings.max_subscriptions)
+	{
+		client_send_error(c, "LIMIT_EXCEEDED", "too many subscriptions on this connection", sid);
+		free_strings(patients, npatients);
+		free_strings(types, ntypes);
+		return;
+	}
+	if (existing)
+		client_remove_subscription(c, existing);
+
+	sub = xcalloc(1, sizeof(subscription));
+	sub->client = c;
+	sub->id = xstrdup(sid);
+	sub->room = xstrdup(room_name);
+	sub->patient_ids = patients;
+	sub->npatients = npatients;
+	sub->types = types;
+	sub->ntypes = ntypes;
+	sub->has_since = since_text != NULL;
+	sub->since = since;
+	c->subs = xrealloc(c->subs, (size_t) (c->nsubs + 1) * sizeof(subscription *));
+	c->subs[c->nsubs++] = sub;
+	for (int i = 0; i < npatients; i++)
+		rooms_join(patients[i], c);
+	log_debug("client %s: subscribing %s to %d patients", c->id, sid, npatients);
+	if (the_bridge.settings.authorize_sql && npatients > 0)
+		authorize_subscription(sub);
+	else
+		subscribe_authorized(sub);
+}
+
+static void
+handle_unsubscribe(client *c, json_t *root)
+{
+	json_t *data = json_object_get(root, "data");
+	const char *sid = json_string_value(json_object_get(data, "subscription_id"));
+	subscription *sub;
+
+	if (!sid)
+	{
+		client_send_error(c, "BAD_REQUEST", "unsubscribe needs data.subscription_id", NULL);
+		return;
+	}
+	sub = client_find_subscription(c, sid);
+	if (sub)
+		client_remove_subscription(c, sub);
+	send_json(c, json_pack("{s:s, s:{s:s, s:s}}", "type", "subscription", "data", "action",
+	                       "removed", "subscription_id", sid));
+}
+
+/* Dispatches one complete text message from a client. */
+static void
+handle_message(client *c, const char *text, size_t len)
+{
+	json_error_t error;
+	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &error);
+	const char *type;
+
+	if (!root || !json_is_object(root))
+	{
+		json_decref(root);
+		client_send_error(c, "BAD_REQUEST", "messages must be JSON objects", NULL);
+		return;
+	}
+	type = json_string_value(json_object_get(root, "type"));
+	if (!type)
+		client_send_error(c, "BAD_REQUEST", "messages need a string type", NULL);
+	else if (strcmp(type, "authenticate") == 0)
+	{
+		const char *token = json_string_value(json_object_get(root, "token"));
+		bool first = !c->authenticated;
+
+		if (!token)
+			token = json_string_value(json_object_get(json_object_get(root, "data"), "token"));
+		if (!token)
+			client_send_error(c, "BAD_REQUEST", "authenticate needs a token", NULL);
+		else if (authenticate(c, token))
+		{
+			send_json(c,
+			          json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
+			if (first)
+				send_welcome(c);
+		}
+	}
+	else if (!c->authenticated)
+		client_send_error(c, "AUTH_REQUIRED", "authenticate first", NULL);
+	else if (strcmp(type, "ping") == 0)
+		send_json(c, json_pack("{s:s, s:o}", "type", "pong", "timestamp", now_timestamp()));
+	else if (strcmp(type, "pong") == 0)
+		;
+	else if (strcmp(type, "subscribe") == 0)
+		handle_subscribe(c, root);
+	else if (strcmp(type, "unsubscribe") == 0)
+		handle_unsubscribe(c, root);
+	else if (strchr(type, '.'))
+		log_debug("client %s: ignoring client event", c->id); /* never relayed: no room isolation */
+	else
+		client_send_error(c, "UNKNOWN_TYPE", "unknown message type", NULL);
+	json_decref(root);
+}
+
+/* Reassembles fragments; binary frames and oversized messages close the connection. */
+static int
+on_receive(struct lws *wsi, client *c, const void *in, size_t len)
+{
+	size_t limit = (size_t) the_bridge.settings.max_frame_size;
+
+	if (c->close_code)
+		return 0;
+	/*
+	 * Bad frames close through the queue (client_close) rather than by
+	 * returning -1 here: lws then sends the close frame and reads what the
+	 * peer still sends, instead of resetting the connection with unread
+	 * data, which the peer would see as 1006.
+	 */
+	if (lws_frame_is_binary(wsi))
+	{
+		log_info("client %s: binary frame, closing", c->id);
+		client_close(c, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
+		return 0;
+	}
+	if (c->rx_len + len + lws_remaining_packet_payload(wsi) > limit)
+	{
+		log_info("client %s: message over %zu bytes, closing", c->id, limit);
+		free(c->rx);
+		c->rx = NULL;
+		c->rx_len = 0;
+		client_close(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too large");
+		return 0;
+	}
+	c->rx = xrealloc(c->rx, c->rx_len + len + 1);
+	memcpy(c->rx + c->rx_len, in, len);
+	c->rx_len += len;
+	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
+		return 0;
+	handle_message(c, c->rx, c->rx_len);
+	free(c->rx);
+	c->rx = NULL;
+	c->rx_len = 0;
+	return 0;
+}
+
+/* See ws.h. */
+int
+ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+	client *c = user;
+
+	switch (reason)
+	{
+		case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+			return http_confirm_upgrade(wsi, in);
+		case LWS_CALLBACK_HTTP:
+			return http_request(wsi, c, in);
+		case LWS_CALLBACK_HTTP_WRITEABLE:
+			return http_writeable(wsi, c);
+		case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+			return lws_http_transaction_completed(wsi) ? -1 : 0;
+		case LWS_CALLBACK_CLOSED_HTTP:
+			if (c && !c->established)
+			{
+				free(c->http_body);
+				c->http_body = NULL;
+			}
+			return 0;
+		case LWS_CALLBACK_ESTABLISHED:
+			on_established(wsi, c);
+			return 0;
+		case LWS_CALLBACK_RECEIVE:
+			return on_receive(wsi, c, in, len);
+		case LWS_CALLBACK_SERVER_WRITEABLE:
+			return client_write_next(c);
+		case LWS_CALLBACK_TIMER:
+			return client_timer_fired(c);
+		case LWS_CALLBACK_CLOSED:
+			if (c && c->established)
+			{
+				log_info("client %s: disconnected", c->id);
+				client_release(c);
+				c->established = false;
+			}
+			return 0;
+		default:
+			return lws_callback_http_dummy(wsi, reason, user, in, len);
+	}
+}

@@ -1,0 +1,330 @@
+/*
+ * change_log.c
+ *	  Appends rows to fhir_notify.changes for the capture trigger, as the
+ *	  table's owner.
+ *
+ * Two ways, same result. The direct way forms the tuple itself (position
+ * from the identity sequence, the transaction's xid8, the clock) and
+ * inserts it and its index entries without the executor: starting an
+ * executor per row (SPI) re-reads the table's CHECK constraint and
+ * defaults every time and cost about twice as much per captured row. It is
+ * used only while the table looks exactly as the install script made it:
+ * the known columns, plain indexes, no triggers, no row security. Anything
+ * else (someone added a trigger or an expression index) falls back to a
+ * plan prepared once per backend and executed through SPI, which honours
+ * all of it. fhir_notify.direct_insert = off forces the SPI way.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/xid8.h"
+
+#include "change_log.h"
+
+/* The columns of fhir_notify.changes, in the order of the install script. */
+enum
+{
+	COL_POSITION,
+	COL_XID,
+	COL_ACTION,
+	COL_RESOURCE_TYPE,
+	COL_RESOURCE_ID,
+	COL_VERSION_ID,
+	COL_PATIENT_IDS,
+	COL_RESOURCE,
+	COL_ACTOR,
+	COL_CHANGED_AT,
+	COL_SOURCE_TABLE,
+	N_COLUMNS
+};
+
+static const struct
+{
+	const char *name;
+	Oid type;
+} change_columns[N_COLUMNS] = {
+    {"position", INT8OID},          {"xid", XID8OID},          {"action", TEXTOID},
+    {"resource_type", TEXTOID},     {"resource_id", TEXTOID},  {"version_id", TEXTOID},
+    {"patient_ids", TEXTARRAYOID},  {"resource", JSONBOID},    {"actor", TEXTOID},
+    {"changed_at", TIMESTAMPTZOID}, {"source_table", TEXTOID},
+};
+
+/* fhir_notify.direct_insert */
+static bool direct_insert_enabled = true;
+
+/* What is known about the change log, until its relcache entry changes. */
+static bool log_known = false;
+static Oid log_relid = InvalidOid;
+static Oid log_owner = InvalidOid;
+static Oid log_sequence = InvalidOid;
+static bool log_direct = false; /* the table fits the direct way */
+static AttrNumber log_attnums[N_COLUMNS];
+
+/* The SPI way's plan, kept for the life of the backend. */
+static SPIPlanPtr insert_plan = NULL;
+
+/*
+ * Forgets what is known about the change log when it (or anything, for
+ * InvalidOid) changes.
+ */
+static void
+change_log_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == log_relid)
+		log_known = false;
+}
+
+/*
+ * Registers the setting and the invalidation callback.
+ */
+void
+change_log_init(void)
+{
+	DefineCustomBoolVariable(
+	    "fhir_notify.direct_insert", "Writes change-log rows without the executor when possible.",
+	    "Off writes every row through a prepared INSERT (slower; for comparison).",
+	    &direct_insert_enabled, true, PGC_SUSET, 0, NULL, NULL, NULL);
+	CacheRegisterRelcacheCallback(change_log_relcache_callback, (Datum) 0);
+}
+
+/*
+ * Whether every index of rel is on plain columns, without a predicate, so
+ * that its entries can be formed without an executor.
+ */
+static bool
+plain_indexes(Relation rel)
+{
+	List *indexes = RelationGetIndexList(rel);
+	ListCell *lc;
+	bool plain = true;
+
+	foreach (lc, indexes)
+	{
+		HeapTuple tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index index;
+
+		if (!HeapTupleIsValid(tuple))
+			elog(ERROR, "cache lookup failed for index %u", lfirst_oid(lc));
+		index = (Form_pg_index) GETSTRUCT(tuple);
+		if (!heap_attisnull(tuple, Anum_pg_index_indexprs, NULL) ||
+		    !heap_attisnull(tuple, Anum_pg_index_indpred, NULL) || index->indisexclusion ||
+		    !index->indimmediate)
+			plain = false;
+		ReleaseSysCache(tuple);
+	}
+	list_free(indexes);
+	return plain;
+}
+
+/*
+ * Looks up the change log: its oid, owner, identity sequence and columns,
+ * and whether the direct way fits it.
+ */
+static void
+change_log_lookup(void)
+{
+	Oid namespace = get_namespace_oid("fhir_notify", false);
+	Relation rel;
+	TupleDesc desc;
+	int live_columns = 0;
+
+	log_relid = get_relname_relid("changes", namespace);
+	if (!OidIsValid(log_relid))
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+		                errmsg("relation \"fhir_notify.changes\" does not exist"),
+		                errhint("Reinstall the extension: DROP EXTENSION fhir_notify CASCADE; "
+		                        "CREATE EXTENSION fhir_notify;")));
+
+	rel = table_open(log_relid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	log_owner = rel->rd_rel->relowner;
+	log_direct = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relrowsecurity &&
+	             rel->trigdesc == NULL && !rel->rd_rel->relhasrules && plain_indexes(rel);
+
+	for (int c = 0; c < N_COLUMNS; c++)
+		log_attnums[c] = InvalidAttrNumber;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+
+		if (attr->attisdropped)
+			continue;
+		live_columns++;
+		for (int c = 0; c < N_COLUMNS; c++)
+			if (strcmp(NameStr(attr->attname), change_columns[c].name) == 0 &&
+			    attr->atttypid == change_columns[c].type)
+				log_attnums[c] = attr->attnum;
+	}
+	if (live_columns != N_COLUMNS)
+		log_direct = false;
+	for (int c = 0; c < N_COLUMNS; c++)
+		if (log_attnums[c] == InvalidAttrNumber)
+			log_direct = false;
+	if (log_direct && TupleDescAttr(desc, log_attnums[COL_POSITION] - 1)->attidentity == '\0')
+		log_direct = false;
+	if (log_direct)
+#if PG_VERSION_NUM >= 170000
+		log_sequence = getIdentitySequence(rel, log_attnums[COL_POSITION], true);
+#else
+		log_sequence = getIdentitySequence(log_relid, log_attnums[COL_POSITION], true);
+#endif
+	else
+		log_sequence = InvalidOid;
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(log_sequence))
+		log_direct = false;
+	log_known = true;
+}
+
+/*
+ * The row's patient ids as a text[] datum.
+ */
+static Datum
+patient_array(const PatientIds *patients)
+{
+	Datum *ids = palloc(sizeof(Datum) * (patients->count + 1));
+
+	for (int i = 0; i < patients->count; i++)
+		ids[i] = CStringGetTextDatum(patients->ids[i]);
+	return PointerGetDatum(construct_array(ids, patients->count, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * The direct way: forms the tuple and inserts it with its index entries.
+ */
+static void
+append_direct(const ChangeRow *row)
+{
+	Datum values[N_COLUMNS];
+	bool nulls[N_COLUMNS];
+	Datum tuple_values[N_COLUMNS];
+	bool tuple_nulls[N_COLUMNS];
+	Relation rel;
+	HeapTuple tuple;
+
+	memset(nulls, 0, sizeof(nulls));
+	values[COL_POSITION] = Int64GetDatum(nextval_internal(log_sequence, true));
+	values[COL_XID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	values[COL_ACTION] = CStringGetTextDatum(row->action);
+	values[COL_RESOURCE_TYPE] = CStringGetTextDatum(row->resource_type);
+	values[COL_RESOURCE_ID] = CStringGetTextDatum(row->resource_id);
+	if (row->version_id != NULL)
+		values[COL_VERSION_ID] = CStringGetTextDatum(row->version_id);
+	else
+		nulls[COL_VERSION_ID] = true;
+	values[COL_PATIENT_IDS] = patient_array(row->patients);
+	if (row->has_resource)
+		values[COL_RESOURCE] = row->resource;
+	else
+		nulls[COL_RESOURCE] = true;
+	values[COL_ACTOR] = CStringGetTextDatum(row->actor);
+	values[COL_CHANGED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[COL_SOURCE_TABLE] = CStringGetTextDatum(row->source_table);
+
+	/* The table's column order, known to have exactly these columns. */
+	for (int c = 0; c < N_COLUMNS; c++)
+	{
+		tuple_values[log_attnums[c] - 1] = values[c];
+		tuple_nulls[log_attnums[c] - 1] = nulls[c];
+	}
+
+	rel = table_open(log_relid, RowExclusiveLock);
+	tuple = heap_form_tuple(RelationGetDescr(rel), tuple_values, tuple_nulls);
+	/* Inserts the heap tuple and an entry in every (plain) index. */
+	CatalogTupleInsert(rel, tuple);
+	table_close(rel, NoLock);
+}
+
+/*
+ * The SPI way: a prepared INSERT that the executor runs with everything the
+ * table has (defaults, constraints, triggers, any index).
+ */
+static void
+append_spi(const ChangeRow *row)
+{
+	static Oid argtypes[8] = {TEXTOID,      TEXTOID,  TEXTOID, TEXTOID,
+	                          TEXTARRAYOID, JSONBOID, TEXTOID, TEXTOID};
+	Datum values[8];
+	char nulls[8];
+	int rc;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(row->action);
+	values[1] = CStringGetTextDatum(row->resource_type);
+	values[2] = CStringGetTextDatum(row->resource_id);
+	if (row->version_id != NULL)
+		values[3] = CStringGetTextDatum(row->version_id);
+	else
+		nulls[3] = 'n';
+	values[4] = patient_array(row->patients);
+	if (row->has_resource)
+		values[5] = row->resource;
+	else
+		nulls[5] = 'n';
+	values[6] = CStringGetTextDatum(row->actor);
+	values[7] = CStringGetTextDatum(row->source_table);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (insert_plan == NULL)
+	{
+		SPIPlanPtr plan = SPI_prepare(
+		    "INSERT INTO fhir_notify.changes (action, resource_type, resource_id, version_id, "
+		    "patient_ids, resource, actor, source_table) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+		    8, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		insert_plan = plan;
+	}
+	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "insert into fhir_notify.changes failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+}
+
+/*
+ * Appends one row to fhir_notify.changes with the rights of the table's
+ * owner (like SECURITY DEFINER), so the writing role needs no grant.
+ */
+void
+change_log_append(const ChangeRow *row)
+{
+	Oid save_userid;
+	int save_sec_context;
+
+	if (!log_known)
+		change_log_lookup();
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(log_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+	                                      SECURITY_RESTRICTED_OPERATION);
+	if (log_direct && direct_insert_enabled)
+		append_direct(row);
+	else
+		append_spi(row);
+	/* On error the (sub)transaction abort restores the user. */
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}

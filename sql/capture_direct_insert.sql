@@ -1,0 +1,56 @@
+-- The change log is written without the executor while the table is as
+-- installed, and through a prepared INSERT otherwise; both write the same.
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS fhir_notify CASCADE;
+CREATE EXTENSION fhir_notify;
+RESET client_min_messages;
+\set VERBOSITY terse
+
+CREATE TABLE resources (id serial, resource jsonb);
+SELECT fhir_notify.watch('resources', 'jsonb');
+CREATE FUNCTION add(id text) RETURNS void LANGUAGE sql AS $$
+	INSERT INTO resources (resource) VALUES (jsonb_build_object('resourceType', 'Condition',
+		'id', id, 'subject', jsonb_build_object('reference', 'Patient/p1')))
+$$;
+
+-- Both ways fill position, xid and changed_at as the defaults would.
+BEGIN;
+SELECT add('direct');
+SET LOCAL fhir_notify.direct_insert = off;
+SELECT add('spi');
+SELECT resource_id, position, xid = pg_current_xact_id() AS this_xid,
+	changed_at BETWEEN now() AND clock_timestamp() AS now
+	FROM fhir_notify.changes ORDER BY position;
+COMMIT;
+-- The indexes have the direct rows.
+SET enable_seqscan = off;
+SELECT resource_id FROM fhir_notify.changes WHERE position = 1;
+SELECT count(*) FROM fhir_notify.changes c1
+	WHERE c1.xid = (SELECT xid FROM fhir_notify.changes WHERE position = 2);
+RESET enable_seqscan;
+
+-- A trigger someone put on the change log fires: the SPI way is taken.
+CREATE TABLE seen (resource_id text);
+CREATE FUNCTION seen() RETURNS trigger LANGUAGE plpgsql AS
+	$$ BEGIN INSERT INTO public.seen VALUES (NEW.resource_id); RETURN NEW; END $$;
+CREATE TRIGGER seen AFTER INSERT ON fhir_notify.changes FOR EACH ROW EXECUTE FUNCTION seen();
+SELECT add('with-trigger');
+SELECT * FROM seen;
+DROP TRIGGER seen ON fhir_notify.changes;
+
+-- So is an expression index, which is kept up to date.
+CREATE INDEX changes_upper_idx ON fhir_notify.changes (upper(resource_id));
+SELECT add('with-index');
+SET enable_seqscan = off;
+SELECT resource_id FROM fhir_notify.changes WHERE upper(resource_id) = 'WITH-INDEX';
+RESET enable_seqscan;
+DROP INDEX fhir_notify.changes_upper_idx;
+
+-- And back to the direct way.
+SELECT add('direct-again');
+SELECT resource_id, position FROM fhir_notify.changes ORDER BY position;
+
+DROP TABLE resources, seen;
+DROP FUNCTION add(text);
+DROP FUNCTION seen();
+DROP EXTENSION fhir_notify CASCADE;

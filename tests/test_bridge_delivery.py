@@ -1,0 +1,404 @@
+"""End to end: FHIR writes in PostgreSQL reach the right WebSocket clients, once, whole.
+
+One database and one bridge for the module; every test uses its own patient
+ids, so tests cannot see each other's changes.
+"""
+
+import datetime
+import json
+import uuid
+
+import psycopg
+import pytest
+
+from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update, bridge_logs,  # noqa: F401
+                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
+from wsclient import HandshakeRejected, RawClient
+
+MAX_FRAME_SIZE = 65536
+
+
+
+@pytest.fixture(scope="module")
+def db():
+    return create_fhir_database(shared_cluster())
+
+
+@pytest.fixture(scope="module")
+def bridge(db):
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
+                      "--max-frame-size", str(MAX_FRAME_SIZE)]) as b:
+        yield b
+        assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def store(db):
+    s = FhirStore(shared_cluster(), db)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def token():
+    return hs256()
+
+
+def test_welcome_message(bridge, token):
+    with bridge.connect(token) as client:
+        data = client.welcome["data"]
+        uuid.UUID(data["client_id"])
+        assert data["user"]["sub"] == "dr.smith"
+        assert isinstance(data["cursor"], str) and data["cursor"]
+        assert data["server"].startswith("fhir-notify-bridge/")
+        assert client.ping()["timestamp"].endswith("Z")
+
+
+def test_two_clients_on_one_patient_both_get_each_change(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as first, bridge.connect(token) as second:
+        first.subscribe("patient-a", [patient])
+        second.subscribe("patient-a-conditions", [patient], ["Condition"])
+        before = datetime.datetime.now(datetime.timezone.utc)
+        created = store.create(condition(patient), actor="nurse.jones")
+        updated = store.update(dict(created, code={"text": "Essential hypertension"}), actor="dr.house")
+        for client in (first, second):
+            message = client.recv_update()
+            data = assert_update(message, "created", "Condition", created["id"], patient, created)
+            assert data["version_id"] == "1"
+            assert data["actor"] == "nurse.jones"
+            changed_at = datetime.datetime.fromisoformat(data["changed_at"].replace("Z", "+00:00"))
+            assert abs((changed_at - before).total_seconds()) < 60
+            message = client.recv_update()
+            data2 = assert_update(message, "updated", "Condition", created["id"], patient, updated)
+            assert data2["version_id"] == "2"
+            assert data2["actor"] == "dr.house"
+            assert data2["cursor"] != data["cursor"]
+
+
+def test_client_of_one_patient_never_gets_another_patients_changes(bridge, store, token):
+    patient_a, patient_b = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client_a, bridge.connect(token) as client_b:
+        client_a.subscribe("a", [patient_a])
+        client_b.subscribe("b", [patient_b])
+        first_b = store.create(condition(patient_b))
+        only_a = store.create(condition(patient_a))
+        second_b = store.create(observation(patient_b))
+        assert_update(client_a.recv_update(), "created", "Condition", only_a["id"], patient_a, only_a)
+        assert_update(client_b.recv_update(), "created", "Condition", first_b["id"], patient_b, first_b)
+        assert_update(client_b.recv_update(), "created", "Observation", second_b["id"], patient_b,
+                      second_b)
+        client_a.expect_no_message()
+        client_b.expect_no_message()
+
+
+def test_resource_type_filter(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("conditions", [patient], ["Condition"])
+        store.create(observation(patient))
+        wanted = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", wanted["id"], patient, wanted)
+        client.expect_no_message()
+
+
+def test_unsubscribe_stops_delivery(bridge, store, token):
+    patient, other = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("main", [patient])
+        client.subscribe("barrier", [other])
+        first = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", first["id"], patient)
+        client.unsubscribe("main")
+        store.create(condition(patient))
+        barrier = store.create(condition(other))
+        assert_update(client.recv_update(), "created", "Condition", barrier["id"], other)
+        client.expect_no_message()
+
+
+def test_overlapping_subscriptions_give_one_copy(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("conditions", [patient], ["Condition"])
+        client.subscribe("everything", [patient])
+        client.subscribe("everything-again", [patient], ["Condition", "Observation"])
+        cond = store.create(condition(patient))
+        obs = store.create(observation(patient))
+        assert_update(client.recv_update(), "created", "Condition", cond["id"], patient)
+        assert_update(client.recv_update(), "created", "Observation", obs["id"], patient)
+        client.expect_no_message()
+
+
+def test_resubscribing_with_the_same_id_replaces_the_subscription(bridge, store, token):
+    patient, other = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        client.subscribe("chart", [other])
+        store.create(condition(patient))
+        barrier = store.create(condition(other))
+        assert_update(client.recv_update(), "created", "Condition", barrier["id"], other)
+        client.expect_no_message()
+
+
+def test_delete_arrives_as_deleted_with_null_resource_and_patient_id(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        created = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+        version = store.delete("Condition", created["id"])
+        data = assert_update(client.recv_update(), "deleted", "Condition", created["id"], patient)
+        assert data["resource"] is None
+        assert data["version_id"] == str(version)
+
+
+def test_patient_reassignment_deletes_from_old_patient_and_creates_for_new(bridge, store, token):
+    old, new = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as old_chart, bridge.connect(token) as new_chart:
+        old_chart.subscribe("old", [old])
+        new_chart.subscribe("new", [new])
+        created = store.create(condition(old))
+        assert_update(old_chart.recv_update(), "created", "Condition", created["id"], old, created)
+        moved = store.update(dict(created, subject={"reference": f"Patient/{new}"}))
+        data = assert_update(old_chart.recv_update(), "deleted", "Condition", created["id"], old)
+        assert data["resource"] is None
+        message = new_chart.recv_update()
+        assert message["data"]["action"] in ("created", "updated"), message
+        assert_update(message, message["data"]["action"], "Condition", created["id"], new, moved)
+        barrier = store.create(condition(old))
+        assert_update(old_chart.recv_update(), "created", "Condition", barrier["id"], old)
+        old_chart.expect_no_message()
+        new_chart.expect_no_message()
+
+
+def test_rolled_back_write_gives_nothing(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        with store.transaction():
+            store.create(condition(patient, text="entered in error"))
+            store.create(observation(patient))
+            raise psycopg.Rollback()
+        barrier = store.create(condition(patient, text="kept"))
+        assert_update(client.recv_update(), "created", "Condition", barrier["id"], patient, barrier)
+        client.expect_no_message()
+
+
+def test_changes_of_one_transaction_arrive_in_order(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        with store.transaction():
+            written = [store.create(condition(patient, text=f"problem {i}")) for i in range(5)]
+        for resource in written:
+            assert_update(client.recv_update(), "created", "Condition", resource["id"], patient, resource)
+        client.expect_no_message()
+
+
+def test_a_300kb_resource_arrives_whole(bridge, store, token):
+    patient = new_id("pat")
+    note = "".join(f"line {i:06d} of a long discharge summary. " for i in range(7500))
+    assert len(note) > 300_000
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        created = store.create(condition(patient, note=[{"text": note}]))
+        data = assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+        assert data["resource"]["note"][0]["text"] == note
+
+
+def test_forged_notify_by_another_user_delivers_nothing(bridge, store, db, token):
+    cluster = shared_cluster()
+    patient = new_id("pat")
+    intruder = "intruder_" + uuid.uuid4().hex[:8]
+    cluster.execute(f"CREATE ROLE {intruder} LOGIN")
+    forged_update = {"type": "update", "data": {
+        "action": "created", "resource_type": "Condition", "resource_id": "forged",
+        "patient_id": patient, "resource": {"resourceType": "Condition", "id": "forged"}}}
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        with psycopg.connect(cluster.dsn(db, intruder), autocommit=True) as conn:
+            for payload in [json.dumps(forged_update), json.dumps(forged_update["data"]), "1",
+                            "999999999", "0-0", "", "x" * 7000]:
+                conn.execute("SELECT pg_notify('fhir_notify', %s)", (payload,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("INSERT INTO fhir_notify.changes (action, resource_type, resource_id,"
+                             " patient_ids, resource, source_table) VALUES ('created', 'Condition',"
+                             " 'forged', %s, '{}', 'fhir.resources')", ([patient],))
+        real = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", real["id"], patient, real)
+        client.expect_no_message()
+        client.ping()
+    assert bridge.proc.poll() is None
+
+
+def test_malformed_json_gets_bad_request_and_the_connection_stays_usable(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        for bad in ["{not json", "[]", '"subscribe"', '{"type": 5}',
+                    json.dumps({"type": "subscribe", "data": {"patient_ids": [patient]}}),
+                    json.dumps({"type": "subscribe", "data": {"subscription_id": "s",
+                                                              "patient_ids": "nope"}}),
+                    json.dumps({"type": "subscribe", "data": {"subscription_id": "s",
+                                                              "patient_ids": [f"Patient/{patient}"]}}),
+                    json.dumps({"type": "subscribe", "data": {"subscription_id": "s",
+                                                              "patient_ids": ["x" * 65]}})]:
+            client.send_raw(bad)
+            answer = client.recv_json()
+            assert answer.get("type") == "error" and answer.get("error") == "BAD_REQUEST", (bad, answer)
+            assert answer.get("message"), answer
+        client.ping()
+        client.subscribe("chart", [patient])
+        created = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+
+
+def test_unknown_type_gets_an_error(bridge, token):
+    with bridge.connect(token) as client:
+        client.send_json({"type": "no_such_thing", "data": {}})
+        answer = client.recv_json()
+        assert answer.get("type") == "error" and answer.get("error") == "UNKNOWN_TYPE", answer
+        client.ping()
+
+
+def test_client_events_are_relayed_to_nobody(bridge, token):
+    with bridge.connect(token) as sender, bridge.connect(token) as other:
+        sender.send_json({"type": "order.placed", "payload": {"order": "1"},
+                          "timestamp": "2026-11-26T18:00:00Z"})
+        sender.ping()
+        other.ping()
+
+
+def test_oversized_frame_closes_with_1009(bridge, token):
+    with bridge.connect(token) as client:
+        client.send_json({"type": "ping", "padding": "x" * (MAX_FRAME_SIZE * 2)})
+        code, _, messages = client.wait_closed()
+        assert code == 1009, (code, messages)
+        assert not any(m.get("type") == "pong" for m in messages), messages
+    with bridge.connect(token) as client:
+        client.ping()
+
+
+def test_binary_frame_closes_with_1003(bridge, token):
+    with bridge.connect(token) as client:
+        client.send_raw(b'{"type": "ping"}')
+        code, _, messages = client.wait_closed()
+        assert code == 1003, (code, messages)
+
+
+def test_slow_client_does_not_stall_a_fast_one(db, store, token):
+    """A client that never reads: the fast client still gets everything; the stuck one is
+    told (every update, a resync or a close 1013), never silently left stale."""
+    patient = new_id("pat")
+    count = 50
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
+                                                             "--send-queue-limit", "10"]) as bridge:
+        path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
+        slow = RawClient("127.0.0.1", bridge.port, path, receive_buffer=4096)
+        try:
+            slow.send_json({"type": "subscribe", "data": {"subscription_id": "slow",
+                                                          "patient_ids": [patient]}})
+            with bridge.connect(token) as fast:
+                fast.subscribe("fast", [patient])
+                written = []
+                for i in range(count):
+                    written.append(store.create(condition(patient, note=[{"text": f"{i} " + "y" * 100000}])))
+                for resource in written:
+                    assert_update(fast.recv_update(), "created", "Condition", resource["id"], patient)
+                fast.ping()
+            frames = slow.read_frames(timeout=30)
+        finally:
+            slow.close()
+        messages = [json.loads(payload) for opcode, payload in frames if opcode == 1]
+        closes = [payload for opcode, payload in frames if opcode == 8]
+        ids = [m["data"]["resource_id"] for m in messages if m.get("type") == "update"]
+        resyncs = [m for m in messages if m.get("type") == "resync"]
+        closed_1013 = any(payload[:2] == (1013).to_bytes(2, "big") for payload in closes)
+        summary = (len(ids), [m.get("type") for m in messages], closes)
+        print(f"stuck client: {len(ids)} updates, {len(resyncs)} resyncs, close frames {closes}")
+        if resyncs:
+            assert resyncs[0]["data"]["patient_id"] == patient, resyncs
+            assert resyncs[0]["data"]["subscription_id"] == "slow", resyncs
+        elif not closed_1013:
+            assert ids == [r["id"] for r in written], summary
+        assert bridge.health() == 200
+        metrics = bridge.metrics()
+        if resyncs:
+            assert metrics["fhir_notify_bridge_queue_drops_total"] >= 1, metrics
+
+
+def test_a_long_open_transaction_holds_back_only_its_own_changes(bridge, store, db, token):
+    """Transactions commit out of position order: the earlier writer, committing last, is
+    neither lost nor holding back the later one."""
+    patient = new_id("pat")
+    slow_writer = FhirStore(shared_cluster(), db)
+    try:
+        with bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            with slow_writer.transaction():
+                held = slow_writer.create(condition(patient, text="written first, committed last"))
+                quick = store.create(condition(patient, text="written second, committed first"))
+                assert_update(client.recv_update(), "created", "Condition", quick["id"], patient, quick)
+                client.expect_no_message()
+            assert_update(client.recv_update(), "created", "Condition", held["id"], patient, held)
+            barrier = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", barrier["id"], patient)
+            client.expect_no_message()
+    finally:
+        slow_writer.close()
+
+
+def test_a_resource_of_two_patients_reaches_both_rooms(bridge, store, token):
+    first, second = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client_1, bridge.connect(token) as client_2, \
+            bridge.connect(token) as both:
+        client_1.subscribe("one", [first])
+        client_2.subscribe("two", [second])
+        both.subscribe("both", [first, second])
+        # Observation's compartment params are subject and performer.
+        shared = store.create(observation(first, performer=[{"reference": f"Patient/{second}"}]))
+        assert_update(client_1.recv_update(), "created", "Observation", shared["id"], first, shared)
+        assert_update(client_2.recv_update(), "created", "Observation", shared["id"], second, shared)
+        messages = both.recv_updates(2)
+        assert sorted(m["data"]["patient_id"] for m in messages) == sorted([first, second]), messages
+        barrier = store.create(condition(first))
+        assert_update(both.recv_update(), "created", "Condition", barrier["id"], first)
+        both.expect_no_message()
+
+
+def test_many_clients_on_one_patient_all_get_the_change(bridge, store, token):
+    patient = new_id("pat")
+    clients = []
+    try:
+        for i in range(30):
+            clients.append(bridge.connect(token))
+            clients[-1].subscribe(f"chart-{i}", [patient])
+        created = store.create(condition(patient))
+        for client in clients:
+            assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_named_room_subscription_is_acknowledged_and_carries_no_patient_data(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.send_json({"type": "subscribe", "data": {"subscription_id": "room-pharmacy",
+                                                        "room": "pharmacy:queue"}})
+        answer = client.recv_json()
+        assert answer.get("type") == "subscription", answer
+        assert answer["data"]["action"] == "created" and answer["data"]["room"] == "pharmacy:queue", answer
+        client.subscribe("chart", [patient], ["Observation"])
+        store.create(condition(patient))
+        barrier = store.create(observation(patient))
+        assert_update(client.recv_update(), "created", "Observation", barrier["id"], patient)
+        client.expect_no_message()
+
+
+def test_the_ws_path_alias_works_and_other_paths_do_not(bridge, token):
+    with bridge.connect(token, path="/ws") as client:
+        client.ping()
+    with pytest.raises(HandshakeRejected) as rejected:
+        bridge.connect(token, path="/api/nothing-here")
+    assert rejected.value.status == 404

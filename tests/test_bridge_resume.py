@@ -1,0 +1,328 @@
+"""End to end: nothing is lost or duplicated across disconnects, pruning and database outages.
+
+- resume with a cursor gets exactly what was missed (shared bridge);
+- a cursor older than the pruned log gets an explicit resync (own database:
+  pruning is database-wide);
+- a database restart and killed bridge connections lose and duplicate
+  nothing (own cluster: restarting it would disturb other tests).
+"""
+
+import json
+import time
+
+import pytest
+
+from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update, bridge_connections, bridge_logs,  # noqa: F401
+                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
+from pgcluster import Cluster
+
+ARGS = VALIDATION_ARGS
+
+
+
+@pytest.fixture(scope="module")
+def db():
+    return create_fhir_database(shared_cluster())
+
+
+@pytest.fixture(scope="module")
+def bridge(db):
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as b:
+        yield b
+        assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def store(db):
+    s = FhirStore(shared_cluster(), db)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def token():
+    return hs256()
+
+
+def test_resume_with_cursor_gets_exactly_what_was_missed(bridge, store, token):
+    patient, other = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        first = store.create(condition(patient))
+        cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+
+    missed = [store.create(condition(patient)), store.create(observation(patient))]
+    store.create(condition(other))
+    missed.append(store.update(dict(first, code={"text": "Resolved hypertension"})))
+
+    with bridge.connect(token) as client:
+        answer = client.subscribe("chart", [patient], since=cursor)
+        assert isinstance(answer["data"].get("cursor"), str), answer
+        for resource, action in zip(missed, ["created", "created", "updated"]):
+            assert_update(client.recv_update(), action, resource["resourceType"], resource["id"],
+                          patient, resource)
+        live = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
+
+
+def test_resume_honours_resource_types(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient], ["Condition"])
+        first = store.create(condition(patient))
+        cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+    store.create(observation(patient))
+    missed = store.create(condition(patient))
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient], ["Condition"], since=cursor)
+        assert_update(client.recv_update(), "created", "Condition", missed["id"], patient, missed)
+        live = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
+
+
+def test_resume_from_the_welcome_cursor(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        cursor = client.welcome["data"]["cursor"]
+    missed = store.create(condition(patient))
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient], since=cursor)
+        assert_update(client.recv_update(), "created", "Condition", missed["id"], patient, missed)
+        live = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
+
+
+def test_resume_with_the_newest_cursor_replays_nothing(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        first = store.create(condition(patient))
+        cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient], since=cursor)
+        live = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
+
+
+def test_malformed_cursor_is_a_bad_request(bridge, token):
+    with bridge.connect(token) as client:
+        client.send_json({"type": "subscribe", "data": {"subscription_id": "s", "patient_ids": ["p1"],
+                                                        "since": "not-a-cursor"}})
+        answer = client.recv_json()
+        # Either refused, or subscribed with an explicit resync: never silently subscribed.
+        if answer.get("type") == "error":
+            assert answer["error"] == "BAD_REQUEST", answer
+        else:
+            assert answer.get("type") == "subscription", answer
+            resync = client.recv_json()
+            assert resync.get("type") == "resync" and resync["data"]["patient_id"] == "p1", resync
+        client.ping()
+
+
+def test_resume_across_a_bridge_restart(db, store, token):
+    """Cursors live in the database, not in one bridge process: a client whose bridge was
+    restarted (or who reconnects to another bridge) resumes exactly."""
+    patient = new_id("pat")
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as first_bridge:
+        with first_bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"],
+                                   patient)["cursor"]
+            assert first_bridge.stop() == 0
+    missed = [store.create(condition(patient)), store.create(observation(patient))]
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as second_bridge:
+        with second_bridge.connect(token) as client:
+            client.subscribe("chart", [patient], since=cursor)
+            for resource in missed:
+                assert_update(client.recv_update(), "created", resource["resourceType"], resource["id"],
+                              patient, resource)
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
+
+
+def test_cursor_older_than_resume_max_age_gets_resync(db, store, token):
+    patient = new_id("pat")
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS + ["--resume-max-age", "1"]) as bridge:
+        with bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"],
+                                   patient)["cursor"]
+        store.create(condition(patient))
+        time.sleep(2.5)
+        with bridge.connect(token) as client:
+            client.subscribe("chart", [patient], since=cursor)
+            message = client.recv_json()
+            assert message.get("type") == "resync", message
+            assert message["data"]["patient_id"] == patient and message["data"]["subscription_id"] == "chart"
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
+
+
+# -- pruned log: resync --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prune_db():
+    return create_fhir_database(shared_cluster())
+
+
+@pytest.fixture(scope="module")
+def prune_bridge(prune_db):
+    with Bridge(shared_cluster(), prune_db, secret_file=SECRET_FILE,
+                args=ARGS + ["--resume-max-changes", "5"]) as b:
+        yield b
+        assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
+
+
+def test_cursor_older_than_the_pruned_log_gets_resync(prune_bridge, prune_db, token):
+    cluster = shared_cluster()
+    store = FhirStore(cluster, prune_db)
+    patient, other = new_id("pat"), new_id("pat")
+    try:
+        with prune_bridge.connect(token) as watcher:
+            watcher.subscribe("watch", [patient])
+            with prune_bridge.connect(token) as client:
+                client.subscribe("chart", [patient, other])
+                first = store.create(condition(patient))
+                cursor = assert_update(client.recv_update(), "created", "Condition", first["id"],
+                                       patient)["cursor"]
+            assert_update(watcher.recv_update(), "created", "Condition", first["id"], patient)
+            missed = store.create(condition(patient))
+            # The bridge has read the missed change (and ticked past it) once the watcher has it.
+            assert_update(watcher.recv_update(), "created", "Condition", missed["id"], patient)
+            pruned = cluster.execute("SELECT fhir_notify.prune('0 seconds')", dbname=prune_db)[0][0]
+            assert pruned >= 1
+
+            with prune_bridge.connect(token) as client:
+                client.subscribe("chart", [patient, other], since=cursor)
+                resyncs = [client.recv_json(), client.recv_json()]
+                for message in resyncs:
+                    assert message.get("type") == "resync", resyncs
+                    assert message["data"]["subscription_id"] == "chart", message
+                    assert message["data"]["reason"] == "cursor_too_old", message
+                    assert isinstance(message["data"]["cursor"], str), message
+                assert sorted(m["data"]["patient_id"] for m in resyncs) == sorted([patient, other])
+                live = store.create(condition(patient))
+                assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+                client.expect_no_message()
+    finally:
+        store.close()
+
+
+def test_too_many_missed_changes_gets_resync(prune_bridge, prune_db, token):
+    store = FhirStore(shared_cluster(), prune_db)
+    patient = new_id("pat")
+    try:
+        with prune_bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"],
+                                   patient)["cursor"]
+        for i in range(12):
+            store.create(condition(patient, text=f"problem {i}"))
+        with prune_bridge.connect(token) as client:
+            client.subscribe("chart", [patient], since=cursor)
+            message = client.recv_json()
+            assert message.get("type") == "resync", message
+            assert message["data"]["patient_id"] == patient, message
+            assert message["data"]["subscription_id"] == "chart", message
+            # No partial replay: after the resync only live changes come.
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
+    finally:
+        store.close()
+
+
+# -- database outages -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def own_cluster():
+    with Cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def outage_db(own_cluster):
+    return create_fhir_database(own_cluster)
+
+
+@pytest.fixture(scope="module")
+def outage_bridge(own_cluster, outage_db):
+    with Bridge(own_cluster, outage_db, secret_file=SECRET_FILE, args=ARGS) as b:
+        yield b
+        assert b.proc.poll() is None, f"the bridge died during the tests:\n{b.log()[-4000:]}"
+
+
+def test_database_restart_loses_and_duplicates_nothing(own_cluster, outage_db, outage_bridge, token):
+    patient = new_id("pat")
+    with outage_bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        store = FhirStore(own_cluster, outage_db)
+        try:
+            first = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", first["id"], patient)
+            written = [store.create(condition(patient)), store.create(observation(patient))]
+        finally:
+            store.close()
+        # Stop right after writing: the bridge may or may not have read those two yet.
+        reconnects = outage_bridge.metrics()["fhir_notify_bridge_database_reconnects_total"]
+        own_cluster.stop()
+        outage_bridge.wait_health(503)
+        status, _, body = outage_bridge.http_get("/healthz")
+        assert status == 503 and json.loads(body)["database"] == "disconnected", (status, body)
+        own_cluster.start()
+        store = FhirStore(own_cluster, outage_db)
+        try:
+            written.append(store.create(condition(patient)))  # likely before the bridge is back
+            outage_bridge.wait_health(200, timeout=60)
+            written.append(store.create(observation(patient)))
+            for resource in written:
+                assert_update(client.recv_update(timeout=60), "created", resource["resourceType"],
+                              resource["id"], patient, resource)
+            client.expect_no_message(within=1.0)
+            client.ping()
+            assert outage_bridge.metrics()["fhir_notify_bridge_database_reconnects_total"] > reconnects
+        finally:
+            store.close()
+
+
+def test_killed_bridge_connections_lose_and_duplicate_nothing(own_cluster, outage_db, outage_bridge, token):
+    patient = new_id("pat")
+    with outage_bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        store = FhirStore(own_cluster, outage_db)
+        try:
+            first = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", first["id"], patient)
+            written = [store.create(condition(patient))]
+            pids = bridge_connections(own_cluster, outage_db)
+            assert pids, "the bridge has no database connection"
+            for pid in pids:
+                own_cluster.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            written += [store.create(condition(patient)), store.create(observation(patient))]
+            for resource in written:
+                assert_update(client.recv_update(timeout=60), "created", resource["resourceType"],
+                              resource["id"], patient, resource)
+            client.expect_no_message(within=1.0)
+            deadline = time.monotonic() + 30
+            while not set(bridge_connections(own_cluster, outage_db)) - set(pids):
+                assert time.monotonic() < deadline, "the bridge did not reconnect"
+                time.sleep(0.2)
+            outage_bridge.wait_health(200)
+            # And it still listens: a new change arrives promptly through the new connection.
+            store2 = FhirStore(own_cluster, outage_db)
+            try:
+                after = store2.create(condition(patient))
+            finally:
+                store2.close()
+            assert_update(client.recv_update(), "created", "Condition", after["id"], patient, after)
+        finally:
+            store.close()
