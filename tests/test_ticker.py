@@ -283,3 +283,33 @@ def test_ticker_refused_without_preload():
             # The commit doorbell stays available.
             conn.execute("SET fhir_notify.doorbell = commit")
         assert worker_pid(cluster) is None
+
+
+def test_bridge_delivers_in_ticker_mode():
+    """The real bridge, LISTENing in the ticker database with its safety poll
+    an hour away, pushes a change written in ticker mode: the ticker's
+    doorbell is what woke it."""
+    from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update,
+                            condition, hs256, install_fhir_schema, new_id)
+
+    settings = {"fhir_notify.doorbell": "ticker", "fhir_notify.ticker_database": "'fhir'"}
+    with Cluster(settings=settings) as cluster:
+        cluster.execute("CREATE DATABASE fhir")
+        install_fhir_schema(cluster, "fhir")
+        wait_for_worker(cluster)
+        store = FhirStore(cluster, "fhir")
+        try:
+            with Bridge(cluster, "fhir", secret_file=SECRET_FILE,
+                        args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
+                              "--poll-interval", "3600"]) as bridge:
+                patient = new_id("pat")
+                with bridge.connect(hs256()) as client:
+                    client.subscribe("chart", [patient])
+                    stored = store.create(condition(patient))
+                    assert_update(client.recv_update(), "created", "Condition", stored["id"],
+                                  patient, stored)
+                    updated = store.update(dict(stored, code={"text": "Sepsis"}))
+                    assert_update(client.recv_update(), "updated", "Condition", stored["id"],
+                                  patient, updated)
+        finally:
+            store.close()
