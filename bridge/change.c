@@ -141,7 +141,16 @@ change_unref(change *c)
 	free(c);
 }
 
+/*
+ * Besides its count, the ring is bounded in bytes: resources can be large
+ * (a Provenance or ExplanationOfBenefit of hundreds of kilobytes), and
+ * 10000 of them must not exhaust memory. Evicted changes are still served
+ * to resuming clients, from the database.
+ */
+#define RING_MAX_BYTES (256LL * 1024 * 1024)
+
 static change **ring;
+static long long ring_bytes;
 static int ring_capacity;
 static int ring_head; /* index of the oldest */
 static int ring_len;
@@ -165,6 +174,7 @@ ring_free(void)
 	free(ring);
 	ring = NULL;
 	ring_len = 0;
+	ring_bytes = 0;
 }
 
 /* See change.h. */
@@ -181,21 +191,39 @@ ring_set_floor(cursor floor)
 	ring_floor_cursor = floor;
 }
 
-/* Appends the newest change, evicting the oldest when full. */
+static long long
+change_bytes(const change *c)
+{
+	long long bytes = (long long) sizeof(change);
+
+	for (int i = 0; i < c->npatients; i++)
+		bytes += (long long) c->messages[i]->len;
+	return bytes;
+}
+
+static void
+ring_evict_oldest(void)
+{
+	change *oldest = ring[ring_head];
+
+	ring_floor_cursor = oldest->at;
+	ring_bytes -= change_bytes(oldest);
+	change_unref(oldest);
+	ring_head = (ring_head + 1) % ring_capacity;
+	ring_len--;
+}
+
+/* Appends the newest change, evicting the oldest when full (by count or bytes). */
 void
 ring_push(change *c)
 {
 	if (ring_len == ring_capacity)
-	{
-		change *oldest = ring[ring_head];
-
-		ring_floor_cursor = oldest->at;
-		change_unref(oldest);
-		ring_head = (ring_head + 1) % ring_capacity;
-		ring_len--;
-	}
+		ring_evict_oldest();
 	ring[(ring_head + ring_len) % ring_capacity] = change_ref(c);
 	ring_len++;
+	ring_bytes += change_bytes(c);
+	while (ring_len > 1 && ring_bytes > RING_MAX_BYTES)
+		ring_evict_oldest();
 }
 
 /* Number of changes held. */

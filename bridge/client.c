@@ -127,18 +127,31 @@ client_close(client *c, int code, const char *reason)
 		return;
 	c->close_code = code;
 	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
+	c->close_deadline_us = now_monotonic_us() + CLOSE_FLUSH_US;
+	client_arm_timer(c);
 	lws_callback_on_writable(c->wsi);
 }
+
+/* Messages written per writeable callback while the socket takes them. */
+#define WRITES_PER_CALLBACK 16
 
 /* See client.h. */
 int
 client_write_next(client *c)
 {
-	if (c->queue_len > 0)
+	for (int n = 0; c->queue_len > 0 && n < WRITES_PER_CALLBACK; n++)
 	{
-		message *msg = c->queue[c->queue_head];
+		message *msg;
 		int written;
 
+		/*
+		 * One write per callback is always safe; more only while the
+		 * kernel takes them whole (lws holds back a partial write and
+		 * reports the pipe choked until it is flushed).
+		 */
+		if (n > 0 && lws_send_pipe_choked(c->wsi))
+			break;
+		msg = c->queue[c->queue_head];
 		c->queue_head = (c->queue_head + 1) % c->queue_cap;
 		c->queue_len--;
 		if (msg->kind == MESSAGE_UPDATE)
@@ -157,17 +170,26 @@ client_write_next(client *c)
 			metrics_observe_delay((double) (now_wall_us() - msg->changed_at_us) / 1e6);
 		}
 		message_unref(msg);
-		if (c->queue_len > 0 || c->close_code)
-			lws_callback_on_writable(c->wsi);
-		else if (c->stuck_since_us)
-		{
-			c->stuck_since_us = 0;
-			client_arm_timer(c);
-		}
+	}
+	if (c->queue_len > 0)
+	{
+		lws_callback_on_writable(c->wsi);
 		return 0;
+	}
+	if (c->stuck_since_us)
+	{
+		c->stuck_since_us = 0;
+		client_arm_timer(c);
 	}
 	if (c->close_code)
 	{
+		/* the close frame goes in a callback of its own, after the last message */
+		if (!c->close_sent_pending)
+		{
+			c->close_sent_pending = true;
+			lws_callback_on_writable(c->wsi);
+			return 0;
+		}
 		lws_close_reason(c->wsi, (enum lws_close_status) c->close_code,
 		                 (unsigned char *) c->close_reason, strlen(c->close_reason));
 		return -1;
@@ -180,15 +202,17 @@ void
 client_arm_timer(client *c)
 {
 	long long now_mono = now_monotonic_us();
-	long long deadlines[3];
+	long long deadlines[4];
 	int n = 0;
 	long long delay;
 
-	if (!c->authenticated)
+	if (c->close_code)
+		deadlines[n++] = c->close_deadline_us - now_mono; /* the only deadline left */
+	else if (!c->authenticated)
 		deadlines[n++] = c->connected_us + AUTH_TIMEOUT_US - now_mono;
-	if (c->authenticated && c->expires_us)
+	if (!c->close_code && c->authenticated && c->expires_us)
 		deadlines[n++] = c->expires_us - now_wall_us();
-	if (c->stuck_since_us)
+	if (!c->close_code && c->stuck_since_us)
 		deadlines[n++] = c->stuck_since_us + STUCK_CLIENT_US - now_mono;
 	if (n == 0)
 	{
@@ -208,7 +232,15 @@ client_timer_fired(client *c)
 	long long now_mono = now_monotonic_us();
 
 	if (c->close_code)
-		return 0;
+	{
+		if (now_mono < c->close_deadline_us)
+		{
+			client_arm_timer(c);
+			return 0;
+		}
+		log_info("client %s: could not flush before closing, dropping the connection", c->id);
+		return -1;
+	}
 	if (c->stuck_since_us && now_mono >= c->stuck_since_us + STUCK_CLIENT_US)
 	{
 		static const char reason[] = "client too slow";

@@ -57,6 +57,8 @@ typedef struct client
 
 	int close_code; /* pending close, sent once the queue is flushed */
 	char close_reason[64];
+	long long close_deadline_us; /* monotonic: past it the connection is dropped unflushed */
+	bool close_sent_pending;     /* the queue is flushed; the close goes in the next callback */
 
 	char *rx; /* the message being reassembled from fragments */
 	size_t rx_len;
@@ -90,6 +92,8 @@ int client_timer_fired(client *c);
 
 /* Unauthenticated connections are closed after this. */
 #define AUTH_TIMEOUT_US (10 * 1000000LL)
+/* A pending close that cannot flush the queue (the peer does not read) is forced after this. */
+#define CLOSE_FLUSH_US (5 * 1000000LL)
 /* A client that has not emptied an overflowed queue for this long is closed with 1013. */
 #define STUCK_CLIENT_US (10 * 1000000LL)
 void client_release(client *c);

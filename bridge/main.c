@@ -161,6 +161,15 @@ raise_fd_limit(void)
 	}
 }
 
+/*
+ * A connection silent for 30 s gets a WebSocket ping; one silent for 75 s
+ * (a peer that vanished without closing) is dropped, freeing its rooms.
+ */
+static const lws_retry_bo_t idle_policy = {
+    .secs_since_valid_ping = 30,
+    .secs_since_valid_hangup = 75,
+};
+
 static const struct lws_protocols protocols[] = {
     {"fhir-notify", ws_callback, sizeof(client), 4096, 0, NULL, 0},
     {PG_LINK_PROTOCOL, pg_link_callback, 0, 0, 0, NULL, 0},
@@ -239,6 +248,7 @@ main(int argc, char **argv)
 	info.pt_serv_buf_size = 32768;
 	info.count_threads = 1;
 	info.vhost_name = "default";
+	info.retry_and_idle_policy = &idle_policy;
 	if (the_bridge.settings.tls_cert)
 	{
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;

@@ -130,7 +130,9 @@ resume_database_done(subscription *sub, const PGresult *res, long long upto_tick
 			oldest_us = c->changed_at_us;
 		count += deliver_catch_up(sub, c, true);
 	}
-	if (count > the_bridge.settings.resume_max_changes)
+	/* the read stops one row past the limit: a full answer means there may be more */
+	if (count > the_bridge.settings.resume_max_changes ||
+	    nchanges > the_bridge.settings.resume_max_changes)
 		subscription_resync(sub, "too_many_changes");
 	else if (the_bridge.settings.resume_max_age > 0 && oldest_us &&
 	         now_wall_us() - oldest_us > (long long) the_bridge.settings.resume_max_age * 1000000)

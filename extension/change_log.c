@@ -9,14 +9,21 @@
  * executor per row (SPI) re-reads the table's CHECK constraint and
  * defaults every time and cost about twice as much per captured row. It is
  * used only while the table looks exactly as the install script made it:
- * the known columns, plain indexes, no triggers, no row security. Anything
- * else (someone added a trigger or an expression index) falls back to a
- * plan prepared once per backend and executed through SPI, which honours
- * all of it. fhir_notify.direct_insert = off forces the SPI way.
+ * the known columns, plain indexes, only the action CHECK, no NOT NULL on
+ * the columns it may leave NULL, no triggers, no rules, no row security.
+ * Anything else (someone added a trigger, a constraint or an expression
+ * index) falls back to a plan prepared once per backend and executed
+ * through SPI, which honours all of it. fhir_notify.direct_insert = off
+ * forces the SPI way.
+ *
+ * The table is locked before that choice is made: locking processes the
+ * invalidations of DDL that committed meanwhile, so the choice and the row
+ * are made from the table as it is now, not as an earlier transaction saw it.
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/transam.h"
 #include "access/xact.h"
@@ -77,6 +84,7 @@ static bool log_known = false;
 static Oid log_relid = InvalidOid;
 static Oid log_owner = InvalidOid;
 static Oid log_sequence = InvalidOid;
+static int log_natts = 0;       /* columns of the table, dropped ones included */
 static bool log_direct = false; /* the table fits the direct way */
 static AttrNumber log_attnums[N_COLUMNS];
 
@@ -137,29 +145,36 @@ plain_indexes(Relation rel)
 }
 
 /*
- * Looks up the change log: its oid, owner, identity sequence and columns,
- * and whether the direct way fits it.
+ * Whether the table's CHECK constraints are only the install script's
+ * (action IN ...), which the direct way satisfies by construction. Any
+ * other constraint is left to the executor.
+ */
+static bool
+only_install_checks(TupleDesc desc)
+{
+	if (desc->constr == NULL || desc->constr->num_check == 0)
+		return true;
+	return desc->constr->num_check == 1 &&
+	       strcmp(desc->constr->check[0].ccname, "changes_action_check") == 0;
+}
+
+/*
+ * Describes the change log from rel, which the caller has locked (so its
+ * relcache entry is current): owner, identity sequence, where each column
+ * is, and whether the direct way fits it.
  */
 static void
-change_log_lookup(void)
+change_log_describe(Relation rel)
 {
-	Oid namespace = get_namespace_oid("fhir_notify", false);
-	Relation rel;
-	TupleDesc desc;
+	TupleDesc desc = RelationGetDescr(rel);
 	int live_columns = 0;
 
-	log_relid = get_relname_relid("changes", namespace);
-	if (!OidIsValid(log_relid))
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
-		                errmsg("relation \"fhir_notify.changes\" does not exist"),
-		                errhint("Reinstall the extension: DROP EXTENSION fhir_notify CASCADE; "
-		                        "CREATE EXTENSION fhir_notify;")));
-
-	rel = table_open(log_relid, AccessShareLock);
-	desc = RelationGetDescr(rel);
+	log_relid = RelationGetRelid(rel);
 	log_owner = rel->rd_rel->relowner;
+	log_natts = desc->natts;
 	log_direct = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relrowsecurity &&
-	             rel->trigdesc == NULL && !rel->rd_rel->relhasrules && plain_indexes(rel);
+	             rel->trigdesc == NULL && !rel->rd_rel->relhasrules && only_install_checks(desc) &&
+	             plain_indexes(rel);
 
 	for (int c = 0; c < N_COLUMNS; c++)
 		log_attnums[c] = InvalidAttrNumber;
@@ -180,6 +195,10 @@ change_log_lookup(void)
 	for (int c = 0; c < N_COLUMNS; c++)
 		if (log_attnums[c] == InvalidAttrNumber)
 			log_direct = false;
+	/* The direct way may write NULL there; a NOT NULL added later is the executor's. */
+	if (log_direct && (TupleDescAttr(desc, log_attnums[COL_VERSION_ID] - 1)->attnotnull ||
+	                   TupleDescAttr(desc, log_attnums[COL_RESOURCE] - 1)->attnotnull))
+		log_direct = false;
 	if (log_direct && TupleDescAttr(desc, log_attnums[COL_POSITION] - 1)->attidentity == '\0')
 		log_direct = false;
 	if (log_direct)
@@ -190,10 +209,56 @@ change_log_lookup(void)
 #endif
 	else
 		log_sequence = InvalidOid;
-	table_close(rel, AccessShareLock);
 	if (!OidIsValid(log_sequence))
 		log_direct = false;
 	log_known = true;
+}
+
+/*
+ * Opens the change log with RowExclusiveLock and makes sure what is known
+ * about it is current. The lock comes first: taking it processes pending
+ * invalidations, so DDL that committed since (an index, a column, a
+ * trigger) is seen before the direct way decides how to write the row.
+ */
+static Relation
+change_log_open(void)
+{
+	Relation rel;
+
+	if (log_known)
+	{
+		rel = try_relation_open(log_relid, RowExclusiveLock);
+		if (rel != NULL && log_known)
+			return rel;
+		if (rel != NULL)
+			table_close(rel, NoLock);
+	}
+
+	/*
+	 * By name, without the permission checks of a RangeVar lookup: the
+	 * writing role has no USAGE on the schema. A table dropped and made
+	 * again while we waited for the lock is looked up again.
+	 */
+	log_known = false;
+	for (;;)
+	{
+		Oid namespace = get_namespace_oid("fhir_notify", true);
+		Oid relid = OidIsValid(namespace) ? get_relname_relid("changes", namespace) : InvalidOid;
+
+		if (!OidIsValid(relid))
+			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+			                errmsg("relation \"fhir_notify.changes\" does not exist"),
+			                errhint("Reinstall the extension: DROP EXTENSION fhir_notify CASCADE; "
+			                        "CREATE EXTENSION fhir_notify;")));
+		rel = try_relation_open(relid, RowExclusiveLock);
+		if (rel != NULL && RelationGetNamespace(rel) == namespace &&
+		    strcmp(RelationGetRelationName(rel), "changes") == 0)
+			break;
+		if (rel != NULL)
+			table_close(rel, RowExclusiveLock);
+	}
+	change_log_describe(rel);
+	return rel;
 }
 
 /*
@@ -213,13 +278,12 @@ patient_array(const PatientIds *patients)
  * The direct way: forms the tuple and inserts it with its index entries.
  */
 static void
-append_direct(const ChangeRow *row)
+append_direct(Relation rel, const ChangeRow *row)
 {
 	Datum values[N_COLUMNS];
 	bool nulls[N_COLUMNS];
-	Datum tuple_values[N_COLUMNS];
-	bool tuple_nulls[N_COLUMNS];
-	Relation rel;
+	Datum *tuple_values;
+	bool *tuple_nulls;
 	HeapTuple tuple;
 
 	memset(nulls, 0, sizeof(nulls));
@@ -241,18 +305,23 @@ append_direct(const ChangeRow *row)
 	values[COL_CHANGED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[COL_SOURCE_TABLE] = CStringGetTextDatum(row->source_table);
 
-	/* The table's column order, known to have exactly these columns. */
+	/*
+	 * The table's column order; dropped columns (NULL) may sit between the
+	 * known ones, so the row is as wide as the table, not as N_COLUMNS.
+	 */
+	Assert(RelationGetDescr(rel)->natts == log_natts);
+	tuple_values = palloc0(sizeof(Datum) * log_natts);
+	tuple_nulls = palloc(sizeof(bool) * log_natts);
+	memset(tuple_nulls, true, sizeof(bool) * log_natts);
 	for (int c = 0; c < N_COLUMNS; c++)
 	{
 		tuple_values[log_attnums[c] - 1] = values[c];
 		tuple_nulls[log_attnums[c] - 1] = nulls[c];
 	}
 
-	rel = table_open(log_relid, RowExclusiveLock);
 	tuple = heap_form_tuple(RelationGetDescr(rel), tuple_values, tuple_nulls);
 	/* Inserts the heap tuple and an entry in every (plain) index. */
 	CatalogTupleInsert(rel, tuple);
-	table_close(rel, NoLock);
 }
 
 /*
@@ -314,17 +383,17 @@ change_log_append(const ChangeRow *row)
 {
 	Oid save_userid;
 	int save_sec_context;
+	Relation rel;
 
-	if (!log_known)
-		change_log_lookup();
-
+	rel = change_log_open();
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(log_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 	                                      SECURITY_RESTRICTED_OPERATION);
 	if (log_direct && direct_insert_enabled)
-		append_direct(row);
+		append_direct(rel, row);
 	else
 		append_spi(row);
-	/* On error the (sub)transaction abort restores the user. */
+	/* On error the (sub)transaction abort restores the user, as for SECURITY DEFINER. */
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+	table_close(rel, NoLock);
 }

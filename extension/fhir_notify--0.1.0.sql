@@ -66,10 +66,13 @@ BEGIN
 	current_snapshot := pg_current_snapshot();
 	IF NOT EXISTS (
 		SELECT 1 FROM fhir_notify.changes c
-		WHERE c.xid >= pg_snapshot_xmin(newest.snapshot)
+		WHERE c.xid >= pg_snapshot_xmax(newest.snapshot)
 		  AND c.xid < pg_snapshot_xmax(current_snapshot)
-		  AND pg_visible_in_snapshot(c.xid, current_snapshot)
-		  AND NOT pg_visible_in_snapshot(c.xid, newest.snapshot))
+		  AND pg_visible_in_snapshot(c.xid, current_snapshot))
+	   AND NOT EXISTS (
+		SELECT 1 FROM fhir_notify.changes c
+		WHERE c.xid = ANY (ARRAY(SELECT pg_snapshot_xip(newest.snapshot)))
+		  AND pg_visible_in_snapshot(c.xid, current_snapshot))
 	THEN
 		RETURN newest.tick_id;
 	END IF;
@@ -83,6 +86,12 @@ $$;
  * The changes of one tick, in position order. Empty when the tick or its
  * predecessor no longer exists (pruned, or not yet taken): callers compare
  * with fhir_notify.oldest_tick() to tell a gap from an empty tick.
+ *
+ * A change is not visible in the previous tick's snapshot exactly when its
+ * xid is at or above that snapshot's xmax or among its in-progress xids;
+ * both are index lookups. (Scanning from the snapshot's xmin instead would
+ * re-read every change written since the oldest open transaction began,
+ * for every batch, while a long transaction stays open.)
  */
 CREATE FUNCTION fhir_notify.batch(tick bigint)
 RETURNS SETOF fhir_notify.changes
@@ -92,12 +101,16 @@ AS $$
 	SELECT c.*
 	FROM fhir_notify.ticks cur
 	JOIN fhir_notify.ticks prev ON prev.tick_id = cur.tick_id - 1
-	JOIN fhir_notify.changes c
-	  ON c.xid >= pg_snapshot_xmin(prev.snapshot)
-	 AND c.xid < pg_snapshot_xmax(cur.snapshot)
-	 AND pg_visible_in_snapshot(c.xid, cur.snapshot)
-	 AND NOT pg_visible_in_snapshot(c.xid, prev.snapshot)
+	CROSS JOIN LATERAL (
+		SELECT n.* FROM fhir_notify.changes n
+		WHERE n.xid >= pg_snapshot_xmax(prev.snapshot)
+		  AND n.xid < pg_snapshot_xmax(cur.snapshot)
+		UNION ALL
+		SELECT o.* FROM fhir_notify.changes o
+		WHERE o.xid = ANY (ARRAY(SELECT pg_snapshot_xip(prev.snapshot)))
+	) c
 	WHERE cur.tick_id = tick
+	  AND pg_visible_in_snapshot(c.xid, cur.snapshot)
 	ORDER BY c.position
 $$;
 
@@ -156,6 +169,43 @@ BEGIN
 	  AND pg_visible_in_snapshot(c.xid, oldest_kept.snapshot);
 	GET DIAGNOSTICS deleted = ROW_COUNT;
 	RETURN deleted;
+END
+$$;
+
+/*
+ * Lets a reader (the bridge's role) read the change log: USAGE on the
+ * schema and EXECUTE on tick, read, batch, oldest_tick and newest_tick,
+ * nothing else (no table, no prune, no capture trigger). Run by the
+ * extension's owner or a superuser.
+ */
+CREATE FUNCTION fhir_notify.grant_reader(reader regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF reader IS NULL THEN
+		RAISE EXCEPTION 'cannot grant reading to a NULL role';
+	END IF;
+	EXECUTE format('GRANT USAGE ON SCHEMA fhir_notify TO %s', reader);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION fhir_notify.tick(), '
+	               'fhir_notify.read(bigint, integer), fhir_notify.batch(bigint), '
+	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick() TO %s', reader);
+END
+$$;
+
+/* Takes back what grant_reader() gave. */
+CREATE FUNCTION fhir_notify.revoke_reader(reader regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF reader IS NULL THEN
+		RAISE EXCEPTION 'cannot revoke reading from a NULL role';
+	END IF;
+	EXECUTE format('REVOKE EXECUTE ON FUNCTION fhir_notify.tick(), '
+	               'fhir_notify.read(bigint, integer), fhir_notify.batch(bigint), '
+	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick() FROM %s', reader);
+	EXECUTE format('REVOKE USAGE ON SCHEMA fhir_notify FROM %s', reader);
 END
 $$;
 

@@ -659,6 +659,15 @@ fhir_notify_resolve_layout(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
 		                errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
 		                errdetail("Only tables can be watched.")));
+	/*
+	 * A temporary table is written even in read-only transactions, where
+	 * the change log cannot be, and dies with its session.
+	 */
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+		                errmsg("cannot watch temporary table \"%s\"", RelationGetRelationName(rel)),
+		                errdetail("Writes to a temporary table may happen in read-only "
+		                          "transactions, which cannot record them.")));
 	if (strcmp(get_namespace_name(RelationGetNamespace(rel)), "fhir_notify") == 0)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 		                errmsg("table \"%s\" belongs to fhir_notify and cannot be watched",

@@ -33,6 +33,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "fhir_notify.h"
@@ -52,19 +53,21 @@ static int capture_warning_interval = 60;
 typedef struct CaptureColumn
 {
 	AttrNumber attnum; /* 0 when the layout has no such column */
-	bool is_text;      /* text-like: read without the output function */
+	Oid type;
+	bool is_text; /* text-like: read without the output function */
 	FmgrInfo output;
 } CaptureColumn;
 
 /* What the trigger knows about one watched table, per backend. */
 typedef struct CaptureTarget
 {
-	Oid trigger_oid; /* hash key */
-	Oid relid;
+	Oid trigger_oid;       /* hash key */
+	Oid relid;             /* the table the trigger fires on */
+	Oid source_relid;      /* the table that was watched: relid, or a partition's root */
 	bool valid;            /* false once the relation changed: rebuild */
 	MemoryContext context; /* holds what the entry points to */
-	bool columns_ok;       /* false when a column named at watch() time is gone */
-	char *missing;         /* the column that is gone */
+	bool columns_ok;       /* false when a column named at watch() time is gone or altered */
+	char *problem;         /* what is wrong with it, for the warning */
 	Layout layout;
 	char *source_table; /* schema-qualified name of the table */
 	CaptureColumn resource;
@@ -112,8 +115,18 @@ capture_relcache_callback(Datum arg, Oid relid)
 		return;
 	hash_seq_init(&status, capture_targets);
 	while ((target = hash_seq_search(&status)) != NULL)
-		if (relid == InvalidOid || target->relid == relid)
+		if (relid == InvalidOid || target->relid == relid || target->source_relid == relid)
 			target->valid = false;
+}
+
+/*
+ * Forgets every cached table when a schema changes (renamed: the source
+ * table's qualified name changes without a relcache invalidation).
+ */
+static void
+capture_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	capture_relcache_callback(arg, InvalidOid);
 }
 
 /*
@@ -125,7 +138,8 @@ capture_init(void)
 	DefineCustomStringVariable(
 	    "fhir_notify.actor", "Who makes the changes of this session or transaction.",
 	    "Recorded with every captured change. The application may SET LOCAL it per "
-	    "transaction; when empty the session user and application_name are recorded.",
+	    "transaction; when empty the session user and application_name are recorded. "
+	    "Any session may set it to anything: it is what the writer says, not proof.",
 	    &capture_actor, "", PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("fhir_notify.warning_interval",
 	                        "Least seconds between two warnings about odd resource content.",
@@ -134,6 +148,7 @@ capture_init(void)
 	                        &capture_warning_interval, 60, 0, 86400, PGC_SUSET, GUC_UNIT_S, NULL,
 	                        NULL, NULL);
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, capture_namespace_callback, (Datum) 0);
 	change_log_init();
 }
 
@@ -185,6 +200,7 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column, MemoryCo
 		if (attr->attisdropped || strcmp(NameStr(attr->attname), name) != 0)
 			continue;
 		column->attnum = attr->attnum;
+		column->type = attr->atttypid;
 		column->is_text = attr->atttypid == TEXTOID || attr->atttypid == VARCHAROID;
 		getTypeOutputInfo(attr->atttypid, &output, &varlena);
 		fmgr_info_cxt(output, &column->output, context);
@@ -199,7 +215,7 @@ resolve_column(TupleDesc desc, const char *name, CaptureColumn *column, MemoryCo
  * given (whose trigger PostgreSQL cloned onto the partition).
  */
 static char *
-watched_table_name(Relation rel, Trigger *trigger)
+watched_table_name(Relation rel, Trigger *trigger, Oid *source_relid)
 {
 	Oid relid = RelationGetRelid(rel);
 
@@ -210,6 +226,7 @@ watched_table_name(Relation rel, Trigger *trigger)
 		if (ancestors != NIL)
 			relid = llast_oid(ancestors);
 	}
+	*source_relid = relid;
 	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 	                                  get_rel_name(relid));
 }
@@ -252,18 +269,29 @@ capture_target(TriggerData *trigdata)
 	if (!found)
 	{
 		target->valid = false;
+		target->relid = InvalidOid;
+		target->source_relid = InvalidOid;
 		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
 		                                        ALLOCSET_SMALL_SIZES);
 	}
 	if (target->valid)
 		return target;
 
-	/* Nothing uses a stale entry between two rows: its memory can go. */
-	MemoryContextReset(target->context);
+	/*
+	 * Nothing uses a stale entry between two rows: its memory can go. A
+	 * capture nested in another (a trigger on the change log writing a
+	 * watched table) may rebuild the entry the outer capture is still
+	 * reading; then the old memory is left to the cache context instead.
+	 */
+	if (capture_depth == 0)
+		MemoryContextReset(target->context);
+	else
+		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
+		                                        ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(target->context);
 	target->relid = RelationGetRelid(rel);
 	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
-	target->source_table = watched_table_name(rel, trigger);
+	target->source_table = watched_table_name(rel, trigger, &target->source_relid);
 	columns[0].name = target->layout.resource_column;
 	columns[0].column = &target->resource;
 	columns[1].name = target->layout.type_column;
@@ -274,15 +302,42 @@ capture_target(TriggerData *trigdata)
 	columns[3].column = &target->version;
 	columns[4].name = target->layout.deleted_column;
 	columns[4].column = &target->deleted;
-	target->columns_ok = target->layout.resource_column != NULL;
-	target->missing = target->layout.resource_column ? NULL : "resource";
-	for (int i = 0; i < (int) lengthof(columns); i++)
-		if (!resolve_column(desc, columns[i].name, columns[i].column, target->context) &&
-		    target->columns_ok)
+	target->columns_ok = true;
+	target->problem = NULL;
+	for (int i = 0; i < (int) lengthof(columns) && target->columns_ok; i++)
+		if (!resolve_column(desc, columns[i].name, columns[i].column, target->context))
 		{
 			target->columns_ok = false;
-			target->missing = pstrdup(columns[i].name);
+			target->problem =
+			    psprintf("column \"%s\" named at watch() time is gone", columns[i].name);
 		}
+	if (target->layout.resource_column == NULL)
+	{
+		target->columns_ok = false;
+		target->problem = "the trigger names no resource column";
+	}
+	/*
+	 * The types watch() checked may have been altered since; reading a json
+	 * or text column as jsonb, or a text column as boolean, would read
+	 * garbage (and crashed the server).
+	 */
+	else if (target->columns_ok && target->resource.type != JSONBOID)
+	{
+		target->columns_ok = false;
+		target->problem =
+		    psprintf("column \"%s\" is of type %s now, not jsonb", target->layout.resource_column,
+		             format_type_be(target->resource.type));
+	}
+	else if (target->columns_ok && target->deleted.attnum != 0 &&
+	         (target->layout.deleted_kind == DELETED_BOOLEAN ? target->deleted.type != BOOLOID
+	                                                         : target->deleted.type == BOOLOID))
+	{
+		target->columns_ok = false;
+		target->problem =
+		    psprintf("column \"%s\" is of type %s now, not %s", target->layout.deleted_column,
+		             format_type_be(target->deleted.type),
+		             target->layout.deleted_kind == DELETED_BOOLEAN ? "boolean" : "text");
+	}
 	MemoryContextSwitchTo(old);
 	target->valid = true;
 	return target;
@@ -379,13 +434,24 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 	if (image->version == NULL && image->is_object)
 		image->version = json_version(&image->resource->root);
 
-	if (target->deleted.attnum != 0)
+	if (target->deleted.attnum != 0 && target->layout.deleted_kind == DELETED_BOOLEAN)
 	{
 		value = heap_getattr(tuple, target->deleted.attnum, desc, &isnull);
-		if (!isnull && target->layout.deleted_kind == DELETED_BOOLEAN)
-			image->deleted = DatumGetBool(value);
-		else if (!isnull)
-			image->deleted = strcmp(TextDatumGetCString(value), target->layout.deleted_value) == 0;
+		image->deleted = !isnull && DatumGetBool(value);
+	}
+	else if (target->deleted.attnum != 0)
+	{
+		/* Any text-like type (varchar, char(n), name): by its output, blank-padding aside. */
+		char *status = column_text(tuple, desc, &target->deleted);
+
+		if (status != NULL && target->deleted.type == BPCHAROID)
+		{
+			int len = strlen(status);
+
+			while (len > 0 && status[len - 1] == ' ')
+				status[--len] = '\0';
+		}
+		image->deleted = status != NULL && strcmp(status, target->layout.deleted_value) == 0;
 	}
 
 	image->usable = image->type != NULL && image->id != NULL;
@@ -661,9 +727,8 @@ fhir_notify_capture(PG_FUNCTION_ARGS)
 	target = capture_target(trigdata);
 	if (!target->columns_ok)
 	{
-		char *problem = psprintf("column \"%s\" named at watch() time is gone; run "
-		                         "fhir_notify.watch() again for this table",
-		                         target->missing);
+		char *problem =
+		    psprintf("%s; run fhir_notify.watch() again for this table", target->problem);
 
 		capture_warning(target->source_table, problem, false);
 		pfree(problem);

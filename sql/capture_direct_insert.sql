@@ -50,6 +50,29 @@ DROP INDEX fhir_notify.changes_upper_idx;
 SELECT add('direct-again');
 SELECT resource_id, position FROM fhir_notify.changes ORDER BY position;
 
+-- A column dropped and added again leaves a dropped column in the row: the
+-- direct way writes rows as wide as the table (it used to write past the
+-- end of its arrays).
+ALTER TABLE fhir_notify.changes DROP COLUMN actor;
+ALTER TABLE fhir_notify.changes ADD COLUMN actor text;
+SET fhir_notify.actor = 'after-readd';
+SELECT add('dropped-column');
+RESET fhir_notify.actor;
+SELECT resource_id, actor, source_table FROM fhir_notify.changes
+	WHERE resource_id = 'dropped-column';
+
+-- Constraints added to the log are honoured: the executor checks them.
+ALTER TABLE fhir_notify.changes ADD CONSTRAINT no_x CHECK (resource_id <> 'x');
+SELECT add('x');
+ALTER TABLE fhir_notify.changes DROP CONSTRAINT no_x;
+-- A deletion logs no resource.
+ALTER TABLE fhir_notify.changes ALTER COLUMN resource SET NOT NULL;
+DELETE FROM resources WHERE resource->>'id' = 'direct';
+ALTER TABLE fhir_notify.changes ALTER COLUMN resource DROP NOT NULL;
+SELECT add('after-constraints');
+SELECT count(*) AS rows, count(*) FILTER (WHERE resource_id = 'x' OR action = 'deleted') AS refused
+	FROM fhir_notify.changes;
+
 DROP TABLE resources, seen;
 DROP FUNCTION add(text);
 DROP FUNCTION seen();

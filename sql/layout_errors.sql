@@ -11,6 +11,16 @@ SELECT fhir_notify.watch('no_json');
 SELECT fhir_notify.watch('no_json', 'jsonb', '{"resource": "content"}');
 SELECT fhir_notify.watch('no_json', 'jsonb', '{"resource": "body"}');
 
+-- A temporary table cannot be watched: a read-only transaction may write
+-- it, and then could not write the change log (the write used to fail).
+CREATE TEMP TABLE scratch (resource jsonb);
+SELECT fhir_notify.watch('scratch', 'jsonb');
+BEGIN READ ONLY;
+INSERT INTO scratch VALUES ('{"resourceType": "Condition", "id": "t",
+	"subject": {"reference": "Patient/p1"}}');
+COMMIT;
+DROP TABLE scratch;
+
 CREATE TABLE two_json (id text, a jsonb, b jsonb);
 SELECT fhir_notify.watch('two_json');
 SELECT fhir_notify.watch('two_json', 'jsonb', '{"resource": "b", "id": "idx"}');

@@ -42,6 +42,24 @@ SET fhir_notify.doorbell = 'off';
 SELECT fhir_notify.capture();
 RESET ROLE;
 
+-- The log is written as its owner; an error while writing it (here a
+-- constraint someone added) leaves the writer as it was, once caught.
+ALTER TABLE fhir_notify.changes ADD CONSTRAINT no_bad CHECK (resource_id <> 'bad');
+SET ROLE regress_fhir_writer;
+DO $$
+BEGIN
+	INSERT INTO fhir.resources (resource_type, fhir_id, resource) VALUES
+		('Condition', 'bad', '{"resourceType": "Condition", "id": "bad",
+		  "subject": {"reference": "Patient/p1"}}');
+EXCEPTION WHEN check_violation THEN
+	RAISE NOTICE 'after the error: current_user %, usage on fhir_notify: %', current_user,
+		has_schema_privilege('fhir_notify', 'USAGE');
+END
+$$;
+SELECT current_user;
+RESET ROLE;
+ALTER TABLE fhir_notify.changes DROP CONSTRAINT no_bad;
+
 SELECT action, resource_id, version_id, patient_ids,
 	replace(actor, session_user, '<session user>') AS actor
 	FROM fhir_notify.changes ORDER BY position;

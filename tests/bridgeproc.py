@@ -233,7 +233,11 @@ def _now_iso():
 
 # -- the bridge ----------------------------------------------------------------
 
+# A bridge built with `make -C bridge SANITIZE=1` (FHIR_NOTIFY_BRIDGE=...) reports here.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
 _live_bridges = []  # every Bridge not yet stopped, for bridge_logs
+_started_bridges = []  # every Bridge ever started, for bridge_logs
 
 
 class BridgeDidNotStart(Exception):
@@ -245,13 +249,15 @@ class Bridge:
 
     args are extra command-line arguments; secret_file is passed as
     --jwt-secret-file unless it is None. env adds environment variables.
-    With wait=False the caller checks readiness itself.
+    With wait=False the caller checks readiness itself. ssl_context (trusting
+    the bridge's --tls-cert) makes the harness speak https and wss.
     """
 
     def __init__(self, cluster, dbname="postgres", args=(), secret_file=None, env=None, wait=True,
-                 db=None, listen=True, log_level=LOG_LEVEL, start_timeout=30):
+                 db=None, listen=True, log_level=LOG_LEVEL, start_timeout=30, ssl_context=None):
         self.cluster = cluster
         self.dbname = dbname
+        self.ssl_context = ssl_context
         self.dir = tempfile.mkdtemp(prefix="fhir_notify-bridge-")
         self.port = free_port()
         self.log_path = os.path.join(self.dir, "bridge.log")
@@ -272,6 +278,8 @@ class Bridge:
                                          stderr=subprocess.STDOUT, env=full_env,
                                          start_new_session=True)
         _live_bridges.append(self)
+        _started_bridges.append(self)
+        self._saved_log = None
         self.exit_code = None
         if wait:
             try:
@@ -290,6 +298,8 @@ class Bridge:
     # -- observing ---------------------------------------------------------------
 
     def log(self):
+        if self._saved_log is not None:
+            return self._saved_log
         try:
             with open(self.log_path, errors="replace") as f:
                 return f.read()
@@ -297,12 +307,16 @@ class Bridge:
             return ""
 
     def log_size(self):
+        if self._saved_log is not None:
+            return len(self._saved_log.encode())
         try:
             return os.path.getsize(self.log_path)
         except OSError:
             return 0
 
     def log_since(self, offset):
+        if self._saved_log is not None:
+            return self._saved_log.encode()[offset:].decode(errors="replace")
         with open(self.log_path, "rb") as f:
             f.seek(offset)
             return f.read().decode(errors="replace")
@@ -319,8 +333,12 @@ class Bridge:
             time.sleep(0.1)
 
     def http_get(self, path, headers=None, timeout=10):
-        """(status, headers dict, body text) of a plain HTTP GET."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        """(status, headers dict, body text) of a plain HTTP GET (HTTPS with ssl_context)."""
+        if self.ssl_context:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request("GET", path, headers=headers or {})
             response = conn.getresponse()
@@ -367,14 +385,16 @@ class Bridge:
     # -- clients -----------------------------------------------------------------
 
     def url(self, token=None, path="/api/ws"):
+        scheme = "wss" if self.ssl_context else "ws"
         if token is None:
-            return f"ws://127.0.0.1:{self.port}{path}"
-        return f"ws://127.0.0.1:{self.port}{path}?token={urllib.parse.quote(token, safe='')}"
+            return f"{scheme}://127.0.0.1:{self.port}{path}"
+        return f"{scheme}://127.0.0.1:{self.port}{path}?token={urllib.parse.quote(token, safe='')}"
 
     def connect(self, token=None, path="/api/ws", headers=None, origin=None, welcome=True):
         """A WSClient; with welcome (the default) its welcome message is read and checked
         and kept in client.welcome."""
-        client = WSClient(self.url(token, path), headers=headers, origin=origin)
+        client = WSClient(self.url(token, path), headers=headers, origin=origin,
+                          ssl_context=self.ssl_context)
         client.welcome = None
         if welcome:
             try:
@@ -412,6 +432,7 @@ class Bridge:
 
     def cleanup(self):
         self.stop()
+        self._saved_log = self.log()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
@@ -426,10 +447,16 @@ def bridge_logs():
     """Shows, in a failing test's report, what every bridge logged during the test."""
     offsets = {id(b): b.log_size() for b in _live_bridges}
     seen = list(_live_bridges)
+    first_new = len(_started_bridges)
     yield
-    for b in seen + [b for b in _live_bridges if b not in seen]:
+    sanitizer_reports = []
+    for b in seen + _started_bridges[first_new:]:
         text = b.log_since(offsets.get(id(b), 0))
         print(f"--- bridge on port {b.port} ({' '.join(b.argv[1:])}):\n{text[-20000:]}")
+        if any(marker in text for marker in SANITIZER_MARKERS):
+            sanitizer_reports.append(b.port)
+    if sanitizer_reports:
+        pytest.fail(f"sanitizer reports in the log of the bridge(s) on port(s) {sanitizer_reports}")
 
 
 def bridge_connections(cluster, dbname):

@@ -5,6 +5,9 @@ ids, so tests cannot see each other's changes.
 """
 
 import datetime
+import socket
+import threading
+import time
 import json
 import uuid
 
@@ -402,3 +405,169 @@ def test_the_ws_path_alias_works_and_other_paths_do_not(bridge, token):
     with pytest.raises(HandshakeRejected) as rejected:
         bridge.connect(token, path="/api/nothing-here")
     assert rejected.value.status == 404
+
+
+def raw_client(bridge, token, **kwargs):
+    """A RawClient past the welcome."""
+    path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
+    client = RawClient("127.0.0.1", bridge.port, path, **kwargs)
+    welcome = client.read_messages(1)
+    assert welcome and welcome[0].get("type") == "welcome", welcome
+    return client
+
+
+def test_a_fragmented_message_is_reassembled(bridge, store, token):
+    patient = new_id("pat")
+    client = raw_client(bridge, token)
+    try:
+        text = json.dumps({"type": "subscribe", "data": {"subscription_id": "chart",
+                                                         "patient_ids": [patient]}})
+        client.send_frame(text[:10], opcode=1, fin=False)
+        client.send_frame(text[10:30], opcode=0, fin=False)
+        client.send_frame(text[30:], opcode=0, fin=True)
+        answer = client.read_messages(1)
+        assert answer and answer[0].get("type") == "subscription", answer
+        created = store.create(condition(patient))
+        update = client.read_messages(1)
+        assert update, "no update"
+        assert_update(update[0], "created", "Condition", created["id"], patient, created)
+    finally:
+        client.close()
+
+
+def test_a_large_message_under_the_limit_is_read_whole(bridge, token):
+    client = raw_client(bridge, token)
+    try:
+        client.send_json({"type": "ping", "padding": "p" * (MAX_FRAME_SIZE - 1000)})
+        answer = client.read_messages(1)
+        assert answer and answer[0].get("type") == "pong", answer
+    finally:
+        client.close()
+
+
+def test_fragments_adding_up_over_the_limit_close_with_1009(bridge, token):
+    client = raw_client(bridge, token)
+    try:
+        piece = "q" * (MAX_FRAME_SIZE // 4)
+        client.send_frame('{"type": "ping", "padding": "' + piece, opcode=1, fin=False)
+        for _ in range(6):
+            client.send_frame(piece, opcode=0, fin=False)
+        client.send_frame('"}', opcode=0, fin=True)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the bridge may close before every fragment is out
+    try:
+        frames = client.read_frames(timeout=20)
+        closes = [payload for opcode, payload in frames if opcode == 8]
+        assert closes and closes[0][:2] == (1009).to_bytes(2, "big"), frames[-3:]
+        assert not any(opcode == 1 and b"pong" in payload for opcode, payload in frames), frames
+    finally:
+        client.close()
+    assert bridge.health() == 200
+
+
+def test_clients_vanishing_mid_send_do_not_hurt_others(bridge, store, token):
+    patient = new_id("pat")
+    note = "z" * 300_000
+    vanishing = []
+    for i in range(10):
+        client = raw_client(bridge, token, receive_buffer=4096)
+        client.send_json({"type": "subscribe", "data": {"subscription_id": f"v{i}", "patient_ids": [patient]}})
+        vanishing.append(client)
+    with bridge.connect(token) as survivor:
+        survivor.subscribe("chart", [patient])
+        for client in vanishing:
+            assert client.read_messages(1)[0].get("type") == "subscription"
+        big = store.create(condition(patient, note=[{"text": note}]))
+        time.sleep(0.2)
+        for client in vanishing:
+            client.close()  # with the 300 KB update half-written
+        assert_update(survivor.recv_update(), "created", "Condition", big["id"], patient, big)
+        after = store.create(condition(patient))
+        assert_update(survivor.recv_update(), "created", "Condition", after["id"], patient, after)
+    assert bridge.health() == 200
+
+
+def test_half_open_and_junk_connections_do_not_hurt_the_bridge(bridge, store, token):
+    junk = [b"", b"GET /api/ws HTTP/1.1\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,
+            b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 100_000 + b"\r\n\r\n",
+            b"GET /api/ws?token=" + b"A" * 20_000 + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"]
+    sockets = []
+    for data in junk:
+        s = socket.create_connection(("127.0.0.1", bridge.port), timeout=10)
+        try:
+            s.sendall(data)
+        except OSError:
+            pass
+        sockets.append(s)
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        created = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+    for s in sockets:
+        s.close()
+    assert bridge.health() == 200
+
+
+def test_concurrent_writers_every_change_exactly_once(bridge, db, token):
+    patient = new_id("pat")
+    writers, per_writer = 4, 25
+    written = {w: [] for w in range(writers)}
+    errors = []
+
+    def write(w):
+        store = FhirStore(shared_cluster(), db)
+        try:
+            for i in range(per_writer):
+                if i % 5 == 4:
+                    with store.transaction():  # some transactions of two changes
+                        written[w].append(store.create(condition(patient, text=f"w{w} {i}a"))["id"])
+                        written[w].append(store.create(observation(patient, value=i))["id"])
+                else:
+                    written[w].append(store.create(condition(patient, text=f"w{w} {i}"))["id"])
+        except Exception as e:  # reported below
+            errors.append(e)
+        finally:
+            store.close()
+
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        expected = [rid for w in range(writers) for rid in written[w]]
+        received = [m["data"]["resource_id"] for m in client.recv_updates(len(expected))]
+        client.expect_no_message(within=1.0)
+    assert sorted(received) == sorted(expected)
+    assert len(set(received)) == len(received)
+    for w in range(writers):  # each writer's commits arrive in its commit order
+        mine = [rid for rid in received if rid in set(written[w])]
+        assert mine == written[w], w
+
+
+def test_unicode_and_odd_ids_arrive_intact(bridge, store, token):
+    patient = "Odd.Patient-" + uuid.uuid4().hex[:8]
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        created = store.create(condition(patient, text="Diabète sucré 糖尿病 \U0001F489 \"quoted\" \\ back",
+                                         note=[{"text": "line1\nline2\ttab \u2028 sep"}]))
+        assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+
+
+def test_hard_delete_arrives_as_deleted(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        created = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+        with store.transaction():
+            store.conn.execute("DELETE FROM fhir.resource_history WHERE resource_id IN (SELECT id FROM"
+                               " fhir.resources WHERE fhir_id = %s)", (created["id"],))
+            store.conn.execute("DELETE FROM fhir.resources WHERE fhir_id = %s", (created["id"],))
+        data = assert_update(client.recv_update(), "deleted", "Condition", created["id"], patient)
+        assert data["resource"] is None

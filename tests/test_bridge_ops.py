@@ -4,10 +4,13 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
+import uuid
 
 import pytest
+import websockets.exceptions
 
 import tokens
 from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update,  # noqa: F401
@@ -282,6 +285,9 @@ def test_bridge_started_before_the_database_is_unhealthy_then_recovers():
         with Cluster(port=port) as cluster:
             install_fhir_schema(cluster, "postgres")
             bridge.wait_health(200, timeout=60)
+            # Until the bridge bug shown by test_bridge_started_before_the_extension_exists... is
+            # fixed, /healthz 200 comes before the bridge has its starting point in the log.
+            bridge.wait_for_log("reading the change log after tick")
             store = FhirStore(cluster, "postgres")
             try:
                 patient = new_id("pat")
@@ -351,3 +357,78 @@ def test_custom_doorbell_channel(store):
                     assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
     finally:
         writer.close()
+
+
+def self_signed_certificate(directory):
+    """(certificate PEM path, key PEM path) for 127.0.0.1, made now."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([
+                       x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                       critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_tls_serves_wss_and_https(db, store, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(cafile=cert)
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, ssl_context=context,
+                args=ARGS + ["--tls-cert", cert, "--tls-key", key]) as bridge:
+        patient = new_id("pat")
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            created = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+        # Plain ws on the TLS port gets no welcome.
+        bridge.ssl_context = None
+        with pytest.raises((websockets.exceptions.InvalidMessage, OSError)):
+            bridge.connect(hs256())
+        bridge.ssl_context = context
+        assert bridge.health() == 200
+
+
+@pytest.mark.xfail(strict=True, reason="bridge bug: /healthz is 200 once LISTEN succeeds, before the "
+                   "first fhir_notify.tick(); the first successful tick then becomes the starting "
+                   "point and skips the changes committed meanwhile (bridge/pg.c reader_query_done)")
+def test_bridge_started_before_the_extension_exists_recovers_once_it_does():
+    """A database without fhir_notify yet (being restored, extension not created): the bridge
+    is not healthy while it cannot read the change log, and delivers once the extension is there."""
+    cluster = shared_cluster()
+    db = "fhir_" + uuid.uuid4().hex[:10]
+    cluster.execute(f'CREATE DATABASE "{db}"')
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "1"],
+                wait=False) as bridge:
+        bridge.wait_for_log("fhir_notify")
+        assert bridge.proc.poll() is None
+        assert bridge.health() == 503
+        install_fhir_schema(cluster, db)
+        bridge.wait_health(200)
+        store = FhirStore(cluster, db)
+        try:
+            patient = new_id("pat")
+            with bridge.connect(hs256()) as client:
+                client.subscribe("chart", [patient])
+                created = store.create(condition(patient))
+                assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+        finally:
+            store.close()

@@ -8,6 +8,7 @@
 """
 
 import json
+import threading
 import time
 
 import pytest
@@ -164,6 +165,51 @@ def test_cursor_older_than_resume_max_age_gets_resync(db, store, token):
             live = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
             client.expect_no_message()
+
+
+def test_resume_while_changes_keep_coming_neither_loses_nor_repeats(bridge, db, token):
+    """The seam between replay and live delivery: a writer never pauses while the client
+    reconnects; what it saw before plus after the resume is exactly what was written."""
+    patient = new_id("pat")
+    total = 80
+    written = []
+    stop = threading.Event()
+
+    def write():
+        store = FhirStore(shared_cluster(), db)
+        try:
+            for i in range(total):
+                if stop.is_set():
+                    break
+                written.append(store.create(condition(patient, text=f"change {i}"))["id"])
+                time.sleep(0.01)
+        finally:
+            store.close()
+
+    with bridge.connect(token) as watcher:
+        watcher.subscribe("watch", [patient])
+        writer = threading.Thread(target=write)
+        seen = []
+        try:
+            with bridge.connect(token) as client:
+                client.subscribe("chart", [patient])
+                writer.start()
+                for message in client.recv_updates(10):
+                    seen.append(message["data"]["resource_id"])
+                cursor = message["data"]["cursor"]
+            time.sleep(0.2)  # changes keep coming while disconnected
+            with bridge.connect(token) as client:
+                client.subscribe("chart", [patient], since=cursor)
+                writer.join(120)
+                assert not writer.is_alive()
+                for _ in range(len(written) - len(seen)):
+                    seen.append(client.recv_update()["data"]["resource_id"])
+                client.expect_no_message(within=1.0)
+        finally:
+            stop.set()
+            writer.join(120)
+        assert seen == written
+        assert [m["data"]["resource_id"] for m in watcher.recv_updates(len(written))] == written
 
 
 # -- pruned log: resync --------------------------------------------------------------

@@ -71,7 +71,8 @@ class HandshakeRejected(Exception):
 class WSClient:
     """One WebSocket connection. Use as a context manager or call close()."""
 
-    def __init__(self, url, headers=None, origin=None, timeout=DEFAULT_TIMEOUT, max_size=2**24):
+    def __init__(self, url, headers=None, origin=None, timeout=DEFAULT_TIMEOUT, max_size=2**24,
+                 ssl_context=None):
         self.url = url
         self.received = []  # every JSON message returned so far, for failure messages
 
@@ -79,7 +80,7 @@ class WSClient:
             return await websockets.connect(url, extra_headers=headers or {}, origin=origin,
                                             max_size=max_size, max_queue=None, compression=None,
                                             open_timeout=timeout, close_timeout=5,
-                                            ping_interval=None)
+                                            ping_interval=None, ssl=ssl_context)
         try:
             self.ws = _run(connect(), timeout + 1)
         except websockets.exceptions.InvalidStatusCode as e:
@@ -206,15 +207,18 @@ class RawClient:
             if not chunk:
                 raise ConnectionError(f"closed during handshake: {response!r}")
             response += chunk
+        self._buffer = b""
+        self._fragments = None
         self.status = int(response.split(b" ", 2)[1])
         if self.status != 101:
             raise HandshakeRejected(self.status)
 
-    def send_frame(self, payload, opcode=0x1):
-        """Sends one masked frame (0x1 text, 0x2 binary)."""
+    def send_frame(self, payload, opcode=0x1, fin=True):
+        """Sends one masked frame (0x1 text, 0x2 binary, 0x0 continuation; fin=False for
+        all but the last fragment of a message)."""
         if isinstance(payload, str):
             payload = payload.encode()
-        header = bytes([0x80 | opcode])
+        header = bytes([(0x80 if fin else 0) | opcode])
         length = len(payload)
         if length < 126:
             header += bytes([0x80 | length])
@@ -230,42 +234,55 @@ class RawClient:
     def send_json(self, message):
         self.send_frame(json.dumps(message))
 
-    def read_frames(self, timeout=DEFAULT_TIMEOUT, idle=3.0):
+    def read_frames(self, timeout=DEFAULT_TIMEOUT, idle=3.0, max_messages=None):
         """Reads the server's frames until it closes (a close frame or EOF), nothing
-        comes for idle seconds, or timeout passes. Returns [(opcode, payload bytes)],
-        fragmented messages joined; text is opcode 1, close 8 (payload: code + reason)."""
+        comes for idle seconds, timeout passes, or max_messages frames arrived. Returns
+        [(opcode, payload bytes)], fragmented messages joined; text is opcode 1, close 8
+        (payload: code + reason). Bytes of a frame not yet complete are kept for the next call."""
         deadline = time.monotonic() + timeout
-        buffer = b""
         frames = []
-        fragments = None
         while time.monotonic() < deadline:
-            self.sock.settimeout(min(idle, max(0.1, deadline - time.monotonic())))
-            try:
-                chunk = self.sock.recv(1 << 16)
-            except socket.timeout:
-                break
-            except ConnectionError:
-                break
-            if not chunk:
-                break
-            buffer += chunk
             while True:
-                frame, buffer = _parse_frame(buffer)
+                frame, self._buffer = _parse_frame(self._buffer)
                 if frame is None:
                     break
                 fin, opcode, payload = frame
-                if opcode == 0 and fragments is not None:
-                    fragments[1] += payload
+                if opcode == 0 and self._fragments is not None:
+                    self._fragments[1] += payload
                     if fin:
-                        frames.append(tuple(fragments))
-                        fragments = None
+                        frames.append(tuple(self._fragments))
+                        self._fragments = None
                 elif opcode in (1, 2) and not fin:
-                    fragments = [opcode, payload]
+                    self._fragments = [opcode, payload]
                 else:
                     frames.append((opcode, payload))
                     if opcode == 8:
                         return frames
+                if max_messages is not None and len(frames) >= max_messages:
+                    return frames
+            self.sock.settimeout(min(idle, max(0.1, deadline - time.monotonic())))
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except (socket.timeout, ConnectionError):
+                break
+            if not chunk:
+                break
+            self._buffer += chunk
         return frames
+
+    def read_messages(self, count, timeout=DEFAULT_TIMEOUT):
+        """Reads until count text messages (as JSON) arrived; fewer if the server closes."""
+        messages = []
+        deadline = time.monotonic() + timeout
+        while len(messages) < count and time.monotonic() < deadline:
+            frames = self.read_frames(timeout=deadline - time.monotonic(), idle=deadline - time.monotonic(),
+                                      max_messages=count - len(messages))
+            if not frames:
+                break
+            messages += [json.loads(payload) for opcode, payload in frames if opcode == 1]
+            if any(opcode == 8 for opcode, _ in frames):
+                break
+        return messages
 
     def close(self):
         self.sock.close()
