@@ -28,6 +28,8 @@ queue_push(client *c, message *msg)
 		c->queue_cap = new_cap;
 		c->queue_head = 0;
 	}
+	if (c->queue_len == 0)
+		c->last_progress_us = now_monotonic_us();
 	c->queue[(c->queue_head + c->queue_len) % c->queue_cap] = msg;
 	c->queue_len++;
 	if (msg->kind == MESSAGE_UPDATE)
@@ -70,16 +72,26 @@ client_drop_queued_updates(client *c)
 void
 client_send_update(client *c, message *msg, bool catch_up)
 {
-	if (!catch_up && c->queued_updates >= the_bridge.settings.send_queue_limit)
+	if (!catch_up && c->queued_updates >= the_bridge.settings.send_queue_limit &&
+	    (now_monotonic_us() - c->last_progress_us > STALLED_CLIENT_US ||
+	     c->queued_updates >= (long long) the_bridge.settings.send_queue_limit * QUEUE_HARD_FACTOR))
 	{
 		char cursor_text[CURSOR_TEXT_LEN];
 
 		the_metrics.queue_drops++; /* this one */
 		client_drop_queued_updates(c);
 		bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
-		log_warning("client %s: send queue over %d updates, dropped it and asked for a resync",
-		            c->id, the_bridge.settings.send_queue_limit);
-		for (int i = 0; i < c->nsubs; i++)
+		if (!c->resync_queued)
+			log_warning("client %s: not keeping up with %d queued updates, dropped them and asked "
+			            "for a resync",
+			            c->id, the_bridge.settings.send_queue_limit);
+		/*
+		 * A resync still queued covers this drop too: the client reloads
+		 * only after reading it. Once one has been written, a new drop
+		 * needs a new resync. Its cursor is at or before every dropped
+		 * change, so a client resuming from it misses nothing.
+		 */
+		for (int i = 0; i < c->nsubs && !c->resync_queued; i++)
 		{
 			subscription *sub = c->subs[i];
 
@@ -94,11 +106,7 @@ client_send_update(client *c, message *msg, bool catch_up)
 				message_unref(resync);
 			}
 		}
-		/*
-		 * The change in hand is after the resync's cursor only if the
-		 * cursor is "now"; the current change was already counted in it,
-		 * so it is covered by the reload.
-		 */
+		c->resync_queued = true;
 		if (!c->stuck_since_us)
 		{
 			c->stuck_since_us = now_monotonic_us();
@@ -133,7 +141,7 @@ client_close(client *c, int code, const char *reason)
 }
 
 /* Messages written per writeable callback while the socket takes them. */
-#define WRITES_PER_CALLBACK 16
+#define WRITES_PER_CALLBACK 32
 
 /* See client.h. */
 int
@@ -164,6 +172,9 @@ client_write_next(client *c)
 			return -1;
 		}
 		the_metrics.messages_sent++;
+		c->last_progress_us = now_monotonic_us();
+		if (msg->kind == MESSAGE_RESYNC)
+			c->resync_queued = false;
 		if (msg->kind == MESSAGE_UPDATE)
 		{
 			the_metrics.updates_sent++;
@@ -346,6 +357,14 @@ subscription_activate(subscription *sub)
 {
 	sub->active = true;
 	sub->active_from = bridge_current_cursor();
+}
+
+/* See client.h. */
+void
+subscription_activate_caught_up(subscription *sub)
+{
+	sub->active = true;
+	sub->active_from = (cursor){sub->since.tick, sub->since.position + 1};
 }
 
 /* See client.h. */

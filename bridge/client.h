@@ -27,7 +27,7 @@ typedef struct subscription
 	int ntypes;
 	char *room;         /* a named room (nothing flows there yet) */
 	bool active;        /* receives live updates */
-	cursor active_from; /* live updates from this cursor on reached the client */
+	cursor active_from; /* every change it takes from this cursor on reached the client */
 	bool has_since;
 	cursor since;
 	int pending_authorizations; /* --authorize-sql answers still awaited */
@@ -54,6 +54,9 @@ typedef struct client
 	int queue_cap;
 	int queued_updates;
 	long long stuck_since_us; /* monotonic; set when the queue overflowed */
+	bool resync_queued;       /* an overflow's resyncs are queued, not yet written */
+	long long
+	    last_progress_us; /* monotonic: the last write, or when the queue last filled from empty */
 
 	int close_code; /* pending close, sent once the queue is flushed */
 	char close_reason[64];
@@ -94,6 +97,14 @@ int client_timer_fired(client *c);
 #define AUTH_TIMEOUT_US (10 * 1000000LL)
 /* A pending close that cannot flush the queue (the peer does not read) is forced after this. */
 #define CLOSE_FLUSH_US (5 * 1000000LL)
+/*
+ * Past --send-queue-limit a client's queue overflows if nothing was written
+ * to it for this long (it is not reading), or at once when it is this many
+ * times over the limit: a client that reads as fast as it can but is
+ * behind a burst (a bulk import, large resources) is not a slow client.
+ */
+#define STALLED_CLIENT_US (1 * 1000000LL)
+#define QUEUE_HARD_FACTOR 8
 /* A client that has not emptied an overflowed queue for this long is closed with 1013. */
 #define STUCK_CLIENT_US (10 * 1000000LL)
 void client_release(client *c);
@@ -106,6 +117,8 @@ void subscription_free(subscription *sub);
 void client_remove_subscription(client *c, subscription *sub);
 /* Starts live delivery for sub from the current cursor. */
 void subscription_activate(subscription *sub);
+/* Starts live delivery for sub after a complete catch-up from sub->since. */
+void subscription_activate_caught_up(subscription *sub);
 /* Sends a resync for every patient of sub and activates it. */
 void subscription_resync(subscription *sub, const char *reason);
 

@@ -58,7 +58,22 @@ static resume_job *jobs_head, *jobs_tail;
 static resume_job *job_in_flight;
 static lws_sorted_usec_list_t poll_timer;
 
+/*
+ * A read's changes are fanned out a few at a time, one batch per turn of
+ * the event loop, so that clients write between batches: a big read (a
+ * bulk import, a catch-up after an outage) must not fill the queue of a
+ * client that is reading as fast as it can and make it look slow.
+ */
+#define FAN_OUT_BATCH 16
+static change **pending;
+static int npending;
+static int pending_next;
+static bool fanning_out; /* no new reads (or catch-ups) until the last read is out */
+static lws_sorted_usec_list_t fan_out_timer;
+
 static void kick(void);
+static void after_fan_out(void);
+static void drop_pending(void);
 
 static void
 poll_cb(lws_sorted_usec_list_t *sul)
@@ -83,6 +98,11 @@ void
 pg_stop(void)
 {
 	lws_sul_cancel(&poll_timer);
+	lws_sul_cancel(&fan_out_timer);
+	fanning_out = false;
+	drop_pending();
+	free(pending);
+	pending = NULL;
 	pg_link_stop(&reader);
 	while (jobs_head)
 	{
@@ -189,7 +209,7 @@ send_resume(resume_job *job)
 static void
 kick(void)
 {
-	if (!reader.ready || reader.busy)
+	if (!reader.ready || reader.busy || fanning_out)
 		return;
 	if (fetch_wanted)
 	{
@@ -233,10 +253,22 @@ reader_connected(pg_link *link)
 	fetch_wanted = true;
 }
 
+/* Drops changes collected from a read that was not (or not wholly) answered. */
+static void
+drop_pending(void)
+{
+	for (int i = pending_next; i < npending; i++)
+		change_unref(pending[i]);
+	npending = pending_next = 0;
+}
+
 static void
 reader_disconnected(pg_link *link)
 {
 	the_bridge.database_connected = false;
+	/* a read answered but not finished is read again after the reconnect */
+	if (!fanning_out)
+		drop_pending();
 	if (job_in_flight)
 	{
 		/* asked again after the reconnect */
@@ -261,22 +293,49 @@ reader_notify(pg_link *link, const PGnotify *notify)
 	pg_request_fetch();
 }
 
+/* Turns the rows of a read into changes waiting to be fanned out. */
 static void
-fan_out(const PGresult *res)
+collect_changes(const PGresult *res)
 {
 	int rows = PQntuples(res);
 
+	pending = xrealloc(pending, (size_t) (npending + rows + 1) * sizeof(change *));
 	for (int i = 0; i < rows; i++)
 	{
 		change *c = change_from_row(res, i, 0);
 
-		if (!c)
-			continue;
+		if (c)
+			pending[npending++] = c;
+	}
+}
+
+/* Fans out the next batch; the read counts as done once the last one is out. */
+static void
+fan_out_step(lws_sorted_usec_list_t *sul)
+{
+	int end = pending_next + FAN_OUT_BATCH;
+
+	the_bridge.last_tick_ok_us = now_monotonic_us(); /* a long fan-out is progress, not staleness */
+
+	for (; pending_next < npending && pending_next < end; pending_next++)
+	{
+		change *c = pending[pending_next];
+
 		the_metrics.changes_read++;
 		ring_push(c);
 		deliver_change(c);
 		change_unref(c);
+		pending[pending_next] = NULL;
 	}
+	if (pending_next < npending)
+	{
+		lws_sul_schedule(the_bridge.context, 0, &fan_out_timer, fan_out_step, 1);
+		return;
+	}
+	npending = pending_next = 0;
+	/* only now is everything up to reading_upto in the ring and in the queues */
+	the_bridge.last_tick = reading_upto;
+	after_fan_out();
 }
 
 static void
@@ -304,8 +363,7 @@ reader_result(pg_link *link, const PGresult *res)
 				newest_tick = atoll(PQgetvalue(res, 0, 0));
 			break;
 		case STEP_READ:
-			fan_out(res);
-			the_bridge.last_tick = reading_upto;
+			collect_changes(res);
 			break;
 		case STEP_RESUME:
 			if (job_in_flight && job_in_flight->sub)
@@ -336,9 +394,16 @@ reader_query_done(pg_link *link)
 		free(job_in_flight);
 		job_in_flight = NULL;
 	}
-	else if (done == STEP_LISTEN && !failed)
-		the_bridge.database_connected = true;
-	else if (done == STEP_TICK && !failed)
+	else if (done == STEP_TICK || done == STEP_READ)
+	{
+		/* healthy means the change log can be read, not only that a socket is open */
+		if (failed && the_bridge.database_connected)
+			log_warning("database: the change log cannot be read; reporting unhealthy");
+		the_bridge.database_connected = !failed;
+		if (!failed)
+			the_bridge.last_tick_ok_us = now_monotonic_us();
+	}
+	if (done == STEP_TICK && !failed)
 	{
 		if (the_bridge.last_tick == 0)
 		{
@@ -354,6 +419,15 @@ reader_query_done(pg_link *link)
 			            newest_tick, the_bridge.last_tick);
 			the_bridge.last_tick = newest_tick;
 			ring_set_floor((cursor){newest_tick + 1, 0});
+			/* nobody's chart can be trusted to match the new log */
+			for (client *c = the_bridge.clients; c; c = c->next)
+			{
+				for (int i = 0; i < c->nsubs; i++)
+				{
+					if (c->subs[i]->active)
+						subscription_resync(c->subs[i], "log_reset");
+				}
+			}
 		}
 		if (newest_tick > the_bridge.last_tick)
 		{
@@ -361,7 +435,29 @@ reader_query_done(pg_link *link)
 			return;
 		}
 	}
-	else if (done == STEP_READ && !failed && newest_tick > the_bridge.last_tick)
+	else if (done == STEP_READ)
+	{
+		if (failed)
+		{
+			/* nothing of a failed read is delivered: it is read again */
+			drop_pending();
+		}
+		else
+		{
+			fanning_out = true;
+			fan_out_step(&fan_out_timer);
+			return;
+		}
+	}
+	kick();
+}
+
+/* A read is fanned out: read on if the log has more, else other work. */
+static void
+after_fan_out(void)
+{
+	fanning_out = false;
+	if (reader.ready && !reader.busy && newest_tick > the_bridge.last_tick)
 	{
 		send_read();
 		return;

@@ -68,9 +68,14 @@ send_from_ring(subscription *sub, cursor after, bool check_limits)
 bool
 resume_from_memory(subscription *sub)
 {
+	cursor known = bridge_current_cursor();
+
 	if (the_bridge.last_tick == 0)
 		return false;
-	if (cursor_compare(sub->since, bridge_current_cursor()) > 0)
+	/* a read being fanned out is ahead of last_tick: its cursors are known too */
+	if (ring_count() > 0 && cursor_compare(ring_get(ring_count() - 1)->at, known) > 0)
+		known = ring_get(ring_count() - 1)->at;
+	if (cursor_compare(sub->since, known) > 0)
 	{
 		subscription_resync(sub, "cursor_unknown");
 		return true;
@@ -112,7 +117,7 @@ resume_database_done(subscription *sub, const PGresult *res, long long upto_tick
 	if (from_ring && resume_ring_covers(sub))
 	{
 		if (send_from_ring(sub, sub->since, true))
-			subscription_activate(sub);
+			subscription_activate_caught_up(sub);
 		return;
 	}
 	changes = xcalloc((size_t) rows + 1, sizeof(change *));
@@ -146,7 +151,7 @@ resume_database_done(subscription *sub, const PGresult *res, long long upto_tick
 			deliver_catch_up(sub, changes[i], false);
 		/* what was fanned out while the read was answered */
 		send_from_ring(sub, (cursor){upto_tick, LLONG_MAX}, false);
-		subscription_activate(sub);
+		subscription_activate_caught_up(sub);
 		log_debug("client %s: caught up %d updates from the database", sub->client->id, count);
 	}
 	for (int i = 0; i < nchanges; i++)

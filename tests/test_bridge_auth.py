@@ -19,6 +19,8 @@ VALIDATION_ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER, "--jwt-le
 RSA_PRIVATE, RSA_PUBLIC = tokens.make_rsa_keypair(KEY_DIR)
 OTHER_PRIVATE, OTHER_PUBLIC = tokens.make_rsa_keypair(KEY_DIR)
 KID = "test-key-1"
+EC_PRIVATE, EC_PUBLIC = tokens.make_ec_keypair(KEY_DIR)
+EC_KID = "test-ec-key"
 
 
 
@@ -52,7 +54,7 @@ def rs_bridge(db):
 
 @pytest.fixture(scope="module")
 def jwks_bridge(db):
-    jwks_file = tokens.make_jwks(KEY_DIR, [(RSA_PUBLIC, KID)])
+    jwks_file = tokens.make_jwks(KEY_DIR, [(RSA_PUBLIC, KID), (EC_PUBLIC, EC_KID)])
     yield from _module_bridge(db, args=VALIDATION_ARGS + ["--jwks-file", jwks_file])
 
 
@@ -250,12 +252,16 @@ def test_bad_rs256_tokens_are_refused(rs_bridge, case):
 
 def test_jwks_known_kid_is_accepted(jwks_bridge):
     assert_accepted(jwks_bridge, rs256(RSA_PRIVATE, kid=KID))
+    assert_accepted(jwks_bridge, tokens.token(EC_PRIVATE, "ES256", kid=EC_KID, aud=AUDIENCE, iss=ISSUER))
 
 
-@pytest.mark.parametrize("case", ["unknown_kid", "known_kid_wrong_key", "hs256_with_public_key"])
+@pytest.mark.parametrize("case", ["unknown_kid", "known_kid_wrong_key", "hs256_with_public_key",
+                                  "es256_with_rsa_kid", "rs256_with_ec_kid"])
 def test_jwks_bad_tokens_are_refused(jwks_bridge, case):
     token = {
         "unknown_kid": lambda: rs256(OTHER_PRIVATE, kid="no-such-key"),
+        "es256_with_rsa_kid": lambda: tokens.token(EC_PRIVATE, "ES256", kid=KID, aud=AUDIENCE, iss=ISSUER),
+        "rs256_with_ec_kid": lambda: rs256(RSA_PRIVATE, kid=EC_KID),
         "known_kid_wrong_key": lambda: rs256(OTHER_PRIVATE, kid=KID),
         "hs256_with_public_key": lambda: tokens.confused_token(RSA_PUBLIC, kid=KID, aud=AUDIENCE,
                                                                 iss=ISSUER),
@@ -334,8 +340,28 @@ def test_authorize_sql_policy_decides_user_and_patient(db, store):
             barrier = store.create(condition(allowed))
             assert_update(client.recv_update(), "created", "Condition", barrier["id"], allowed)
             client.expect_no_message()
+        # Without "sub", "preferred_username" names the user.
+        with bridge.connect(hs256(sub=None, claims={"preferred_username": "dr.smith"})) as client:
+            client.subscribe("allowed", [allowed])
         with bridge.connect(hs256(sub="dr.jones")) as client:
             client.send_json({"type": "subscribe", "data": {"subscription_id": "allowed",
                                                             "patient_ids": [allowed]}})
             answer = client.recv_json()
             assert answer.get("type") == "error" and answer["error"] == "FORBIDDEN", answer
+
+
+def test_asking_for_a_type_outside_the_scopes_never_delivers_it(hs_bridge, store):
+    patient = new_id("pat")
+    with hs_bridge.connect(hs256(scope="user/Condition.read")) as client:
+        client.send_json({"type": "subscribe", "data": {"subscription_id": "chart", "patient_ids": [patient],
+                                                        "resource_types": ["Observation", "Condition"]}})
+        answer = client.recv_json()
+        if answer.get("type") == "error":
+            assert answer["error"] == "FORBIDDEN", answer
+            client.subscribe("chart", [patient], ["Condition"])
+        else:
+            assert answer.get("type") == "subscription", answer
+        store.create(observation(patient))
+        allowed = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", allowed["id"], patient, allowed)
+        client.expect_no_message()

@@ -212,3 +212,137 @@ def test_static_files_stay_inside_their_directory(db, tmp_path):
         status, _, body = bridge.http_get("/%2e%2e/secret.txt")
         assert status in (400, 403, 404) and "not for you" not in body
         assert bridge.http_get("/healthz")[0] == 200
+
+
+# -- health follows the change log -------------------------------------------------------
+
+INSERT_CHANGE = ("INSERT INTO fhir_notify.changes (action, resource_type, resource_id, version_id,"
+                 " patient_ids, resource, source_table) VALUES ('created', 'Condition', %s, '1', %s,"
+                 " '{\"resourceType\": \"Condition\"}', 'test')")
+
+
+def test_healthz_is_503_until_the_change_log_can_be_read():
+    cluster = shared_cluster()
+    dbname = "bare_" + new_id("db").replace("-", "_")
+    cluster.execute(f'CREATE DATABASE "{dbname}"')
+    with Bridge(cluster, dbname, secret_file=SECRET_FILE, args=["--poll-interval", "1"], wait=False) as bridge:
+        bridge.wait_for_log("reading the change log failed")
+        bridge.wait_health(503)
+        cluster.execute("CREATE EXTENSION fhir_notify", dbname=dbname)
+        bridge.wait_health(200)
+
+
+def test_a_recreated_change_log_resyncs_every_subscription():
+    cluster = shared_cluster()
+    dbname = "reset_" + new_id("db").replace("-", "_")
+    cluster.execute(f'CREATE DATABASE "{dbname}"')
+    cluster.execute("CREATE EXTENSION fhir_notify", dbname=dbname)
+    patient = new_id("pat")
+    with Bridge(cluster, dbname, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "1"]) as bridge:
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            for i in range(3):
+                cluster.execute(INSERT_CHANGE, (f"c{i}", [patient]), dbname=dbname)
+                cluster.execute("SELECT fhir_notify.tick()", dbname=dbname)
+                assert client.recv_update()["data"]["resource_id"] == f"c{i}"
+            cluster.execute("DROP EXTENSION fhir_notify", dbname=dbname)
+            cluster.execute("CREATE EXTENSION fhir_notify", dbname=dbname)
+            resync = client.recv_json(timeout=15)
+            assert resync.get("type") == "resync", resync
+            assert resync["data"]["reason"] == "log_reset" and resync["data"]["patient_id"] == patient, resync
+            cluster.execute(INSERT_CHANGE, ("after", [patient]), dbname=dbname)
+            assert client.recv_update(timeout=15)["data"]["resource_id"] == "after"
+
+
+def test_overlapping_resumed_subscriptions_give_one_copy(db, store):
+    """A client re-sending all its subscriptions with `since` (as WintEHR's client re-sends
+    them on reconnect) gets each missed change once per patient, however they overlap."""
+    patient, other = new_id("pat"), new_id("pat")
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+        missed = [store.create(condition(patient)), store.create(observation(patient)),
+                  store.create(condition(other))]
+        with bridge.connect(hs256()) as client:
+            for sid, patients, types in [("everything", [patient, other], []),
+                                         ("conditions", [patient], ["Condition"]),
+                                         ("again", [patient], [])]:
+                client.send_json({"type": "subscribe", "data": {"subscription_id": sid, "patient_ids": patients,
+                                                                "resource_types": types, "since": cursor}})
+            messages = [client.recv_json() for _ in range(6)]
+            assert [m["type"] for m in messages].count("subscription") == 3, messages
+            got = [(m["data"]["resource_id"], m["data"]["patient_id"]) for m in messages if m["type"] == "update"]
+            assert sorted(got) == sorted([(missed[0]["id"], patient), (missed[1]["id"], patient),
+                                          (missed[2]["id"], other)]), got
+            client.expect_no_message()
+            live = store.create(condition(patient))
+            assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+            client.expect_no_message()
+
+
+# -- a client that stops reading -------------------------------------------------------------
+
+def test_stalled_client_is_dropped_to_resync_then_closed_1013_while_others_get_everything(db, store):
+    from wsclient import RawClient
+
+    patient = new_id("pat")
+    big = "y" * 100000
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS + ["--send-queue-limit", "5"]) as bridge:
+        path = bridge.url(hs256())[len(f"ws://127.0.0.1:{bridge.port}"):]
+        stalled = RawClient("127.0.0.1", bridge.port, path, receive_buffer=4096)
+        try:
+            stalled.send_json({"type": "subscribe", "data": {"subscription_id": "stalled",
+                                                             "patient_ids": [patient]}})
+            with bridge.connect(hs256()) as fast:
+                fast.subscribe("fast", [patient])
+                written = []
+                for burst in range(3):
+                    written += [store.create(condition(patient, note=[{"text": f"{burst} {i} {big}"}]))
+                                for i in range(30)]
+                    time.sleep(1.5)  # the stalled client has written nothing for a while now
+                for resource in written:
+                    assert_update(fast.recv_update(), "created", "Condition", resource["id"], patient)
+                fast.ping()
+            bridge.wait_for_log("not reading its updates, closing with 1013", timeout=30)
+        finally:
+            stalled.close()
+        metrics = bridge.metrics()
+        assert metrics["fhir_notify_bridge_queue_drops_total"] >= 1, metrics
+        assert metrics["fhir_notify_bridge_resyncs_total"] >= 1, metrics
+        assert metrics["fhir_notify_bridge_slow_client_closes_total"] >= 1, metrics
+        assert bridge.health() == 200
+
+
+def test_a_database_that_stops_answering_is_reported_and_left():
+    """A server that hangs (no RST, no answer): /healthz turns 503, the stuck query is given
+    up after 30 s, the bridge reconnects and delivers what was committed meanwhile."""
+    import os
+    import signal
+
+    cluster = shared_cluster()
+    dbname = "hang_" + new_id("db").replace("-", "_")
+    cluster.execute(f'CREATE DATABASE "{dbname}"')
+    cluster.execute("CREATE EXTENSION fhir_notify", dbname=dbname)
+    patient = new_id("pat")
+    with Bridge(cluster, dbname, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "1"]) as bridge:
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            pids = [row[0] for row in cluster.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'fhir-notify-bridge'",
+                (dbname,))]
+            assert pids
+            offset = bridge.log_size()
+            try:
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                bridge.wait_health(503, timeout=40)
+                cluster.execute(INSERT_CHANGE, ("during", [patient]), dbname=dbname)
+                bridge.wait_for_log("did not answer a query in time", timeout=60, since=offset)
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            bridge.wait_health(200, timeout=40)
+            assert client.recv_update(timeout=20)["data"]["resource_id"] == "during"
+            client.expect_no_message()

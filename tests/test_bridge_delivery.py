@@ -13,9 +13,11 @@ import uuid
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
-from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update, bridge_logs,  # noqa: F401
-                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
+from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update,  # noqa: F401
+                        bridge_logs, condition, create_fhir_database, hs256, new_id, observation,
+                        shared_cluster)
 from wsclient import HandshakeRejected, RawClient
 
 MAX_FRAME_SIZE = 65536
@@ -56,6 +58,16 @@ def test_welcome_message(bridge, token):
         assert isinstance(data["cursor"], str) and data["cursor"]
         assert data["server"].startswith("fhir-notify-bridge/")
         assert client.ping()["timestamp"].endswith("Z")
+
+
+def test_subscription_answer_echoes_the_subscription(bridge, token):
+    patient, other = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client:
+        answer = client.subscribe("chart", [patient, other], ["Condition", "Observation"])
+        data = answer["data"]
+        assert sorted(data["patient_ids"]) == sorted([patient, other]), answer
+        assert sorted(data["resource_types"]) == ["Condition", "Observation"], answer
+        assert isinstance(data["cursor"], str) and data["cursor"], answer
 
 
 def test_two_clients_on_one_patient_both_get_each_change(bridge, store, token):
@@ -293,9 +305,9 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
     """A client that never reads: the fast client still gets everything; the stuck one is
     told (every update, a resync or a close 1013), never silently left stale."""
     patient = new_id("pat")
-    count = 50
+    count = 40
     with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER,
-                                                             "--send-queue-limit", "10"]) as bridge:
+                                                             "--send-queue-limit", "20"]) as bridge:
         path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
         slow = RawClient("127.0.0.1", bridge.port, path, receive_buffer=4096)
         try:
@@ -305,7 +317,7 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
                 fast.subscribe("fast", [patient])
                 written = []
                 for i in range(count):
-                    written.append(store.create(condition(patient, note=[{"text": f"{i} " + "y" * 100000}])))
+                    written.append(store.create(condition(patient, note=[{"text": f"{i} " + "y" * 200000}])))
                 for resource in written:
                     assert_update(fast.recv_update(), "created", "Condition", resource["id"], patient)
                 fast.ping()
@@ -318,10 +330,29 @@ def test_slow_client_does_not_stall_a_fast_one(db, store, token):
         resyncs = [m for m in messages if m.get("type") == "resync"]
         closed_1013 = any(payload[:2] == (1013).to_bytes(2, "big") for payload in closes)
         summary = (len(ids), [m.get("type") for m in messages], closes)
-        print(f"stuck client: {len(ids)} updates, {len(resyncs)} resyncs, close frames {closes}")
+        order = [r["id"] for r in written]
+        print(f"stuck client: {len(ids)} updates, {len(resyncs)} resyncs, close frames {closes}; "
+              f"got {[order.index(i) if i in order else i for i in ids]} "
+              f"types {[m.get('type') for m in messages]}")
         if resyncs:
-            assert resyncs[0]["data"]["patient_id"] == patient, resyncs
-            assert resyncs[0]["data"]["subscription_id"] == "slow", resyncs
+            for resync in resyncs:
+                assert resync["data"]["patient_id"] == patient, resyncs
+                assert resync["data"]["subscription_id"] == "slow", resyncs
+            # Between resyncs, runs of consecutive updates; before the first resync, from the
+            # start; after the last one, to the end: the gaps are exactly where it was told.
+            runs, run = [], []
+            for m in messages:
+                if m.get("type") == "resync":
+                    runs.append(run)
+                    run = []
+                elif m.get("type") == "update":
+                    run.append(order.index(m["data"]["resource_id"]))
+            runs.append(run)
+            for run in runs:
+                assert run == list(range(run[0], run[0] + len(run))) if run else True, summary
+            assert not runs[0] or runs[0][0] == 0, summary
+            if not closed_1013:
+                assert not runs[-1] or runs[-1][-1] == count - 1, summary
         elif not closed_1013:
             assert ids == [r["id"] for r in written], summary
         assert bridge.health() == 200
@@ -571,3 +602,23 @@ def test_hard_delete_arrives_as_deleted(bridge, store, token):
             store.conn.execute("DELETE FROM fhir.resources WHERE fhir_id = %s", (created["id"],))
         data = assert_update(client.recv_update(), "deleted", "Condition", created["id"], patient)
         assert data["resource"] is None
+
+
+def test_a_burst_of_many_changes_and_many_ticks_arrives_complete_and_in_order(bridge, store, db, token):
+    """One transaction of 1500 changes, then 300 small transactions (far more ticks than one
+    read takes): a client that keeps reading gets every change once, in commit order."""
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        big = [observation(patient, value=i) for i in range(1500)]
+        with store.transaction():
+            with store.conn.cursor() as cur:
+                cur.executemany("INSERT INTO fhir.resources (resource_type, fhir_id, resource)"
+                                " VALUES ('Observation', %s, %s)",
+                                [(r["id"], Jsonb(r)) for r in big])
+        expected = [r["id"] for r in big]
+        for i in range(300):
+            expected.append(store.create(condition(patient, text=f"small {i}"))["id"])
+        received = [m["data"]["resource_id"] for m in client.recv_updates(len(expected), timeout=60)]
+        client.expect_no_message()
+    assert received == expected

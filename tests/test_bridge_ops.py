@@ -2,21 +2,22 @@
 
 import json
 import os
-import re
 import signal
 import ssl
 import subprocess
 import time
 import uuid
 
+import psycopg
 import pytest
 import websockets.exceptions
 
 import tokens
-from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update,  # noqa: F401
-                        bridge_logs, condition, create_fhir_database, hs256, install_fhir_schema, new_id, shared_cluster)
-from pgcluster import Cluster, free_port
-from wsclient import Closed, HandshakeRejected
+from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge,  # noqa: F401
+                        FhirStore, assert_update, bridge_logs, condition, create_fhir_database, hs256,
+                        install_fhir_schema, new_id, shared_cluster)
+from pgcluster import TOP, Cluster, free_port
+from wsclient import Closed, HandshakeRejected, RawClient
 
 ARGS = VALIDATION_ARGS
 SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file", "jwt-audience",
@@ -24,7 +25,6 @@ SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file
             "max-subscriptions", "max-frame-size", "send-queue-limit", "channel", "poll-interval",
             "resume-max-age", "resume-max-changes", "static", "log-level", "config", "help",
             "version", "tls-cert", "tls-key", "authorize-sql", "authorize-cache-seconds"]
-
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +62,14 @@ def test_help_lists_every_setting():
     assert "FHIR_NOTIFY_" in text, text
 
 
-def test_version():
+def test_version_is_the_project_version(bridge):
+    with open(os.path.join(TOP, "META.json")) as f:
+        version = json.load(f)["version"]
     result = run_bridge("--version")
     assert result.returncode == 0, result
-    assert re.search(r"fhir-notify-bridge \d+\.\d+", result.stdout), result.stdout
+    assert result.stdout.strip() == f"fhir-notify-bridge {version}", result.stdout
+    with bridge.connect(hs256()) as client:
+        assert client.welcome["data"]["server"] == f"fhir-notify-bridge/{version}", client.welcome
 
 
 def test_unknown_option_is_refused():
@@ -285,9 +289,6 @@ def test_bridge_started_before_the_database_is_unhealthy_then_recovers():
         with Cluster(port=port) as cluster:
             install_fhir_schema(cluster, "postgres")
             bridge.wait_health(200, timeout=60)
-            # Until the bridge bug shown by test_bridge_started_before_the_extension_exists... is
-            # fixed, /healthz 200 comes before the bridge has its starting point in the log.
-            bridge.wait_for_log("reading the change log after tick")
             store = FhirStore(cluster, "postgres")
             try:
                 patient = new_id("pat")
@@ -407,9 +408,6 @@ def test_tls_serves_wss_and_https(db, store, tmp_path):
         assert bridge.health() == 200
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: /healthz is 200 once LISTEN succeeds, before the "
-                   "first fhir_notify.tick(); the first successful tick then becomes the starting "
-                   "point and skips the changes committed meanwhile (bridge/pg.c reader_query_done)")
 def test_bridge_started_before_the_extension_exists_recovers_once_it_does():
     """A database without fhir_notify yet (being restored, extension not created): the bridge
     is not healthy while it cannot read the change log, and delivers once the extension is there."""
@@ -432,3 +430,135 @@ def test_bridge_started_before_the_extension_exists_recovers_once_it_does():
                 assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
         finally:
             store.close()
+
+
+def _doorbell_database(cluster, mode):
+    """A new watched database whose writers use fhir_notify.doorbell = mode; xfail when this
+    build of the extension does not offer mode."""
+    db = create_fhir_database(cluster)
+    try:
+        cluster.execute(f'ALTER DATABASE "{db}" SET fhir_notify.doorbell = \'{mode}\'')
+    except psycopg.errors.Error as error:
+        pytest.xfail(f"fhir_notify.doorbell = {mode} is not available in this build: {error}")
+    return db
+
+
+def _every_change_once(cluster, db, bridge, writers=3, per_writer=10):
+    patient = new_id("pat")
+    stores = [FhirStore(cluster, db) for _ in range(writers)]
+    try:
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            written = []
+            for i in range(per_writer):
+                for w, store in enumerate(stores):
+                    written.append(store.create(condition(patient, text=f"w{w} {i}"))["id"])
+            received = [m["data"]["resource_id"] for m in client.recv_updates(len(written))]
+            client.expect_no_message()
+        assert received == written
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_doorbell_off_is_served_by_the_safety_poll():
+    cluster = shared_cluster()
+    db = _doorbell_database(cluster, "off")
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "1"]) as bridge:
+        _every_change_once(cluster, db, bridge)
+
+
+def test_ticker_doorbell_delivers_without_the_safety_poll():
+    cluster = shared_cluster()
+    db = _doorbell_database(cluster, "ticker")
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "3600"]) as bridge:
+        _every_change_once(cluster, db, bridge)
+
+
+def test_default_leeway_allows_small_clock_skew(bridge):
+    """--jwt-leeway defaults to 30 s: a token a few seconds early or late is accepted, one a
+    minute late is expired."""
+    for options in [{"claims": {"nbf": int(time.time()) + 10}}, {"exp_in": -10}]:
+        with bridge.connect(hs256(**options)) as client:
+            client.ping()
+    with bridge.connect(hs256(exp_in=-90), welcome=False) as client:
+        code, _, messages = client.wait_closed()
+    assert code == 4001 and messages[0]["error"] == "TOKEN_EXPIRED", messages
+
+
+def test_sighup_reloads_the_config_file(db, tmp_path):
+    port = free_port()
+    config = tmp_path / "bridge.conf"
+
+    def write_config(max_subscriptions, origin):
+        config.write_text(f"db = {shared_cluster().dsn(db)}\n"
+                          f"listen = 127.0.0.1:{port}\n"
+                          f"jwt-secret-file = {SECRET_FILE}\n"
+                          f"jwt-audience = {AUDIENCE}\n"
+                          f"max-subscriptions = {max_subscriptions}\n"
+                          f"allowed-origin = {origin}\n")
+
+    write_config(1, "https://old.example")
+    with Bridge(shared_cluster(), db, db=False, listen=False, wait=False,
+                args=["--config", str(config)]) as bridge:
+        bridge.port = port
+        bridge.wait_healthy()
+        with bridge.connect(hs256(iss=None), origin="https://old.example") as client:
+            client.subscribe("one", [new_id("pat")])
+            client.send_json({"type": "subscribe", "data": {"subscription_id": "two",
+                                                            "patient_ids": [new_id("pat")]}})
+            assert client.recv_json()["error"] == "LIMIT_EXCEEDED"
+        write_config(3, "https://new.example")
+        offset = bridge.log_size()
+        bridge.signal(signal.SIGHUP)
+        bridge.wait_for_log("reload", since=offset)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = bridge.connect(hs256(iss=None), origin="https://new.example")
+                break
+            except HandshakeRejected:
+                assert time.monotonic() < deadline, "the new allowed origin never applied"
+                time.sleep(0.2)
+        with client:
+            for sub in ["one", "two", "three"]:
+                client.subscribe(sub, [new_id("pat")])
+        with pytest.raises(HandshakeRejected):
+            bridge.connect(hs256(iss=None), origin="https://old.example")
+        assert bridge.proc.poll() is None
+
+
+def test_sigterm_with_a_stuck_client_still_exits_promptly(db, store):
+    """A client that never reads cannot hold the shutdown hostage."""
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        patient = new_id("pat")
+        token = hs256()
+        stuck = RawClient("127.0.0.1", bridge.port, bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):],
+                          receive_buffer=4096)
+        try:
+            stuck.send_json({"type": "subscribe", "data": {"subscription_id": "s", "patient_ids": [patient]}})
+            with bridge.connect(token) as client:
+                client.subscribe("chart", [patient])
+                for _ in range(20):
+                    store.create(condition(patient, note=[{"text": "w" * 200_000}]))
+                client.recv_updates(20)
+                bridge.signal(signal.SIGTERM)
+                code, _, _ = client.wait_closed()
+                assert code == 1001
+            assert bridge.wait_exit(30) == 0
+        finally:
+            stuck.close()
+
+
+def test_a_storm_of_sighups_changes_nothing(bridge, store):
+    patient = new_id("pat")
+    with bridge.connect(hs256()) as client:
+        client.subscribe("chart", [patient])
+        for _ in range(20):
+            bridge.signal(signal.SIGHUP)
+        created = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+        client.ping()
+    with bridge.connect(hs256()) as client:
+        client.ping()
+    assert bridge.health() == 200

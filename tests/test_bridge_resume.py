@@ -13,9 +13,11 @@ import time
 
 import pytest
 
-from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update, bridge_connections, bridge_logs,  # noqa: F401
-                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
+from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update,  # noqa: F401
+                        bridge_connections, bridge_logs, condition, create_fhir_database, hs256,
+                        new_id, observation, shared_cluster)
 from pgcluster import Cluster
+from wsclient import RawClient
 
 ARGS = VALIDATION_ARGS
 
@@ -258,6 +260,15 @@ def test_cursor_older_than_the_pruned_log_gets_resync(prune_bridge, prune_db, to
                 live = store.create(condition(patient))
                 assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
                 client.expect_no_message()
+            # The client reloads the chart and continues from the resync's cursor.
+            resync_cursor = resyncs[0]["data"]["cursor"]
+            after_resync = [store.create(condition(patient)), store.create(condition(other))]
+            with prune_bridge.connect(token) as client:
+                client.subscribe("chart", [patient, other], since=resync_cursor)
+                assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+                assert_update(client.recv_update(), "created", "Condition", after_resync[0]["id"], patient)
+                assert_update(client.recv_update(), "created", "Condition", after_resync[1]["id"], other)
+                client.expect_no_message()
     finally:
         store.close()
 
@@ -372,3 +383,71 @@ def test_killed_bridge_connections_lose_and_duplicate_nothing(own_cluster, outag
             assert_update(client.recv_update(), "created", "Condition", after["id"], patient, after)
         finally:
             store.close()
+
+
+def test_clients_leaving_during_catch_up_and_authorization_do_not_hurt_the_bridge(db, store, token):
+    """Clients that vanish or resubscribe while their catch-up read or policy check is still
+    in the database: the answers must find nobody, and nobody else is disturbed."""
+    cluster = shared_cluster()
+    patient = new_id("pat")
+    for _ in range(3):
+        store.create(condition(patient))
+    query = "SELECT pg_catalog.pg_sleep(0.05) IS NOT NULL AND $1::text IS NOT NULL AND $2::text IS NOT NULL"
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--authorize-sql", query]) as bridge:
+        path = bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):]
+        for i in range(40):
+            raw = RawClient("127.0.0.1", bridge.port, path)
+            subscribe = {"type": "subscribe", "data": {"subscription_id": "chart", "patient_ids": [patient],
+                                                       "since": "1-0"}}
+            raw.send_json(subscribe)
+            if i % 2:
+                subscribe["data"]["patient_ids"] = [new_id("pat")]
+                raw.send_json(subscribe)  # replaces the first while it is in flight
+                raw.send_json({"type": "unsubscribe", "data": {"subscription_id": "chart"}})
+            raw.close()
+        with bridge.connect(token) as client:
+            answer = client.subscribe("chart", [patient], since="1-0")
+            assert answer["data"]["action"] == "created"
+            # Catch-up from the start of the log: the three changes (or an honest resync).
+            first = client.recv_json()
+            assert first.get("type") in ("update", "resync"), first
+            live = store.create(condition(patient, text="live"))
+            while True:
+                message = client.recv_json()
+                if message.get("type") == "update" and message["data"]["resource_id"] == live["id"]:
+                    break
+        assert bridge.health() == 200
+        assert bridge.proc.poll() is None
+
+
+def test_resume_requested_during_a_database_outage_is_served_after_it(own_cluster, outage_db, outage_bridge,
+                                                                       token):
+    """A failover drops both: the client reconnects to the bridge while the database is still
+    down; its catch-up waits for the database, then sends exactly what was missed."""
+    patient = new_id("pat")
+    store = FhirStore(own_cluster, outage_db)
+    try:
+        with outage_bridge.connect(token) as client:
+            client.subscribe("chart", [patient])
+            first = store.create(condition(patient))
+            cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+        missed = [store.create(condition(patient)), store.create(observation(patient))]
+    finally:
+        store.close()
+    own_cluster.stop()
+    outage_bridge.wait_health(503)
+    assert outage_bridge.metrics()["fhir_notify_bridge_database_connected"] == 0
+    with outage_bridge.connect(token) as client:
+        client.subscribe("chart", [patient], since=cursor)
+        own_cluster.start()
+        for resource in missed:
+            assert_update(client.recv_update(timeout=60), "created", resource["resourceType"], resource["id"],
+                          patient, resource)
+        outage_bridge.wait_health(200, timeout=60)
+        store = FhirStore(own_cluster, outage_db)
+        try:
+            live = store.create(condition(patient))
+        finally:
+            store.close()
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()

@@ -1,0 +1,246 @@
+// The JavaScript client against a real bridge on a real cluster.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+
+import { backoffDelay, connect, DEFAULTS } from "../fhir-notify-client.mjs";
+import {
+  allergy,
+  condition,
+  makeToken,
+  nextEvent,
+  recordUpdates,
+  startDemo,
+  waitState,
+  writeResource,
+} from "../testlib/demo.mjs";
+
+describe("backoffDelay", () => {
+  test("grows exponentially, is capped, and is jittered downwards only", () => {
+    const options = { ...DEFAULTS, backoffInitial: 500, backoffMax: 30000, backoffFactor: 2, jitter: 0.5 };
+    assert.equal(backoffDelay(0, options, () => 0), 500);
+    assert.equal(backoffDelay(3, options, () => 0), 4000);
+    assert.equal(backoffDelay(20, options, () => 0), 30000);
+    assert.equal(backoffDelay(20, options, () => 1), 15000);
+    for (let i = 0; i < 100; i++) {
+      const d = backoffDelay(2, options);
+      assert.ok(d >= 1000 && d <= 2000, `delay ${d}`);
+    }
+  });
+});
+
+const RESUME_MAX_CHANGES = 10;
+
+describe("connect", () => {
+  test("refuses a URL that is not ws:// or wss://", () => {
+    assert.throws(() => connect({ url: "http://example.org/api/ws" }), /ws:\/\/ or wss:\/\//);
+    assert.throws(() => connect({ url: "not a url" }), TypeError);
+    assert.throws(() => connect({}), TypeError);
+  });
+});
+
+describe("against a real fhir-notify-bridge", () => {
+  let demo;
+  const clients = [];
+  const open = (options) => {
+    const client = connect({ url: demo.ws_url, ...options });
+    clients.push(client);
+    return client;
+  };
+
+  before(async () => {
+    demo = await startDemo(`--resume-max-changes ${RESUME_MAX_CHANGES}`);
+  }, { timeout: 240000 });
+
+  after(async () => {
+    for (const client of clients) client.close();
+    if (demo && !demo.skip) await demo.stop();
+  });
+
+  const skipUnlessReady = (t) => {
+    if (demo.skip) {
+      t.skip(demo.skip);
+      return true;
+    }
+    return false;
+  };
+
+  test("subscribes to a patient and receives a change with actor and cursor", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [patient] = demo.patients;
+    const client = open({ token: makeToken(demo.secret) });
+    const updates = recordUpdates(client);
+    const sub = client.subscribePatient(patient, ["AllergyIntolerance"]);
+    await nextEvent(client, "subscribed", (s) => s === sub);
+    assert.equal(client.state, "live");
+    assert.ok(client.clientId);
+    const saved = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(patient, "Shellfish"));
+    const update = await updates.waitFor((u) => u.resource_id === saved.id);
+    assert.equal(update.action, "created");
+    assert.equal(update.resource_type, "AllergyIntolerance");
+    assert.equal(update.patient_id, patient);
+    assert.equal(update.actor, "nurse.jones");
+    assert.equal(update.resource.code.text, "Shellfish");
+    assert.equal(String(update.version_id), "1");
+    assert.ok(update.cursor);
+    assert.equal(sub.cursor, update.cursor);
+
+    await writeResource(demo, "DELETE", `/fhir/AllergyIntolerance/${saved.id}`, undefined, "dr.smith");
+    const deleted = await updates.waitFor((u) => u.resource_id === saved.id && u.action === "deleted");
+    assert.equal(deleted.resource, null);
+    assert.equal(deleted.actor, "dr.smith");
+  });
+
+  test("resource types filter, and unsubscribe stops a patient's updates", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [p1, p2] = demo.patients;
+    const client = open({ token: makeToken(demo.secret) });
+    const updates = recordUpdates(client);
+    const received = updates.seen;
+    const sub1 = client.subscribePatient(p1, ["Condition"]);
+    const sub2 = client.subscribePatient(p2, ["Condition"]);
+    await nextEvent(client, "subscribed", (s) => s === sub2);
+    if (!sub1.confirmed) await nextEvent(client, "subscribed", (s) => s === sub1);
+
+    // An allergy of p1 is not a Condition: only the condition written after it arrives.
+    const skipped = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(p1, "Latex"));
+    const wanted = await writeResource(demo, "POST", "/fhir/Condition", condition(p1, "Asthma"));
+    await updates.waitFor((u) => u.resource_id === wanted.id, "for the wanted condition");
+    assert.ok(!received.some((u) => u.resource_id === skipped.id));
+
+    // After unsubscribing p1, a p1 change written before a p2 change must not arrive.
+    client.unsubscribe(sub1);
+    await nextEvent(client, "unsubscribed", (d) => d.subscription_id === sub1.id);
+    const gone = await writeResource(demo, "POST", "/fhir/Condition", condition(p1, "Gout"));
+    const sentinel = await writeResource(demo, "POST", "/fhir/Condition", condition(p2, "Migraine"));
+    await updates.waitFor((u) => u.resource_id === sentinel.id, "for the sentinel");
+    assert.ok(!received.some((u) => u.resource_id === gone.id), "an update after unsubscribe");
+    assert.equal(received.filter((u) => u.resource_id === sentinel.id).length, 1);
+  });
+
+  test("reconnects after the bridge restarts and replays exactly what was missed", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [, , patient] = demo.patients;
+    const client = open({ token: makeToken(demo.secret), backoffInitial: 200, backoffMax: 1000 });
+    const states = [];
+    client.on("state", ({ state }) => states.push(state));
+    const updates = recordUpdates(client);
+    const received = updates.seen;
+    const sub = client.subscribePatient(patient, []);
+    await nextEvent(client, "subscribed", (s) => s === sub);
+    const before = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "Before outage"));
+    await updates.waitFor((u) => u.resource_id === before.id, "before the outage");
+
+    await demo.stopBridge();
+    await waitState(client, "reconnecting");
+    const missed1 = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "During outage 1"));
+    const missed2 = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(patient, "During outage 2"));
+    const caughtUp = nextEvent(client, "caughtup", () => true, 60000);
+    await demo.startBridge();
+    const { count } = await caughtUp;
+    assert.equal(client.state, "live");
+    assert.equal(count, 2);
+    const ids = received.map((u) => u.resource_id);
+    assert.deepEqual(
+      ids.filter((id) => [before.id, missed1.id, missed2.id].includes(id)),
+      [before.id, missed1.id, missed2.id],
+      "each change once, in commit order",
+    );
+    assert.ok(states.includes("catching-up"), `states ${states}`);
+
+    // And it is live again.
+    const afterwards = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "After outage"));
+    await updates.waitFor((u) => u.resource_id === afterwards.id, "after the outage");
+  });
+
+  test("too many missed changes end in a resync with a cursor to go on from", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [, , , patient] = demo.patients;
+    const client = open({ token: makeToken(demo.secret), backoffInitial: 200, backoffMax: 1000 });
+    const updates = recordUpdates(client);
+    const received = updates.seen;
+    const sub = client.subscribePatient(patient, ["Condition"]);
+    await nextEvent(client, "subscribed", (s) => s === sub);
+    await demo.stopBridge();
+    await waitState(client, "reconnecting");
+    for (let i = 0; i <= RESUME_MAX_CHANGES; i++) {
+      await writeResource(demo, "POST", "/fhir/Condition", condition(patient, `Missed ${i}`));
+    }
+    const resync = nextEvent(client, "resync", () => true, 60000);
+    await demo.startBridge();
+    const data = await resync;
+    assert.equal(data.patient_id, patient);
+    assert.equal(data.subscription_id, sub.id);
+    assert.ok(data.reason);
+    assert.ok(data.cursor);
+    assert.equal(sub.cursor, data.cursor);
+    assert.ok(!received.some((u) => u.resource?.code?.text?.startsWith("Missed")), "no partial replay");
+    await waitState(client, "live");
+    // Live again after the resync.
+    const next = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "After resync"));
+    await updates.waitFor((u) => u.resource_id === next.id, "after the resync");
+  });
+
+  test("a subscription outside the token's rights is refused, and the client still goes live", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [own, other] = demo.patients;
+    const client = open({ token: makeToken(demo.secret, { scope: "patient/*.read", patient: own }) });
+    const updates = recordUpdates(client);
+    const refused = client.subscribePatient(other, []);
+    const allowed = client.subscribePatient(own, ["Condition"]);
+    const err = await nextEvent(client, "error", (e) => e.subscription_id === refused.id);
+    assert.equal(err.error, "FORBIDDEN");
+    await waitState(client, "live");
+    assert.equal(refused.error, "FORBIDDEN");
+    assert.equal(allowed.confirmed, true);
+    const hidden = await writeResource(demo, "POST", "/fhir/Condition", condition(other, "Not yours"));
+    const mine = await writeResource(demo, "POST", "/fhir/Condition", condition(own, "Yours"));
+    await updates.waitFor((u) => u.resource_id === mine.id, "for the allowed patient");
+    assert.ok(!updates.seen.some((u) => u.resource_id === hidden.id));
+  });
+
+  test("a refused token ends in 'unauthorized' without getToken, and is renewed with it", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const bad = open({ token: makeToken("not the secret") });
+    await waitState(bad, "unauthorized");
+
+    let asked = 0;
+    const renewed = open({
+      token: makeToken("not the secret"),
+      backoffInitial: 100,
+      getToken: async () => {
+        asked += 1;
+        return makeToken(demo.secret);
+      },
+    });
+    await nextEvent(renewed, "welcome");
+    assert.ok(asked >= 1);
+    const sub = renewed.subscribePatient(demo.patients[0], []);
+    await nextEvent(renewed, "subscribed", (s) => s === sub);
+    assert.equal(renewed.state, "live");
+  });
+
+  test("a bridge that stops answering is detected by the heartbeat", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const client = open({
+      token: makeToken(demo.secret),
+      heartbeatInterval: 300,
+      heartbeatTimeout: 500,
+      backoffInitial: 200,
+      backoffMax: 500,
+    });
+    const sub = client.subscribePatient(demo.patients[1], []);
+    await nextEvent(client, "subscribed", (s) => s === sub);
+    // Pings are answered: still live after several intervals.
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    assert.equal(client.state, "live");
+    await demo.pauseBridge();
+    try {
+      const err = await nextEvent(client, "error", (e) => e.error === "HEARTBEAT_TIMEOUT", 10000);
+      assert.equal(err.error, "HEARTBEAT_TIMEOUT");
+      assert.equal(client.state, "reconnecting");
+    } finally {
+      await demo.resumeBridge();
+    }
+    await waitState(client, "live");
+  });
+});
