@@ -383,8 +383,21 @@ subscription_activate(subscription *sub)
 void
 subscription_activate_caught_up(subscription *sub)
 {
+	char cursor_text[CURSOR_TEXT_LEN];
+	message *msg;
+
 	sub->active = true;
 	sub->active_from = (cursor){sub->since.tick, sub->since.position + 1};
+	/*
+	 * Queued behind the replayed updates and, since the subscription only
+	 * now takes live updates, ahead of every live one: the client knows
+	 * exactly when it has caught up instead of guessing from a pause.
+	 */
+	cursor_format(sub->replayed > 0 ? sub->replayed_last : sub->since, cursor_text,
+	              sizeof(cursor_text));
+	msg = message_caught_up(sub->id, cursor_text, sub->replayed);
+	client_send(sub->client, msg);
+	message_unref(msg);
 }
 
 /* See client.h. */
@@ -493,7 +506,11 @@ deliver_catch_up(subscription *sub, change *ch, bool count_only)
 		if (had_it)
 			continue;
 		if (!count_only)
+		{
 			client_send_update(c, ch->messages[i], true);
+			sub->replayed++;
+			sub->replayed_last = ch->at;
+		}
 		sent++;
 	}
 	return sent;

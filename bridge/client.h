@@ -30,6 +30,8 @@ typedef struct subscription
 	cursor active_from; /* every change it takes from this cursor on reached the client */
 	bool has_since;
 	cursor since;
+	int replayed;               /* updates sent by its catch-up so far */
+	cursor replayed_last;       /* the cursor of the last of them */
 	int pending_authorizations; /* --authorize-sql answers still awaited */
 	bool forbidden;             /* an --authorize-sql answer said no */
 } subscription;
@@ -130,7 +132,10 @@ void subscription_free(subscription *sub);
 void client_remove_subscription(client *c, subscription *sub);
 /* Starts live delivery for sub from the current cursor. */
 void subscription_activate(subscription *sub);
-/* Starts live delivery for sub after a complete catch-up from sub->since. */
+/*
+ * Starts live delivery for sub after a complete catch-up from sub->since,
+ * and queues the caught_up message that ends the replay for the client.
+ */
 void subscription_activate_caught_up(subscription *sub);
 /* Sends a resync for every patient of sub and activates it. */
 void subscription_resync(subscription *sub, const char *reason);

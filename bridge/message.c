@@ -4,6 +4,7 @@
  */
 #include "message.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,4 +96,27 @@ message_resync(const char *patient_id, const char *subscription_id, const char *
 	strbuf_append_json_string(&buf, cursor_text);
 	strbuf_append(&buf, "}}");
 	return message_from_strbuf(MESSAGE_RESYNC, &buf);
+}
+
+/*
+ * Tells a client that the replay of a resumed subscription is complete:
+ * replayed updates were sent, cursor is the last of them (or the since
+ * cursor when there were none).
+ */
+message *
+message_caught_up(const char *subscription_id, const char *cursor_text, int replayed)
+{
+	strbuf buf;
+	char count[16];
+
+	snprintf(count, sizeof(count), "%d", replayed);
+	strbuf_init(&buf, 128);
+	strbuf_append(&buf, "{\"type\":\"caught_up\",\"data\":{\"subscription_id\":");
+	strbuf_append_json_string(&buf, subscription_id);
+	strbuf_append(&buf, ",\"cursor\":");
+	strbuf_append_json_string(&buf, cursor_text);
+	strbuf_append(&buf, ",\"replayed\":");
+	strbuf_append(&buf, count);
+	strbuf_append(&buf, "}}");
+	return message_from_strbuf(MESSAGE_CONTROL, &buf);
 }

@@ -41,5 +41,7 @@ message *message_error(const char *code, const char *text, const char *subscript
 /* {"type":"resync","data":{...}} */
 message *message_resync(const char *patient_id, const char *subscription_id, const char *reason,
                         const char *cursor);
+/* {"type":"caught_up","data":{...}}: a resume's replay is complete */
+message *message_caught_up(const char *subscription_id, const char *cursor, int replayed);
 
 #endif /* BRIDGE_MESSAGE_H */

@@ -190,6 +190,12 @@ test_messages(void)
 	CHECK(message_ref(m)->refs == 2);
 	message_unref(m);
 	message_unref(m);
+	m = message_caught_up("s\"1", "12-3", 7);
+	CHECK(m->kind == MESSAGE_CONTROL);
+	CHECK(strcmp((char *) message_payload(m),
+	             "{\"type\":\"caught_up\",\"data\":{\"subscription_id\":\"s\\\"1\",\"cursor\":"
+	             "\"12-3\",\"replayed\":7}}") == 0);
+	message_unref(m);
 }
 
 int
