@@ -156,6 +156,7 @@ def test_resume_on_a_restarted_bridge_reads_the_database(db, store):
             client.subscribe("chart", [patient], resource_types=["Condition"], since=cursor)
             for resource in missed:
                 assert_update(client.recv_update(), "created", "Condition", resource["id"], patient, resource)
+            client.recv_caught_up("chart", replayed=len(missed))
             live = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
             client.expect_no_message()
@@ -271,8 +272,13 @@ def test_overlapping_resumed_subscriptions_give_one_copy(db, store):
                                          ("again", [patient], [])]:
                 client.send_json({"type": "subscribe", "data": {"subscription_id": sid, "patient_ids": patients,
                                                                 "resource_types": types, "since": cursor}})
-            messages = [client.recv_json() for _ in range(6)]
+            messages = [client.recv_json() for _ in range(9)]
             assert [m["type"] for m in messages].count("subscription") == 3, messages
+            # each subscription's replay ends in its caught_up; all of them count only what they sent
+            caught_up = {m["data"]["subscription_id"]: m["data"]["replayed"] for m in messages
+                         if m["type"] == "caught_up"}
+            assert sorted(caught_up) == ["again", "conditions", "everything"], messages
+            assert sum(caught_up.values()) == 3, messages
             got = [(m["data"]["resource_id"], m["data"]["patient_id"]) for m in messages if m["type"] == "update"]
             assert sorted(got) == sorted([(missed[0]["id"], patient), (missed[1]["id"], patient),
                                           (missed[2]["id"], other)]), got

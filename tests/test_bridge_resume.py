@@ -62,8 +62,9 @@ def test_resume_with_cursor_gets_exactly_what_was_missed(bridge, store, token):
         answer = client.subscribe("chart", [patient], since=cursor)
         assert isinstance(answer["data"].get("cursor"), str), answer
         for resource, action in zip(missed, ["created", "created", "updated"]):
-            assert_update(client.recv_update(), action, resource["resourceType"], resource["id"],
-                          patient, resource)
+            last = assert_update(client.recv_update(), action, resource["resourceType"], resource["id"],
+                                 patient, resource)
+        client.recv_caught_up("chart", replayed=3, cursor=last["cursor"])
         live = store.create(condition(patient))
         assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
         client.expect_no_message()
@@ -80,6 +81,7 @@ def test_resume_honours_resource_types(bridge, store, token):
     with bridge.connect(token) as client:
         client.subscribe("chart", [patient], ["Condition"], since=cursor)
         assert_update(client.recv_update(), "created", "Condition", missed["id"], patient, missed)
+        client.recv_caught_up("chart", replayed=1)
         live = store.create(condition(patient))
         assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
         client.expect_no_message()
@@ -93,6 +95,7 @@ def test_resume_from_the_welcome_cursor(bridge, store, token):
     with bridge.connect(token) as client:
         client.subscribe("chart", [patient], since=cursor)
         assert_update(client.recv_update(), "created", "Condition", missed["id"], patient, missed)
+        client.recv_caught_up("chart", replayed=1)
         live = store.create(condition(patient))
         assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
         client.expect_no_message()
@@ -106,8 +109,69 @@ def test_resume_with_the_newest_cursor_replays_nothing(bridge, store, token):
         cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
     with bridge.connect(token) as client:
         client.subscribe("chart", [patient], since=cursor)
+        client.recv_caught_up("chart", replayed=0, cursor=cursor)
         live = store.create(condition(patient))
         assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
+
+
+def test_replay_ends_with_caught_up_after_exactly_the_missed_updates(bridge, store, token):
+    """caught_up marks the end of the replay: after exactly the N missed updates, with
+    replayed == N and the last replayed cursor, and before any live update."""
+    patient, other = new_id("pat"), new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        first = store.create(condition(patient))
+        cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+    missed = [store.create(condition(patient)), store.create(observation(patient)),
+              store.create(condition(patient)), store.create(observation(patient))]
+    store.create(condition(other))
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient], since=cursor)
+        replayed = [assert_update(client.recv_update(), "created", r["resourceType"], r["id"], patient, r)
+                    for r in missed]
+        caught_up = client.recv_caught_up("chart", replayed=len(missed), cursor=replayed[-1]["cursor"])
+        assert caught_up["data"]["cursor"] != cursor
+        live = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
+    # The caught_up cursor resumes exactly after the replay: only the live change follows.
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient], since=caught_up["data"]["cursor"])
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.recv_caught_up("chart", replayed=1)
+        client.expect_no_message()
+
+
+def test_resume_with_nothing_missed_gets_caught_up_at_once(bridge, store, token):
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        first = store.create(condition(patient))
+        cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+    store.create(condition(new_id("pat")))  # someone else's change: not replayed
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient], since=cursor)
+        client.recv_caught_up("chart", replayed=0, cursor=cursor)
+        live = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
+
+
+def test_no_caught_up_without_since_or_after_a_resync(bridge, store, token):
+    """Only a resume is caught up; a subscription without since starts live at once, and a
+    resume that ends in resync is told so by the resync alone."""
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        live = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
+        client.expect_no_message()
+        client.send_json({"type": "subscribe", "data": {"subscription_id": "future", "patient_ids": [patient],
+                                                        "since": "999999999-1"}})
+        assert client.recv_json()["type"] == "subscription"
+        resync = client.recv_json()
+        assert resync.get("type") == "resync" and resync["data"]["reason"] == "cursor_unknown", resync
         client.expect_no_message()
 
 
@@ -144,6 +208,7 @@ def test_resume_across_a_bridge_restart(db, store, token):
             for resource in missed:
                 assert_update(client.recv_update(), "created", resource["resourceType"], resource["id"],
                               patient, resource)
+            client.recv_caught_up("chart", replayed=len(missed))
             live = store.create(condition(patient))
             assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
             client.expect_no_message()
@@ -204,9 +269,23 @@ def test_resume_while_changes_keep_coming_neither_loses_nor_repeats(bridge, db, 
                 client.subscribe("chart", [patient], since=cursor)
                 writer.join(120)
                 assert not writer.is_alive()
-                for _ in range(len(written) - len(seen)):
-                    seen.append(client.recv_update()["data"]["resource_id"])
+                # Exactly one caught_up, after the replayed updates and before the live ones.
+                messages = []
+                while sum(m["type"] == "update" for m in messages) < len(written) - len(seen):
+                    messages.append(client.recv_json())
+                    assert messages[-1]["type"] in ("update", "caught_up"), messages[-1]
+                if not any(m["type"] == "caught_up" for m in messages):
+                    messages.append(client.recv_caught_up("chart"))
                 client.expect_no_message(within=1.0)
+                marks = [i for i, m in enumerate(messages) if m["type"] == "caught_up"]
+                assert len(marks) == 1, messages
+                replayed = messages[:marks[0]]
+                assert messages[marks[0]]["data"]["replayed"] == len(replayed)
+                if replayed:
+                    assert messages[marks[0]]["data"]["cursor"] == replayed[-1]["data"]["cursor"]
+                else:
+                    assert messages[marks[0]]["data"]["cursor"] == cursor
+                seen += [m["data"]["resource_id"] for m in messages if m["type"] == "update"]
         finally:
             stop.set()
             writer.join(120)
@@ -268,6 +347,7 @@ def test_cursor_older_than_the_pruned_log_gets_resync(prune_bridge, prune_db, to
                 assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
                 assert_update(client.recv_update(), "created", "Condition", after_resync[0]["id"], patient)
                 assert_update(client.recv_update(), "created", "Condition", after_resync[1]["id"], other)
+                client.recv_caught_up("chart", replayed=3)
                 client.expect_no_message()
     finally:
         store.close()
@@ -410,7 +490,7 @@ def test_clients_leaving_during_catch_up_and_authorization_do_not_hurt_the_bridg
             assert answer["data"]["action"] == "created"
             # Catch-up from the start of the log: the three changes (or an honest resync).
             first = client.recv_json()
-            assert first.get("type") in ("update", "resync"), first
+            assert first.get("type") in ("update", "resync", "caught_up"), first
             live = store.create(condition(patient, text="live"))
             while True:
                 message = client.recv_json()
@@ -443,6 +523,7 @@ def test_resume_requested_during_a_database_outage_is_served_after_it(own_cluste
         for resource in missed:
             assert_update(client.recv_update(timeout=60), "created", resource["resourceType"], resource["id"],
                           patient, resource)
+        client.recv_caught_up("chart", replayed=len(missed))
         outage_bridge.wait_health(200, timeout=60)
         store = FhirStore(own_cluster, outage_db)
         try:

@@ -147,6 +147,19 @@ class WSClient:
         assert message.get("type") == "update", message
         return message
 
+    def recv_caught_up(self, subscription_id, replayed=None, cursor=None, timeout=DEFAULT_TIMEOUT):
+        """The next message, which must be the caught_up ending subscription_id's replay
+        (with replayed updates and that cursor, when given)."""
+        message = self.recv_json(timeout)
+        assert message.get("type") == "caught_up", message
+        assert message["data"]["subscription_id"] == subscription_id, message
+        assert isinstance(message["data"]["cursor"], str), message
+        if replayed is not None:
+            assert message["data"]["replayed"] == replayed, message
+        if cursor is not None:
+            assert message["data"]["cursor"] == cursor, message
+        return message
+
     def recv_updates(self, count, timeout=DEFAULT_TIMEOUT):
         """The next count messages, which must all be updates."""
         return [self.recv_update(timeout) for _ in range(count)]
