@@ -11,6 +11,7 @@
  *   client.on("update", (data) => { ... data.action, data.resource ... });
  *   client.on("resync", (data) => { reload data.patient_id from the FHIR server });
  *   client.on("state", ({ state }) => { live | catching-up | reconnecting | ... });
+ *   client.on("caughtup", ({ count }) => { the replay after a reconnect is complete });
  *   const sub = client.subscribePatient("123", ["Condition", "AllergyIntolerance"]);
  *   client.unsubscribe(sub);
  *
@@ -20,7 +21,10 @@
  * so the bridge replays exactly what was missed or says `resync`; it drops
  * an update it has already delivered; it refreshes the token through
  * getToken() when the bridge says the token expired; and it reports its
- * connection state, including "catching-up" while missed updates replay.
+ * connection state, including "catching-up" while missed updates replay:
+ * the bridge ends each resumed subscription's replay with `caught_up`
+ * (emitted as "caught_up" per subscription), and once every one has ended
+ * (or ended in a resync) the state is "live" again and "caughtup" is emitted.
  */
 
 export const DEFAULTS = Object.freeze({
@@ -31,9 +35,10 @@ export const DEFAULTS = Object.freeze({
   backoffFactor: 2,
   jitter: 0.5, // each delay is drawn from [delay * (1 - jitter), delay]
   connectTimeout: 15000, // ms from opening the socket to the welcome before trying again
-  // The bridge sends no end-of-replay marker: catching up is taken as over
-  // after this many ms without a replayed update (the replay is one read).
-  catchUpQuiet: 1000,
+  // Only for a bridge from before the caught_up message, which never sends
+  // it: catching up is then taken as over after this many ms without a
+  // replayed update.
+  catchUpQuiet: 10000,
   dedupeWindow: 2000, // how many delivered updates are remembered to drop repeats
 });
 
@@ -103,7 +108,9 @@ export class FhirNotifyClient {
     this.attempt = 0;
     this.timers = { reconnect: null, connect: null, ping: null, pong: null, quiet: null };
     this.pendingAcks = new Set();
-    this.caughtUp = 0;
+    this.caughtUp = 0; // updates replayed during this catch-up
+    this.resynced = 0; // resyncs during this catch-up
+    this.replaying = new Set(); // ids subscribed with since, whose caught_up has not come
     this.delivered = new Set();
     this.deliveredOrder = [];
     this.closedByUser = false;
@@ -180,9 +187,11 @@ export class FhirNotifyClient {
     const id = typeof sub === "string" ? sub : sub?.id;
     if (!this.subscriptions.delete(id)) return;
     this.pendingAcks.delete(id);
+    this.replaying.delete(id);
     if (this.socket && this.clientId !== null) {
       this.send({ type: "unsubscribe", data: { subscription_id: id } });
     }
+    this.maybeCaughtUp();
   }
 
   /** Replaces the token; on a live connection the bridge is told at once. */
@@ -272,7 +281,12 @@ export class FhirNotifyClient {
       patient_ids: [sub.patientId],
       resource_types: sub.resourceTypes,
     };
-    if (sub.cursor) data.since = sub.cursor;
+    if (sub.cursor) {
+      data.since = sub.cursor;
+      this.replaying.add(sub.id); // until its caught_up (or resync)
+    } else {
+      this.replaying.delete(sub.id);
+    }
     this.pendingAcks.add(sub.id);
     this.send({ type: "subscribe", data });
   }
@@ -295,6 +309,8 @@ export class FhirNotifyClient {
         return this.onUpdate(message.data ?? {}, message);
       case "resync":
         return this.onResync(message.data ?? {});
+      case "caught_up":
+        return this.onCaughtUp(message.data ?? {});
       case "pong":
         return;
       case "auth_success":
@@ -314,7 +330,9 @@ export class FhirNotifyClient {
     this.attempt = 0;
     this.emit("welcome", data);
     this.pendingAcks.clear();
+    this.replaying.clear();
     this.caughtUp = 0;
+    this.resynced = 0;
     const resuming = [...this.subscriptions.values()].some((s) => s.cursor);
     for (const sub of this.subscriptions.values()) {
       sub.confirmed = false;
@@ -339,7 +357,7 @@ export class FhirNotifyClient {
       this.pendingAcks.delete(sub.id);
       this.emit("subscribed", sub, data);
       if (this.pendingAcks.size === 0) {
-        if (this.state === "catching-up") this.armQuiet();
+        if (this.state === "catching-up") this.maybeCaughtUp();
         else this.setState("live");
       }
     }
@@ -361,7 +379,7 @@ export class FhirNotifyClient {
     }
     if (this.state === "catching-up") {
       this.caughtUp += 1;
-      this.armQuiet();
+      if (this.replaying.size > 0) this.armQuiet();
     }
     this.emit("update", data, message);
   }
@@ -370,9 +388,19 @@ export class FhirNotifyClient {
     for (const sub of this.subscriptions.values()) {
       if (sub.id === data.subscription_id || (!data.subscription_id && sub.patientId === data.patient_id)) {
         if (data.cursor) sub.cursor = data.cursor;
+        // A resync ends the subscription's replay: no caught_up follows it.
+        if (this.replaying.delete(sub.id) && this.state === "catching-up") this.resynced += 1;
       }
     }
     this.emit("resync", data);
+    this.maybeCaughtUp();
+  }
+
+  /** The bridge has sent every update that one resumed subscription missed. */
+  onCaughtUp(data) {
+    this.replaying.delete(data.subscription_id);
+    this.emit("caught_up", data, this.subscriptions.get(data.subscription_id) ?? null);
+    this.maybeCaughtUp();
   }
 
   async onError(message) {
@@ -380,8 +408,9 @@ export class FhirNotifyClient {
     if (message.subscription_id && this.pendingAcks.delete(message.subscription_id)) {
       const sub = this.subscriptions.get(message.subscription_id);
       if (sub) sub.error = message.error;
+      this.replaying.delete(message.subscription_id);
       if (this.pendingAcks.size === 0) {
-        if (this.state === "catching-up") this.armQuiet();
+        if (this.state === "catching-up") this.maybeCaughtUp();
         else if (this.clientId !== null) this.setState("live");
       }
     }
@@ -459,15 +488,39 @@ export class FhirNotifyClient {
     }, this.options.heartbeatInterval);
   }
 
+  /**
+   * Ends "catching-up" once every subscription is acknowledged and every
+   * resumed one has had its caught_up (or a resync); while some have not,
+   * the fallback timer for old bridges runs.
+   */
+  maybeCaughtUp() {
+    if (this.state !== "catching-up" || this.pendingAcks.size > 0) return;
+    if (this.replaying.size > 0) {
+      if (!this.timers.quiet) this.armQuiet();
+      return;
+    }
+    this.finishCatchUp(true);
+  }
+
+  /** confirmed: the bridge said so (caught_up); false: the fallback timer guessed. */
+  finishCatchUp(confirmed) {
+    this.clearTimer("quiet");
+    const count = this.caughtUp;
+    const resynced = this.resynced;
+    this.caughtUp = 0;
+    this.resynced = 0;
+    this.setState("live");
+    this.emit("caughtup", { count, resynced, confirmed });
+  }
+
+  /** The fallback for a bridge that never sends caught_up: quiet for catchUpQuiet ms. */
   armQuiet() {
     this.clearTimer("quiet");
     if (this.pendingAcks.size > 0) return;
     this.timers.quiet = setTimeout(() => {
       this.timers.quiet = null;
-      const count = this.caughtUp;
-      this.caughtUp = 0;
-      this.setState("live");
-      this.emit("caughtup", { count });
+      this.replaying.clear();
+      this.finishCatchUp(false);
     }, this.options.catchUpQuiet);
   }
 

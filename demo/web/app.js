@@ -203,7 +203,9 @@ function startSession() {
     if (state === "reconnecting" && app.offlineSince === null) app.offlineSince = new Date();
     if (state === "live" && previous === "reconnecting") finishOutage(0);
   });
-  app.client.on("caughtup", ({ count }) => finishOutage(count));
+  // The bridge marks the end of the replay (caught_up): only then is "nothing
+  // changed" true. confirmed is false only with a bridge too old to say so.
+  app.client.on("caughtup", ({ count, confirmed }) => finishOutage(count, confirmed !== false));
   app.client.on("update", onUpdate);
   app.client.on("resync", onResync);
   app.client.on("error", (err) => {
@@ -214,10 +216,17 @@ function startSession() {
   route();
 }
 
-function finishOutage(count) {
+function finishOutage(count, confirmed = true) {
   if (app.offlineSince === null) return;
   const since = app.offlineSince.toLocaleTimeString();
   app.offlineSince = null;
+  if (!confirmed) {
+    notice(
+      `Back online. ${count} change${count === 1 ? "" : "s"} made since ${since} arrived; the live stream did not confirm that was all.`,
+      "warn",
+    );
+    return;
+  }
   notice(
     count > 0
       ? `Back online. ${count} change${count === 1 ? "" : "s"} made since ${since} ${count === 1 ? "is" : "are"} now shown and highlighted.`

@@ -28,6 +28,84 @@ describe("backoffDelay", () => {
   });
 });
 
+/*
+ * A bridge from before the caught_up message cannot be run here: this
+ * in-process socket speaks its protocol (welcome, subscription, a replayed
+ * update, then silence) so that the client's fallback can be checked.
+ */
+class OldBridgeSocket {
+  static sockets = [];
+
+  constructor() {
+    this.readyState = 1;
+    OldBridgeSocket.sockets.push(this);
+    setTimeout(() => this.deliver({ type: "welcome", data: { client_id: "old", cursor: "1-0" } }), 0);
+  }
+
+  deliver(message) {
+    this.onmessage?.({ data: JSON.stringify(message) });
+  }
+
+  send(text) {
+    const message = JSON.parse(text);
+    if (message.type !== "subscribe") return;
+    const { subscription_id, patient_ids, since } = message.data;
+    setTimeout(() => {
+      this.deliver({ type: "subscription", data: { action: "created", subscription_id, cursor: since ?? "1-0" } });
+      if (since) {
+        this.deliver({
+          type: "update",
+          data: {
+            action: "created",
+            resource_type: "Condition",
+            resource_id: "c1",
+            patient_id: patient_ids[0],
+            cursor: "2-0",
+          },
+        });
+      }
+    }, 0);
+  }
+
+  drop() {
+    this.readyState = 3;
+    this.onclose?.({ code: 1006, reason: "" });
+  }
+
+  close() {
+    this.readyState = 3;
+  }
+}
+
+describe("against a bridge that never sends caught_up", () => {
+  test("catching up ends after catchUpQuiet, marked as not confirmed", async () => {
+    const client = connect({
+      url: "ws://old.invalid/api/ws",
+      WebSocket: OldBridgeSocket,
+      catchUpQuiet: 200,
+      backoffInitial: 10,
+      backoffMax: 10,
+    });
+    try {
+      const states = [];
+      client.on("state", ({ state }) => states.push(state));
+      const sub = client.subscribePatient("p1", []);
+      await nextEvent(client, "subscribed", (s) => s === sub);
+      assert.equal(client.state, "live");
+      const caughtUp = nextEvent(client, "caughtup", () => true, 10000);
+      OldBridgeSocket.sockets.at(-1).drop();
+      const { count, confirmed } = await caughtUp;
+      assert.equal(count, 1);
+      assert.equal(confirmed, false);
+      assert.equal(client.state, "live");
+      assert.ok(states.includes("catching-up"), `states ${states}`);
+      assert.equal(sub.cursor, "2-0");
+    } finally {
+      client.close();
+    }
+  });
+});
+
 const RESUME_MAX_CHANGES = 10;
 
 describe("connect", () => {
@@ -134,11 +212,18 @@ describe("against a real fhir-notify-bridge", () => {
     await waitState(client, "reconnecting");
     const missed1 = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "During outage 1"));
     const missed2 = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(patient, "During outage 2"));
+    const marker = nextEvent(client, "caught_up", (d) => d.subscription_id === sub.id, 60000);
     const caughtUp = nextEvent(client, "caughtup", () => true, 60000);
     await demo.startBridge();
-    const { count } = await caughtUp;
+    const { count, confirmed, resynced } = await caughtUp;
     assert.equal(client.state, "live");
     assert.equal(count, 2);
+    // Ended by the bridge's caught_up, not by the fallback timer's guess.
+    assert.equal(confirmed, true);
+    assert.equal(resynced, 0);
+    const ended = await marker;
+    assert.equal(ended.replayed, 2);
+    assert.equal(ended.cursor, received.find((u) => u.resource_id === missed2.id).cursor);
     const ids = received.map((u) => u.resource_id);
     assert.deepEqual(
       ids.filter((id) => [before.id, missed1.id, missed2.id].includes(id)),
@@ -150,6 +235,36 @@ describe("against a real fhir-notify-bridge", () => {
     // And it is live again.
     const afterwards = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "After outage"));
     await updates.waitFor((u) => u.resource_id === afterwards.id, "after the outage");
+  });
+
+  test("a reconnect with nothing missed is caught up at once, on the bridge's word", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const patient = demo.patients[4] ?? demo.patients[0];
+    // A fallback far beyond the test's limits: only caught_up can end the catch-up.
+    const client = open({
+      token: makeToken(demo.secret),
+      backoffInitial: 200,
+      backoffMax: 1000,
+      catchUpQuiet: 600000,
+    });
+    const states = [];
+    client.on("state", ({ state }) => states.push(state));
+    const sub = client.subscribePatient(patient, ["Condition"]);
+    await nextEvent(client, "subscribed", (s) => s === sub);
+    const cursor = sub.cursor;
+    await demo.stopBridge();
+    await waitState(client, "reconnecting");
+    const marker = nextEvent(client, "caught_up", (d) => d.subscription_id === sub.id, 60000);
+    const caughtUp = nextEvent(client, "caughtup", () => true, 60000);
+    await demo.startBridge();
+    const ended = await marker;
+    assert.equal(ended.replayed, 0);
+    assert.equal(ended.cursor, cursor);
+    const { count, confirmed } = await caughtUp;
+    assert.equal(count, 0);
+    assert.equal(confirmed, true);
+    assert.equal(client.state, "live");
+    assert.ok(states.includes("catching-up"), `states ${states}`);
   });
 
   test("too many missed changes end in a resync with a cursor to go on from", async (t) => {
@@ -166,6 +281,7 @@ describe("against a real fhir-notify-bridge", () => {
       await writeResource(demo, "POST", "/fhir/Condition", condition(patient, `Missed ${i}`));
     }
     const resync = nextEvent(client, "resync", () => true, 60000);
+    const caughtUp = nextEvent(client, "caughtup", () => true, 60000);
     await demo.startBridge();
     const data = await resync;
     assert.equal(data.patient_id, patient);
@@ -174,6 +290,10 @@ describe("against a real fhir-notify-bridge", () => {
     assert.ok(data.cursor);
     assert.equal(sub.cursor, data.cursor);
     assert.ok(!received.some((u) => u.resource?.code?.text?.startsWith("Missed")), "no partial replay");
+    // The resync ends the replay (no caught_up follows one): live without waiting for the fallback.
+    const ended = await caughtUp;
+    assert.equal(ended.resynced, 1);
+    assert.equal(ended.confirmed, true);
     await waitState(client, "live");
     // Live again after the resync.
     const next = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "After resync"));
