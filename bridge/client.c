@@ -202,14 +202,16 @@ client_write_next(client *c)
 	return 0;
 }
 
-/* See client.h. */
-void
-client_arm_timer(client *c)
+/*
+ * The delay until c's nearest deadline (pending close, authentication, token
+ * expiry, stuck queue), or false when it has none.
+ */
+static bool
+next_deadline(client *c, long long *delay)
 {
 	long long now_mono = now_monotonic_us();
 	long long deadlines[4];
 	int n = 0;
-	long long delay;
 
 	if (c->close_code)
 		deadlines[n++] = c->close_deadline_us - now_mono; /* the only deadline left */
@@ -220,14 +222,25 @@ client_arm_timer(client *c)
 	if (!c->close_code && c->stuck_since_us)
 		deadlines[n++] = c->stuck_since_us + STUCK_CLIENT_US - now_mono;
 	if (n == 0)
-	{
-		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
-		return;
-	}
-	delay = deadlines[0];
+		return false;
+	*delay = deadlines[0];
 	for (int i = 1; i < n; i++)
-		delay = deadlines[i] < delay ? deadlines[i] : delay;
-	lws_set_timer_usecs(c->wsi, delay < 1000 ? 1000 : delay);
+		*delay = deadlines[i] < *delay ? deadlines[i] : *delay;
+	if (*delay < 1000)
+		*delay = 1000;
+	return true;
+}
+
+/* See client.h. */
+void
+client_arm_timer(client *c)
+{
+	long long delay;
+
+	if (next_deadline(c, &delay))
+		lws_set_timer_usecs(c->wsi, delay);
+	else
+		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
 }
 
 /* See client.h. */
@@ -273,7 +286,18 @@ client_timer_fired(client *c)
 		client_close(c, 4001, "Unauthorized");
 		return 0;
 	}
-	client_arm_timer(c);
+	/*
+	 * The timer that fired is spent: re-arm it only for a deadline still
+	 * ahead. Cancelling it from inside LWS_CALLBACK_TIMER (lws 4.1) would
+	 * schedule it again at once, a busy loop for every connection without
+	 * a deadline (--insecure-no-auth, tokens without exp).
+	 */
+	{
+		long long delay;
+
+		if (next_deadline(c, &delay))
+			lws_set_timer_usecs(c->wsi, delay);
+	}
 	return 0;
 }
 

@@ -1,0 +1,57 @@
+"""End to end: what idle connections cost the bridge (behaviour, not speed: the numbers are in bench/)."""
+
+import contextlib
+import os
+import time
+
+import pytest
+
+from bridgeproc import (Bridge, bridge_logs, create_fhir_database, hs256, shared_cluster,  # noqa: F401
+                        VALIDATION_ARGS, SECRET_FILE)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_CLIENTS = 50
+IDLE_SECONDS = 2.0
+# A busy loop uses about IDLE_SECONDS of CPU; an idle bridge next to nothing.
+MAX_IDLE_CPU_SECONDS = 0.3
+
+
+@pytest.fixture(scope="module")
+def db():
+    return create_fhir_database(shared_cluster())
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def idle_cpu(bridge, token):
+    """The bridge's CPU time over IDLE_SECONDS with IDLE_CLIENTS open, silent connections."""
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(bridge.connect(token)) for _ in range(IDLE_CLIENTS)]
+        clients[-1].ping()  # every connection is set up
+        time.sleep(0.5)
+        before = cpu_seconds(bridge.proc.pid)
+        time.sleep(IDLE_SECONDS)
+        used = cpu_seconds(bridge.proc.pid) - before
+        assert bridge.proc.poll() is None
+        return used
+
+
+@pytest.mark.parametrize("auth", ["insecure-no-auth", "token-without-exp", "token-with-exp"])
+def test_idle_connections_leave_the_bridge_idle(db, auth):
+    """Connections with no deadline pending (no token expiry, nothing queued) must not
+    keep a timer firing: that once kept the bridge at a full core with --insecure-no-auth."""
+    if auth == "insecure-no-auth":
+        args, token = ["--insecure-no-auth"], None
+    else:
+        args = ["--jwt-secret-file", SECRET_FILE, *VALIDATION_ARGS]
+        token = hs256(exp_in=None) if auth == "token-without-exp" else hs256(exp_in=600)
+    with Bridge(shared_cluster(), db, args=args) as bridge:
+        used = idle_cpu(bridge, token)
+    print(f"{auth}: {used:.2f} s of CPU in {IDLE_SECONDS} s")
+    assert used < MAX_IDLE_CPU_SECONDS, \
+        f"{IDLE_CLIENTS} idle connections used {used:.2f} s of CPU in {IDLE_SECONDS} s"
