@@ -81,9 +81,17 @@ client_send_update(client *c, message *msg, bool catch_up)
 		the_metrics.queue_drops++; /* this one */
 		client_drop_queued_updates(c);
 		bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
-		log_warning("client %s: send queue over %d updates, dropped it and asked for a resync",
-		            c->id, the_bridge.settings.send_queue_limit);
-		for (int i = 0; i < c->nsubs; i++)
+		if (!c->resync_queued)
+			log_warning("client %s: not keeping up with %d queued updates, dropped them and asked "
+			            "for a resync",
+			            c->id, the_bridge.settings.send_queue_limit);
+		/*
+		 * A resync still queued covers this drop too: the client reloads
+		 * only after reading it. Once one has been written, a new drop
+		 * needs a new resync. Its cursor is at or before every dropped
+		 * change, so a client resuming from it misses nothing.
+		 */
+		for (int i = 0; i < c->nsubs && !c->resync_queued; i++)
 		{
 			subscription *sub = c->subs[i];
 
@@ -98,11 +106,7 @@ client_send_update(client *c, message *msg, bool catch_up)
 				message_unref(resync);
 			}
 		}
-		/*
-		 * The change in hand is after the resync's cursor only if the
-		 * cursor is "now"; the current change was already counted in it,
-		 * so it is covered by the reload.
-		 */
+		c->resync_queued = true;
 		if (!c->stuck_since_us)
 		{
 			c->stuck_since_us = now_monotonic_us();
@@ -169,6 +173,8 @@ client_write_next(client *c)
 		}
 		the_metrics.messages_sent++;
 		c->last_progress_us = now_monotonic_us();
+		if (msg->kind == MESSAGE_RESYNC)
+			c->resync_queued = false;
 		if (msg->kind == MESSAGE_UPDATE)
 		{
 			the_metrics.updates_sent++;

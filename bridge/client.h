@@ -54,6 +54,7 @@ typedef struct client
 	int queue_cap;
 	int queued_updates;
 	long long stuck_since_us; /* monotonic; set when the queue overflowed */
+	bool resync_queued;       /* an overflow's resyncs are queued, not yet written */
 	long long
 	    last_progress_us; /* monotonic: the last write, or when the queue last filled from empty */
 
