@@ -147,6 +147,23 @@ client_close(client *c, int code, const char *reason)
 int
 client_write_next(client *c)
 {
+	if (c->ping_wanted && !c->close_code)
+	{
+		/* not empty: lws does not report an empty pong (LWS_CALLBACK_RECEIVE_PONG) */
+		unsigned char ping[LWS_PRE + 4] = {0};
+
+		/* a WebSocket ping of its own in this callback; the queue goes in the next */
+		c->ping_wanted = false;
+		c->ping_sent = true;
+		if (lws_write(c->wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0)
+		{
+			log_info("client %s: write failed, closing", c->id);
+			return -1;
+		}
+		if (c->queue_len > 0)
+			lws_callback_on_writable(c->wsi);
+		return 0;
+	}
 	for (int n = 0; c->queue_len > 0 && n < WRITES_PER_CALLBACK; n++)
 	{
 		message *msg;
@@ -209,29 +226,23 @@ client_write_next(client *c)
 }
 
 /*
- * The delay until c's nearest deadline (pending close, authentication, token
- * expiry, stuck queue), or false when it has none.
+ * The delay until c's nearest per-connection deadline (a pending close, a
+ * stuck queue), or false when it has none. These are near and rare; the
+ * far, common ones (authentication, token expiry, idleness) are checked by
+ * clients_sweep(): lws 4.1 keeps every timer in one sorted list, and a far
+ * timer per connection made each accept walk all of them.
  */
 static bool
 next_deadline(client *c, long long *delay)
 {
 	long long now_mono = now_monotonic_us();
-	long long deadlines[4];
-	int n = 0;
 
 	if (c->close_code)
-		deadlines[n++] = c->close_deadline_us - now_mono; /* the only deadline left */
-	else if (!c->authenticated)
-		deadlines[n++] = c->connected_us + AUTH_TIMEOUT_US - now_mono;
-	if (!c->close_code && c->authenticated && c->expires_us)
-		deadlines[n++] = c->expires_us - now_wall_us();
-	if (!c->close_code && c->stuck_since_us)
-		deadlines[n++] = c->stuck_since_us + STUCK_CLIENT_US - now_mono;
-	if (n == 0)
+		*delay = c->close_deadline_us - now_mono; /* the only deadline left */
+	else if (c->stuck_since_us)
+		*delay = c->stuck_since_us + STUCK_CLIENT_US - now_mono;
+	else
 		return false;
-	*delay = deadlines[0];
-	for (int i = 1; i < n; i++)
-		*delay = deadlines[i] < *delay ? deadlines[i] : *delay;
 	if (*delay < 1000)
 		*delay = 1000;
 	return true;
@@ -243,10 +254,14 @@ client_arm_timer(client *c)
 {
 	long long delay;
 
+	/*
+	 * Without a deadline the timer is left alone, never cancelled: in lws
+	 * 4.1 lws_set_timer_usecs(LWS_SET_TIMER_USEC_CANCEL) makes it fire at
+	 * once, and from inside LWS_CALLBACK_TIMER that was a busy loop. A
+	 * timer left over fires once, finds nothing due and is spent.
+	 */
 	if (next_deadline(c, &delay))
 		lws_set_timer_usecs(c->wsi, delay);
-	else
-		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
 }
 
 /* See client.h. */
@@ -275,36 +290,69 @@ client_timer_fired(client *c)
 		                 sizeof(reason) - 1);
 		return -1;
 	}
+	/* a fired timer is spent: re-armed only for a deadline still ahead */
+	client_arm_timer(c);
+	return 0;
+}
+
+/* Closes c if it is past its authentication timeout or its token's expiry. */
+static void
+sweep_deadlines(client *c, long long now_mono, long long now_wall)
+{
 	if (!c->authenticated && now_mono >= c->connected_us + AUTH_TIMEOUT_US)
 	{
 		log_info("client %s: no token within %lld seconds, closing", c->id,
 		         AUTH_TIMEOUT_US / 1000000);
 		client_send_error(c, "AUTH_REQUIRED", "no token was given in time", NULL);
 		client_close(c, 4001, "Unauthorized");
-		return 0;
 	}
-	if (c->authenticated && c->expires_us && now_wall_us() >= c->expires_us)
+	else if (c->authenticated && c->expires_us && now_wall >= c->expires_us)
 	{
 		log_info("client %s: token expired, closing", c->id);
 		/* nothing more is delivered on an expired token */
 		client_drop_queued_updates(c);
 		client_send_error(c, "TOKEN_EXPIRED", "the token has expired", NULL);
 		client_close(c, 4001, "Unauthorized");
-		return 0;
 	}
-	/*
-	 * The timer that fired is spent: re-arm it only for a deadline still
-	 * ahead. Cancelling it from inside LWS_CALLBACK_TIMER (lws 4.1) would
-	 * schedule it again at once, a busy loop for every connection without
-	 * a deadline (--insecure-no-auth, tokens without exp).
-	 */
-	{
-		long long delay;
+}
 
-		if (next_deadline(c, &delay))
-			lws_set_timer_usecs(c->wsi, delay);
+/* See client.h. */
+void
+clients_sweep(void)
+{
+	long long now_mono = now_monotonic_us();
+	long long now_wall = now_wall_us();
+
+	for (client *c = the_bridge.clients; c; c = c->next)
+	{
+		long long silent = now_mono - c->last_rx_us;
+
+		if (c->close_code)
+			continue; /* its own timer drops it if the close cannot be flushed */
+		sweep_deadlines(c, now_mono, now_wall);
+		if (c->close_code)
+			continue;
+		if (silent >= IDLE_HANGUP_US)
+		{
+			/* a peer that vanished without closing: free its rooms */
+			log_info("client %s: silent for %lld seconds, dropping the connection", c->id,
+			         silent / 1000000);
+			lws_set_timeout(c->wsi, PENDING_TIMEOUT_WS_PONG_CHECK_GET_PONG, LWS_TO_KILL_ASYNC);
+		}
+		else if (silent >= IDLE_PING_US && !c->ping_sent && !c->ping_wanted)
+		{
+			c->ping_wanted = true;
+			lws_callback_on_writable(c->wsi);
+		}
 	}
-	return 0;
+}
+
+/* See client.h. */
+void
+client_heard_from(client *c)
+{
+	c->last_rx_us = now_monotonic_us();
+	c->ping_sent = false;
 }
 
 /* See client.h. */

@@ -58,6 +58,10 @@ typedef struct client
 	long long
 	    last_progress_us; /* monotonic: the last write, or when the queue last filled from empty */
 
+	long long last_rx_us; /* monotonic: the last frame or pong from the peer */
+	bool ping_wanted;     /* silent for IDLE_PING_US: a ping goes out in the next write */
+	bool ping_sent;       /* and went out; cleared by anything the peer sends */
+
 	int close_code; /* pending close, sent once the queue is flushed */
 	char close_reason[64];
 	long long close_deadline_us; /* monotonic: past it the connection is dropped unflushed */
@@ -90,8 +94,16 @@ void client_close(client *c, int code, const char *reason);
 int client_write_next(client *c);
 /* Re-arms the per-connection timer for the nearest deadline. */
 void client_arm_timer(client *c);
-/* Closes connections past a deadline (auth, token expiry, stuck queue); -1: close now. */
+/* Closes connections past a near deadline (unflushed close, stuck queue); -1: close now. */
 int client_timer_fired(client *c);
+/*
+ * Once a second, over every client: closes those past the authentication
+ * timeout or their token's expiry, pings silent ones and drops those that
+ * stay silent.
+ */
+void clients_sweep(void);
+/* The peer sent something (a frame, a pong): it is alive. */
+void client_heard_from(client *c);
 
 /* Unauthenticated connections are closed after this. */
 #define AUTH_TIMEOUT_US (10 * 1000000LL)
@@ -105,6 +117,12 @@ int client_timer_fired(client *c);
  */
 #define STALLED_CLIENT_US (1 * 1000000LL)
 #define QUEUE_HARD_FACTOR 8
+/*
+ * A connection silent for this long gets a WebSocket ping; one silent for
+ * IDLE_HANGUP_US (a peer that vanished without closing) is dropped.
+ */
+#define IDLE_PING_US   (30 * 1000000LL)
+#define IDLE_HANGUP_US (75 * 1000000LL)
 /* A client that has not emptied an overflowed queue for this long is closed with 1013. */
 #define STUCK_CLIENT_US (10 * 1000000LL)
 void client_release(client *c);

@@ -57,10 +57,14 @@ warn_insecure(void)
 	last_insecure_warning_us = now_monotonic_us();
 }
 
-/* Once a second: wakes the loop for the signal flags, repeats the insecure warning. */
+/*
+ * Once a second: wakes the loop for the signal flags, closes connections
+ * past their deadlines, repeats the insecure warning.
+ */
 static void
 housekeeping(lws_sorted_usec_list_t *sul)
 {
+	clients_sweep();
 	if (!the_bridge.keys && now_monotonic_us() - last_insecure_warning_us >= INSECURE_WARNING_US)
 		warn_insecure();
 	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
@@ -162,13 +166,12 @@ raise_fd_limit(void)
 }
 
 /*
- * A connection silent for 30 s gets a WebSocket ping; one silent for 75 s
- * (a peer that vanished without closing) is dropped, freeing its rooms.
+ * No lws idle checks: they put a far timer per connection into lws 4.1's
+ * single sorted timer list, which made accepting N connections O(N^2).
+ * clients_sweep() pings silent connections and drops dead ones instead.
+ * (Zeroed, not NULL: NULL means the context's default policy.)
  */
-static const lws_retry_bo_t idle_policy = {
-    .secs_since_valid_ping = 30,
-    .secs_since_valid_hangup = 75,
-};
+static const lws_retry_bo_t idle_policy = {0};
 
 static const struct lws_protocols protocols[] = {
     {"fhir-notify", ws_callback, sizeof(client), 4096, 0, NULL, 0},

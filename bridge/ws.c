@@ -153,6 +153,7 @@ on_established(struct lws *wsi, client *c)
 	make_uuid(c->id);
 	lws_get_peer_simple(wsi, c->peer, sizeof(c->peer));
 	c->connected_us = now_monotonic_us();
+	c->last_rx_us = c->connected_us;
 	c->next = the_bridge.clients;
 	if (c->next)
 		c->next->prev = c;
@@ -471,6 +472,7 @@ on_receive(struct lws *wsi, client *c, const void *in, size_t len)
 {
 	size_t limit = (size_t) the_bridge.settings.max_frame_size;
 
+	client_heard_from(c);
 	if (c->close_code)
 		return 0;
 	/*
@@ -534,6 +536,9 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			return 0;
 		case LWS_CALLBACK_RECEIVE:
 			return on_receive(wsi, c, in, len);
+		case LWS_CALLBACK_RECEIVE_PONG:
+			client_heard_from(c);
+			return 0;
 		case LWS_CALLBACK_SERVER_WRITEABLE:
 			return client_write_next(c);
 		case LWS_CALLBACK_TIMER:

@@ -55,3 +55,19 @@ def test_idle_connections_leave_the_bridge_idle(db, auth):
     print(f"{auth}: {used:.2f} s of CPU in {IDLE_SECONDS} s")
     assert used < MAX_IDLE_CPU_SECONDS, \
         f"{IDLE_CLIENTS} idle connections used {used:.2f} s of CPU in {IDLE_SECONDS} s"
+
+
+def test_connection_without_a_token_is_closed_after_the_authentication_timeout(db):
+    """The 10-second authentication deadline is checked by the bridge's once-a-second
+    sweep, not a timer per connection: it still closes with AUTH_REQUIRED, then 4001."""
+    args = ["--jwt-secret-file", SECRET_FILE, *VALIDATION_ARGS]
+    with Bridge(shared_cluster(), db, args=args) as bridge:
+        with bridge.connect(None, welcome=False) as silent, bridge.connect(hs256()) as authed:
+            started = time.monotonic()
+            code, _, messages = silent.wait_closed(timeout=30)
+            waited = time.monotonic() - started
+            assert [m.get("type") for m in messages] == ["error"], messages
+            assert messages[0]["error"] == "AUTH_REQUIRED", messages
+            assert code == 4001
+            assert waited >= 8, f"closed after {waited:.1f} s, before the 10-second timeout"
+            assert authed.ping()["type"] == "pong"  # a client with a token stays
