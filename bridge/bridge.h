@@ -27,6 +27,7 @@ typedef struct bridge
 	struct client *clients;
 	int nclients;
 	bool database_connected;
+	long long last_tick_ok_us; /* monotonic: the last successful fhir_notify.tick() */
 	long long last_tick; /* every change up to this tick has been fanned out; 0 = not started */
 	bool draining;       /* SIGTERM: no new connections, clients being closed */
 } bridge;

@@ -108,10 +108,7 @@ client_send_update(client *c, message *msg, bool catch_up)
 		}
 		c->resync_queued = true;
 		if (!c->stuck_since_us)
-		{
 			c->stuck_since_us = now_monotonic_us();
-			client_arm_timer(c);
-		}
 		return;
 	}
 	client_send(c, msg);
@@ -136,7 +133,6 @@ client_close(client *c, int code, const char *reason)
 	c->close_code = code;
 	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
 	c->close_deadline_us = now_monotonic_us() + CLOSE_FLUSH_US;
-	client_arm_timer(c);
 	lws_callback_on_writable(c->wsi);
 }
 
@@ -147,20 +143,15 @@ client_close(client *c, int code, const char *reason)
 int
 client_write_next(client *c)
 {
-	if (c->ping_wanted && !c->close_code)
+	if (c->ping_pending)
 	{
-		/* not empty: lws does not report an empty pong (LWS_CALLBACK_RECEIVE_PONG) */
-		unsigned char ping[LWS_PRE + 4] = {0};
+		unsigned char ping[LWS_PRE + 1];
 
-		/* a WebSocket ping of its own in this callback; the queue goes in the next */
-		c->ping_wanted = false;
-		c->ping_sent = true;
-		if (lws_write(c->wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0)
-		{
-			log_info("client %s: write failed, closing", c->id);
+		c->ping_pending = false;
+		c->last_ping_us = now_monotonic_us();
+		if (lws_write(c->wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
 			return -1;
-		}
-		if (c->queue_len > 0)
+		if (c->queue_len > 0 || c->close_code)
 			lws_callback_on_writable(c->wsi);
 		return 0;
 	}
@@ -204,11 +195,7 @@ client_write_next(client *c)
 		lws_callback_on_writable(c->wsi);
 		return 0;
 	}
-	if (c->stuck_since_us)
-	{
-		c->stuck_since_us = 0;
-		client_arm_timer(c);
-	}
+	c->stuck_since_us = 0;
 	if (c->close_code)
 	{
 		/* the close frame goes in a callback of its own, after the last message */
@@ -226,93 +213,82 @@ client_write_next(client *c)
 }
 
 /*
- * The delay until c's nearest per-connection deadline (a pending close, a
- * stuck queue), or false when it has none. These are near and rare; the
- * far, common ones (authentication, token expiry, idleness) are checked by
- * clients_sweep(): lws 4.1 keeps every timer in one sorted list, and a far
- * timer per connection made each accept walk all of them.
+ * Asks for a hard close from inside the connection's own callback, where
+ * the close code can still be set: an lws timer due at once. Timers due
+ * soon sit at the head of lws's sorted list, so this is cheap, unlike a
+ * timer per connection for a far deadline such as the token's expiry.
  */
-static bool
-next_deadline(client *c, long long *delay)
+static void
+request_hard_close(client *c, int code, const char *reason)
 {
-	long long now_mono = now_monotonic_us();
-
-	if (c->close_code)
-		*delay = c->close_deadline_us - now_mono; /* the only deadline left */
-	else if (c->stuck_since_us)
-		*delay = c->stuck_since_us + STUCK_CLIENT_US - now_mono;
-	else
-		return false;
-	if (*delay < 1000)
-		*delay = 1000;
-	return true;
-}
-
-/* See client.h. */
-void
-client_arm_timer(client *c)
-{
-	long long delay;
-
-	/*
-	 * Without a deadline the timer is left alone, never cancelled: in lws
-	 * 4.1 lws_set_timer_usecs(LWS_SET_TIMER_USEC_CANCEL) makes it fire at
-	 * once, and from inside LWS_CALLBACK_TIMER that was a busy loop. A
-	 * timer left over fires once, finds nothing due and is spent.
-	 */
-	if (next_deadline(c, &delay))
-		lws_set_timer_usecs(c->wsi, delay);
+	if (c->hard_close_code)
+		return;
+	c->hard_close_code = code;
+	snprintf(c->hard_close_reason, sizeof(c->hard_close_reason), "%s", reason);
+	lws_set_timer_usecs(c->wsi, 1);
 }
 
 /* See client.h. */
 int
 client_timer_fired(client *c)
 {
-	long long now_mono = now_monotonic_us();
+	if (!c->hard_close_code)
+		return 0; /* a spent timer: never re-armed or cancelled from here */
+	lws_close_reason(c->wsi, (enum lws_close_status) c->hard_close_code,
+	                 (unsigned char *) c->hard_close_reason, strlen(c->hard_close_reason));
+	return -1;
+}
 
+/* Checks one connection's deadlines; see clients_sweep(). */
+static void
+sweep_client(client *c, long long now_mono, long long now_wall)
+{
+	if (c->hard_close_code)
+		return;
 	if (c->close_code)
 	{
-		if (now_mono < c->close_deadline_us)
+		if (now_mono >= c->close_deadline_us)
 		{
-			client_arm_timer(c);
-			return 0;
+			log_info("client %s: could not flush before closing, dropping the connection", c->id);
+			request_hard_close(c, c->close_code, c->close_reason);
 		}
-		log_info("client %s: could not flush before closing, dropping the connection", c->id);
-		return -1;
+		return;
 	}
 	if (c->stuck_since_us && now_mono >= c->stuck_since_us + STUCK_CLIENT_US)
 	{
-		static const char reason[] = "client too slow";
-
 		the_metrics.slow_client_closes++;
 		log_warning("client %s: not reading its updates, closing with 1013", c->id);
-		lws_close_reason(c->wsi, (enum lws_close_status) 1013, (unsigned char *) reason,
-		                 sizeof(reason) - 1);
-		return -1;
+		request_hard_close(c, 1013, "client too slow");
+		return;
 	}
-	/* a fired timer is spent: re-armed only for a deadline still ahead */
-	client_arm_timer(c);
-	return 0;
-}
-
-/* Closes c if it is past its authentication timeout or its token's expiry. */
-static void
-sweep_deadlines(client *c, long long now_mono, long long now_wall)
-{
+	if (now_mono - c->last_rx_us >= IDLE_HANGUP_US)
+	{
+		log_info("client %s: silent for %lld seconds, not even answering pings; dropping it", c->id,
+		         IDLE_HANGUP_US / 1000000);
+		request_hard_close(c, LWS_CLOSE_STATUS_GOINGAWAY, "no answer to pings");
+		return;
+	}
 	if (!c->authenticated && now_mono >= c->connected_us + AUTH_TIMEOUT_US)
 	{
 		log_info("client %s: no token within %lld seconds, closing", c->id,
 		         AUTH_TIMEOUT_US / 1000000);
 		client_send_error(c, "AUTH_REQUIRED", "no token was given in time", NULL);
 		client_close(c, 4001, "Unauthorized");
+		return;
 	}
-	else if (c->authenticated && c->expires_us && now_wall >= c->expires_us)
+	if (c->authenticated && c->expires_us && now_wall >= c->expires_us)
 	{
 		log_info("client %s: token expired, closing", c->id);
 		/* nothing more is delivered on an expired token */
 		client_drop_queued_updates(c);
 		client_send_error(c, "TOKEN_EXPIRED", "the token has expired", NULL);
 		client_close(c, 4001, "Unauthorized");
+		return;
+	}
+	if (now_mono - c->last_rx_us >= IDLE_PING_US && now_mono - c->last_ping_us >= IDLE_PING_US)
+	{
+		c->ping_pending = true;
+		lws_callback_on_writable(c->wsi);
 	}
 }
 
@@ -324,35 +300,7 @@ clients_sweep(void)
 	long long now_wall = now_wall_us();
 
 	for (client *c = the_bridge.clients; c; c = c->next)
-	{
-		long long silent = now_mono - c->last_rx_us;
-
-		if (c->close_code)
-			continue; /* its own timer drops it if the close cannot be flushed */
-		sweep_deadlines(c, now_mono, now_wall);
-		if (c->close_code)
-			continue;
-		if (silent >= IDLE_HANGUP_US)
-		{
-			/* a peer that vanished without closing: free its rooms */
-			log_info("client %s: silent for %lld seconds, dropping the connection", c->id,
-			         silent / 1000000);
-			lws_set_timeout(c->wsi, PENDING_TIMEOUT_WS_PONG_CHECK_GET_PONG, LWS_TO_KILL_ASYNC);
-		}
-		else if (silent >= IDLE_PING_US && !c->ping_sent && !c->ping_wanted)
-		{
-			c->ping_wanted = true;
-			lws_callback_on_writable(c->wsi);
-		}
-	}
-}
-
-/* See client.h. */
-void
-client_heard_from(client *c)
-{
-	c->last_rx_us = now_monotonic_us();
-	c->ping_sent = false;
+		sweep_client(c, now_mono, now_wall);
 }
 
 /* See client.h. */

@@ -58,14 +58,15 @@ typedef struct client
 	long long
 	    last_progress_us; /* monotonic: the last write, or when the queue last filled from empty */
 
-	long long last_rx_us; /* monotonic: the last frame or pong from the peer */
-	bool ping_wanted;     /* silent for IDLE_PING_US: a ping goes out in the next write */
-	bool ping_sent;       /* and went out; cleared by anything the peer sends */
-
 	int close_code; /* pending close, sent once the queue is flushed */
 	char close_reason[64];
 	long long close_deadline_us; /* monotonic: past it the connection is dropped unflushed */
-	bool close_sent_pending;     /* the queue is flushed; the close goes in the next callback */
+	int hard_close_code;         /* the sweep asked for an immediate close with this code */
+	char hard_close_reason[64];
+	long long last_rx_us;   /* monotonic: the last message or pong from the client */
+	long long last_ping_us; /* monotonic: the last ping sent */
+	bool ping_pending;
+	bool close_sent_pending; /* the queue is flushed; the close goes in the next callback */
 
 	char *rx; /* the message being reassembled from fragments */
 	size_t rx_len;
@@ -92,23 +93,23 @@ void client_send_error(client *c, const char *code, const char *text, const char
 void client_close(client *c, int code, const char *reason);
 /* Writes the next queued message; called in LWS_CALLBACK_SERVER_WRITEABLE. */
 int client_write_next(client *c);
-/* Re-arms the per-connection timer for the nearest deadline. */
-void client_arm_timer(client *c);
-/* Closes connections past a near deadline (unflushed close, stuck queue); -1: close now. */
-int client_timer_fired(client *c);
 /*
- * Once a second, over every client: closes those past the authentication
- * timeout or their token's expiry, pings silent ones and drops those that
- * stay silent.
+ * Enforces every connection's deadlines (authentication, token expiry, a
+ * stuck queue, a close that cannot flush, idle pings): called every half
+ * second from the main loop rather than with an lws timer per connection,
+ * whose sorted list would make accepting N connections cost O(N^2).
  */
 void clients_sweep(void);
-/* The peer sent something (a frame, a pong): it is alive. */
-void client_heard_from(client *c);
+/* LWS_CALLBACK_TIMER: a hard close requested by the sweep; -1 closes. */
+int client_timer_fired(client *c);
 
 /* Unauthenticated connections are closed after this. */
 #define AUTH_TIMEOUT_US (10 * 1000000LL)
 /* A pending close that cannot flush the queue (the peer does not read) is forced after this. */
 #define CLOSE_FLUSH_US (5 * 1000000LL)
+/* A connection silent this long gets a WebSocket ping; silent this long after, it is dropped. */
+#define IDLE_PING_US   (30 * 1000000LL)
+#define IDLE_HANGUP_US (75 * 1000000LL)
 /*
  * Past --send-queue-limit a client's queue overflows if nothing was written
  * to it for this long (it is not reading), or at once when it is this many
@@ -117,12 +118,6 @@ void client_heard_from(client *c);
  */
 #define STALLED_CLIENT_US (1 * 1000000LL)
 #define QUEUE_HARD_FACTOR 8
-/*
- * A connection silent for this long gets a WebSocket ping; one silent for
- * IDLE_HANGUP_US (a peer that vanished without closing) is dropped.
- */
-#define IDLE_PING_US   (30 * 1000000LL)
-#define IDLE_HANGUP_US (75 * 1000000LL)
 /* A client that has not emptied an overflowed queue for this long is closed with 1013. */
 #define STUCK_CLIENT_US (10 * 1000000LL)
 void client_release(client *c);

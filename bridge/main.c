@@ -58,8 +58,8 @@ warn_insecure(void)
 }
 
 /*
- * Once a second: wakes the loop for the signal flags, closes connections
- * past their deadlines, repeats the insecure warning.
+ * Twice a second: connection deadlines, the insecure warning, and a wake-up
+ * of the loop for the signal flags.
  */
 static void
 housekeeping(lws_sorted_usec_list_t *sul)
@@ -67,7 +67,7 @@ housekeeping(lws_sorted_usec_list_t *sul)
 	clients_sweep();
 	if (!the_bridge.keys && now_monotonic_us() - last_insecure_warning_us >= INSECURE_WARNING_US)
 		warn_insecure();
-	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
+	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC / 2);
 }
 
 static bool
@@ -166,12 +166,11 @@ raise_fd_limit(void)
 }
 
 /*
- * No lws idle checks: they put a far timer per connection into lws 4.1's
- * single sorted timer list, which made accepting N connections O(N^2).
- * clients_sweep() pings silent connections and drops dead ones instead.
- * (Zeroed, not NULL: NULL means the context's default policy.)
+ * No lws idle-validity timer per connection (lws 4.1 keeps timers in one
+ * sorted list: a far deadline per connection makes accepting N connections
+ * O(N^2)); clients_sweep() pings idle connections and drops dead ones.
  */
-static const lws_retry_bo_t idle_policy = {0};
+static const lws_retry_bo_t no_idle_policy;
 
 static const struct lws_protocols protocols[] = {
     {"fhir-notify", ws_callback, sizeof(client), 4096, 0, NULL, 0},
@@ -251,7 +250,7 @@ main(int argc, char **argv)
 	info.pt_serv_buf_size = 32768;
 	info.count_threads = 1;
 	info.vhost_name = "default";
-	info.retry_and_idle_policy = &idle_policy;
+	info.retry_and_idle_policy = &no_idle_policy;
 	if (the_bridge.settings.tls_cert)
 	{
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;

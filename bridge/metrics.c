@@ -101,11 +101,21 @@ healthz_render(strbuf *out)
 {
 	char cursor_text[CURSOR_TEXT_LEN];
 	bool have_cursor = bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
-	bool ok = the_bridge.database_connected && !the_bridge.draining;
+	/* stale: the safety poll should have read the log several times by now */
+	long long stale_after_us = (long long) the_bridge.settings.poll_interval * 3 * 1000000;
+	bool fresh;
+	bool ok;
+
+	if (stale_after_us < 15 * 1000000LL)
+		stale_after_us = 15 * 1000000LL;
+	fresh = now_monotonic_us() - the_bridge.last_tick_ok_us < stale_after_us;
+	ok = the_bridge.database_connected && fresh && !the_bridge.draining;
 
 	strbuf_appendf(out, "{\"status\":\"%s\",\"database\":\"%s\",\"connections\":%d,\"cursor\":",
 	               ok ? "ok" : "unavailable",
-	               the_bridge.database_connected ? "connected" : "disconnected",
+	               !the_bridge.database_connected ? "disconnected"
+	               : fresh                        ? "connected"
+	                                              : "not answering",
 	               the_bridge.nclients);
 	strbuf_append_json_string(out, have_cursor ? cursor_text : NULL);
 	strbuf_append(out, "}\n");

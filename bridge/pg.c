@@ -315,6 +315,8 @@ fan_out_step(lws_sorted_usec_list_t *sul)
 {
 	int end = pending_next + FAN_OUT_BATCH;
 
+	the_bridge.last_tick_ok_us = now_monotonic_us(); /* a long fan-out is progress, not staleness */
+
 	for (; pending_next < npending && pending_next < end; pending_next++)
 	{
 		change *c = pending[pending_next];
@@ -398,6 +400,8 @@ reader_query_done(pg_link *link)
 		if (failed && the_bridge.database_connected)
 			log_warning("database: the change log cannot be read; reporting unhealthy");
 		the_bridge.database_connected = !failed;
+		if (!failed)
+			the_bridge.last_tick_ok_us = now_monotonic_us();
 	}
 	if (done == STEP_TICK && !failed)
 	{

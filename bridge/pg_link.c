@@ -14,6 +14,14 @@
 
 #define BACKOFF_FIRST_MS 100
 #define BACKOFF_MAX_MS   5000
+/*
+ * An asynchronous connect has no libpq timeout, and a server that stops
+ * answering (a hung host, a partition without RST) would leave a query in
+ * flight forever while /healthz still said ok: past these, the connection
+ * is given up and made again.
+ */
+#define CONNECT_TIMEOUT_US (10 * 1000000LL)
+#define QUERY_TIMEOUT_US   (30 * 1000000LL)
 
 static void link_fail(pg_link *link, const char *why);
 
@@ -89,6 +97,17 @@ sync_socket(pg_link *link)
 }
 
 static void
+watchdog_cb(lws_sorted_usec_list_t *sul)
+{
+	pg_link *link = lws_container_of(sul, pg_link, watchdog);
+
+	if (link->connecting)
+		link_fail(link, "connecting timed out");
+	else if (link->busy)
+		link_fail(link, "the server did not answer a query in time");
+}
+
+static void
 retry_cb(lws_sorted_usec_list_t *sul)
 {
 	pg_link *link = lws_container_of(sul, pg_link, retry);
@@ -118,6 +137,7 @@ advance_connect(pg_link *link)
 	{
 		link->connecting = false;
 		link->ready = true;
+		lws_sul_cancel(&link->watchdog);
 		link->failures = 0;
 		PQsetnonblocking(link->conn, 1);
 		if (link->was_connected)
@@ -132,8 +152,15 @@ advance_connect(pg_link *link)
 void
 pg_link_start(pg_link *link)
 {
-	const char *keywords[] = {"dbname", "fallback_application_name", NULL};
-	const char *values[] = {link->conninfo, "fhir-notify-bridge", NULL};
+	/* keepalives first: the connection string given (expanded from dbname) overrides them */
+	const char *keywords[] = {"keepalives",
+	                          "keepalives_idle",
+	                          "keepalives_interval",
+	                          "keepalives_count",
+	                          "dbname",
+	                          "fallback_application_name",
+	                          NULL};
+	const char *values[] = {"1", "10", "5", "3", link->conninfo, "fhir-notify-bridge", NULL};
 
 	if (link->stopped || link->conn)
 		return;
@@ -146,6 +173,7 @@ pg_link_start(pg_link *link)
 	PQsetNoticeProcessor(link->conn, notice_to_log, link);
 	link->connecting = true;
 	link->adopted_socket = -1;
+	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb, CONNECT_TIMEOUT_US);
 	advance_connect(link);
 }
 
@@ -158,6 +186,7 @@ close_link(pg_link *link)
 		PQfinish(link->conn);
 	link->conn = NULL;
 	link->connecting = link->ready = link->busy = false;
+	lws_sul_cancel(&link->watchdog);
 }
 
 /* Gives up on the connection and schedules a new one with backoff and jitter. */
@@ -209,6 +238,7 @@ consume(pg_link *link)
 		if (!res)
 		{
 			link->busy = false;
+			lws_sul_cancel(&link->watchdog);
 			link->ops->query_done(link);
 			break;
 		}
@@ -233,6 +263,7 @@ pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *val
 		return false;
 	}
 	link->busy = true;
+	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb, QUERY_TIMEOUT_US);
 	flushed = PQflush(link->conn);
 	if (flushed < 0)
 	{

@@ -40,6 +40,7 @@ struct pg_link
 	int failures; /* consecutive, for the backoff */
 	bool was_connected;
 	lws_sorted_usec_list_t retry;
+	lws_sorted_usec_list_t watchdog; /* a connect or query taking too long */
 };
 
 /* The lws protocol callback of adopted database sockets. */

@@ -109,7 +109,6 @@ authenticate(client *c, const char *token)
 	/* the token is good until exp plus the clock skew allowed when it was checked */
 	c->expires_us =
 	    grant.expires_at ? (grant.expires_at + the_bridge.settings.jwt_leeway) * 1000000LL : 0;
-	client_arm_timer(c);
 	log_info("client %s: authenticated as %s", c->id, grant.subject ? grant.subject : "(unknown)");
 	return true;
 }
@@ -170,7 +169,6 @@ on_established(struct lws *wsi, client *c)
 		free(token);
 		return;
 	}
-	client_arm_timer(c);
 }
 
 static bool
@@ -472,7 +470,6 @@ on_receive(struct lws *wsi, client *c, const void *in, size_t len)
 {
 	size_t limit = (size_t) the_bridge.settings.max_frame_size;
 
-	client_heard_from(c);
 	if (c->close_code)
 		return 0;
 	/*
@@ -535,9 +532,10 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			on_established(wsi, c);
 			return 0;
 		case LWS_CALLBACK_RECEIVE:
+			c->last_rx_us = now_monotonic_us();
 			return on_receive(wsi, c, in, len);
 		case LWS_CALLBACK_RECEIVE_PONG:
-			client_heard_from(c);
+			c->last_rx_us = now_monotonic_us();
 			return 0;
 		case LWS_CALLBACK_SERVER_WRITEABLE:
 			return client_write_next(c);

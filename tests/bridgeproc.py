@@ -9,7 +9,13 @@
 - Bridge: starts bridge/fhir-notify-bridge on a free port, waits for
   /healthz, captures its log to a file, stops it with SIGTERM (then SIGKILL).
 - bridge_logs: an autouse-able fixture that shows the log lines every bridge
-  wrote during a test, in the report of a failing test.
+  wrote during a test, in the report of a failing test, and fails the test
+  when a sanitizer reported something.
+
+Environment: FHIR_NOTIFY_BRIDGE runs another binary, e.g. a build made with
+`make -C bridge SANITIZE=1` copied elsewhere, or a script that execs the
+bridge under `valgrind -q --log-file=...`; FHIR_NOTIFY_TEST_LOG_LEVEL sets
+--log-level (default debug).
 """
 
 import atexit
@@ -271,22 +277,36 @@ class Bridge:
         if secret_file is not None:
             self.argv += ["--jwt-secret-file", secret_file]
         self.argv += list(args)
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=full_env,
-                                         start_new_session=True)
-        _live_bridges.append(self)
-        _started_bridges.append(self)
+        self._env = dict(os.environ)
+        self._env.update(env or {})
         self._saved_log = None
         self.exit_code = None
-        if wait:
+        _started_bridges.append(self)
+        for attempt in range(3):
+            self._launch()
+            if not wait:
+                return
             try:
                 self.wait_healthy(start_timeout)
+                return
+            except BridgeDidNotStart:
+                # Another process may have taken the free port in the meantime: try another.
+                if not listen or attempt == 2 or "could not listen" not in self.log():
+                    self.stop()
+                    raise
+                self.stop()
+                self.port = free_port()
+                self.argv[self.argv.index("--listen") + 1] = f"127.0.0.1:{self.port}"
             except BaseException:
                 self.stop()
                 raise
+
+    def _launch(self):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=self._env,
+                                         start_new_session=True)
+        _live_bridges.append(self)
 
     def write_file(self, name, content):
         """Writes content into a file in the bridge's directory and returns its path."""

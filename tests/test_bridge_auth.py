@@ -340,8 +340,28 @@ def test_authorize_sql_policy_decides_user_and_patient(db, store):
             barrier = store.create(condition(allowed))
             assert_update(client.recv_update(), "created", "Condition", barrier["id"], allowed)
             client.expect_no_message()
+        # Without "sub", "preferred_username" names the user.
+        with bridge.connect(hs256(sub=None, claims={"preferred_username": "dr.smith"})) as client:
+            client.subscribe("allowed", [allowed])
         with bridge.connect(hs256(sub="dr.jones")) as client:
             client.send_json({"type": "subscribe", "data": {"subscription_id": "allowed",
                                                             "patient_ids": [allowed]}})
             answer = client.recv_json()
             assert answer.get("type") == "error" and answer["error"] == "FORBIDDEN", answer
+
+
+def test_asking_for_a_type_outside_the_scopes_never_delivers_it(hs_bridge, store):
+    patient = new_id("pat")
+    with hs_bridge.connect(hs256(scope="user/Condition.read")) as client:
+        client.send_json({"type": "subscribe", "data": {"subscription_id": "chart", "patient_ids": [patient],
+                                                        "resource_types": ["Observation", "Condition"]}})
+        answer = client.recv_json()
+        if answer.get("type") == "error":
+            assert answer["error"] == "FORBIDDEN", answer
+            client.subscribe("chart", [patient], ["Condition"])
+        else:
+            assert answer.get("type") == "subscription", answer
+        store.create(observation(patient))
+        allowed = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", allowed["id"], patient, allowed)
+        client.expect_no_message()

@@ -313,3 +313,36 @@ def test_stalled_client_is_dropped_to_resync_then_closed_1013_while_others_get_e
         assert metrics["fhir_notify_bridge_resyncs_total"] >= 1, metrics
         assert metrics["fhir_notify_bridge_slow_client_closes_total"] >= 1, metrics
         assert bridge.health() == 200
+
+
+def test_a_database_that_stops_answering_is_reported_and_left():
+    """A server that hangs (no RST, no answer): /healthz turns 503, the stuck query is given
+    up after 30 s, the bridge reconnects and delivers what was committed meanwhile."""
+    import os
+    import signal
+
+    cluster = shared_cluster()
+    dbname = "hang_" + new_id("db").replace("-", "_")
+    cluster.execute(f'CREATE DATABASE "{dbname}"')
+    cluster.execute("CREATE EXTENSION fhir_notify", dbname=dbname)
+    patient = new_id("pat")
+    with Bridge(cluster, dbname, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "1"]) as bridge:
+        with bridge.connect(hs256()) as client:
+            client.subscribe("chart", [patient])
+            pids = [row[0] for row in cluster.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'fhir-notify-bridge'",
+                (dbname,))]
+            assert pids
+            offset = bridge.log_size()
+            try:
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                bridge.wait_health(503, timeout=40)
+                cluster.execute(INSERT_CHANGE, ("during", [patient]), dbname=dbname)
+                bridge.wait_for_log("did not answer a query in time", timeout=60, since=offset)
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            bridge.wait_health(200, timeout=40)
+            assert client.recv_update(timeout=20)["data"]["resource_id"] == "during"
+            client.expect_no_message()

@@ -12,11 +12,12 @@ import json
 import uuid
 
 import psycopg
-from psycopg.types.json import Jsonb
 import pytest
+from psycopg.types.json import Jsonb
 
-from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update, bridge_logs,  # noqa: F401
-                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
+from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, assert_update,  # noqa: F401
+                        bridge_logs, condition, create_fhir_database, hs256, new_id, observation,
+                        shared_cluster)
 from wsclient import HandshakeRejected, RawClient
 
 MAX_FRAME_SIZE = 65536

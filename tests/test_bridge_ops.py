@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import signal
 import ssl
 import subprocess
@@ -14,10 +13,11 @@ import pytest
 import websockets.exceptions
 
 import tokens
-from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update,  # noqa: F401
-                        bridge_logs, condition, create_fhir_database, hs256, install_fhir_schema, new_id, shared_cluster)
-from pgcluster import Cluster, free_port
-from wsclient import Closed, HandshakeRejected
+from bridgeproc import (AUDIENCE, BRIDGE_BINARY, SECRET_FILE, VALIDATION_ARGS, Bridge,  # noqa: F401
+                        FhirStore, assert_update, bridge_logs, condition, create_fhir_database, hs256,
+                        install_fhir_schema, new_id, shared_cluster)
+from pgcluster import TOP, Cluster, free_port
+from wsclient import Closed, HandshakeRejected, RawClient
 
 ARGS = VALIDATION_ARGS
 SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file", "jwt-audience",
@@ -25,7 +25,6 @@ SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file
             "max-subscriptions", "max-frame-size", "send-queue-limit", "channel", "poll-interval",
             "resume-max-age", "resume-max-changes", "static", "log-level", "config", "help",
             "version", "tls-cert", "tls-key", "authorize-sql", "authorize-cache-seconds"]
-
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +62,14 @@ def test_help_lists_every_setting():
     assert "FHIR_NOTIFY_" in text, text
 
 
-def test_version():
+def test_version_is_the_project_version(bridge):
+    with open(os.path.join(TOP, "META.json")) as f:
+        version = json.load(f)["version"]
     result = run_bridge("--version")
     assert result.returncode == 0, result
-    assert re.search(r"fhir-notify-bridge \d+\.\d+", result.stdout), result.stdout
+    assert result.stdout.strip() == f"fhir-notify-bridge {version}", result.stdout
+    with bridge.connect(hs256()) as client:
+        assert client.welcome["data"]["server"] == f"fhir-notify-bridge/{version}", client.welcome
 
 
 def test_unknown_option_is_refused():
@@ -523,3 +526,39 @@ def test_sighup_reloads_the_config_file(db, tmp_path):
         with pytest.raises(HandshakeRejected):
             bridge.connect(hs256(iss=None), origin="https://old.example")
         assert bridge.proc.poll() is None
+
+
+def test_sigterm_with_a_stuck_client_still_exits_promptly(db, store):
+    """A client that never reads cannot hold the shutdown hostage."""
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        patient = new_id("pat")
+        token = hs256()
+        stuck = RawClient("127.0.0.1", bridge.port, bridge.url(token)[len(f"ws://127.0.0.1:{bridge.port}"):],
+                          receive_buffer=4096)
+        try:
+            stuck.send_json({"type": "subscribe", "data": {"subscription_id": "s", "patient_ids": [patient]}})
+            with bridge.connect(token) as client:
+                client.subscribe("chart", [patient])
+                for _ in range(20):
+                    store.create(condition(patient, note=[{"text": "w" * 200_000}]))
+                client.recv_updates(20)
+                bridge.signal(signal.SIGTERM)
+                code, _, _ = client.wait_closed()
+                assert code == 1001
+            assert bridge.wait_exit(30) == 0
+        finally:
+            stuck.close()
+
+
+def test_a_storm_of_sighups_changes_nothing(bridge, store):
+    patient = new_id("pat")
+    with bridge.connect(hs256()) as client:
+        client.subscribe("chart", [patient])
+        for _ in range(20):
+            bridge.signal(signal.SIGHUP)
+        created = store.create(condition(patient))
+        assert_update(client.recv_update(), "created", "Condition", created["id"], patient, created)
+        client.ping()
+    with bridge.connect(hs256()) as client:
+        client.ping()
+    assert bridge.health() == 200

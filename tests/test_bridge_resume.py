@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update, bridge_connections, bridge_logs,  # noqa: F401
-                        condition, create_fhir_database, hs256, new_id, observation, shared_cluster)
+from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_update,  # noqa: F401
+                        bridge_connections, bridge_logs, condition, create_fhir_database, hs256,
+                        new_id, observation, shared_cluster)
 from pgcluster import Cluster
 from wsclient import RawClient
 
