@@ -8,6 +8,7 @@ import pytest
 
 from bridgeproc import (Bridge, bridge_logs, create_fhir_database, hs256, shared_cluster,  # noqa: F401
                         VALIDATION_ARGS, SECRET_FILE)
+from wsclient import RawClient
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_CLIENTS = 50
@@ -71,3 +72,18 @@ def test_connection_without_a_token_is_closed_after_the_authentication_timeout(d
             assert code == 4001
             assert waited >= 8, f"closed after {waited:.1f} s, before the 10-second timeout"
             assert authed.ping()["type"] == "pong"  # a client with a token stays
+
+
+def test_silent_connection_gets_a_ping_whose_pong_lws_reports(db):
+    """After 30 s of silence the bridge pings, and a connection that stays silent
+    (no pong either) is dropped at 75 s. lws 4.1 never reports an empty pong to the
+    bridge, so an empty ping would get every live client dropped at 75 s: the ping
+    must carry a payload. (Waits 30 s: the idle times are not settings.)"""
+    with Bridge(shared_cluster(), db, args=["--insecure-no-auth"]) as bridge:
+        raw = RawClient("127.0.0.1", bridge.port, "/api/ws")
+        try:
+            frames = raw.read_frames(timeout=45, idle=45, max_messages=2)
+        finally:
+            raw.close()
+    assert [opcode for opcode, _ in frames] == [1, 9], frames  # the welcome, then a ping
+    assert len(frames[1][1]) > 0, "the ping is empty: lws would not report its pong"
