@@ -27,6 +27,7 @@ typedef enum reader_step
 	STEP_IDLE,
 	STEP_LISTEN,
 	STEP_TICK,
+	STEP_TICK_READ, /* tick() and read() in one round trip */
 	STEP_READ,
 	STEP_RESUME
 } reader_step;
@@ -54,6 +55,7 @@ static bool fetch_wanted;
 static long long newest_tick;  /* from the last tick() */
 static long long reading_upto; /* the read in flight covers ticks up to this */
 static bool step_failed;
+static int results_seen; /* of the query in flight */
 static resume_job *jobs_head, *jobs_tail;
 static resume_job *job_in_flight;
 static lws_sorted_usec_list_t poll_timer;
@@ -143,6 +145,28 @@ send_read(void)
 	             2, values);
 }
 
+/*
+ * After a doorbell: tick() and read() of what follows the last tick in one
+ * round trip instead of two in sequence. The two statements run as one
+ * transaction, so the read sees the tick just taken, and tick() holds the
+ * ticks table's lock until the read is done: it reads no tick newer than
+ * the one tick() returned. The read is fanned out only once the
+ * transaction has committed (reader_query_done).
+ */
+static void
+send_tick_read(void)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql),
+	         "SELECT fhir_notify.tick(); "
+	         "SELECT " CHANGE_COLUMNS " FROM fhir_notify.read(%lld::bigint, %d) r "
+	         "ORDER BY r.tick_id, (r.change).position",
+	         the_bridge.last_tick, MAX_TICKS_PER_READ);
+	step = STEP_TICK_READ;
+	pg_link_send_script(&reader, sql);
+}
+
 /* A text[] literal of ids already checked to be [A-Za-z0-9.-]. */
 static void
 array_literal(strbuf *buf, char **items, int n)
@@ -214,6 +238,13 @@ kick(void)
 	if (fetch_wanted)
 	{
 		fetch_wanted = false;
+		results_seen = 0;
+		if (the_bridge.last_tick > 0)
+		{
+			send_tick_read();
+			return;
+		}
+		/* first start: only the newest tick, nothing is read from before it */
 		step = STEP_TICK;
 		pg_link_send(&reader, "SELECT fhir_notify.tick()", 0, NULL);
 		return;
@@ -362,6 +393,19 @@ reader_result(pg_link *link, const PGresult *res)
 			if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
 				newest_tick = atoll(PQgetvalue(res, 0, 0));
 			break;
+		case STEP_TICK_READ:
+			if (results_seen++ > 0)
+			{
+				collect_changes(res);
+				break;
+			}
+			if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+				newest_tick = atoll(PQgetvalue(res, 0, 0));
+			/* what the read in the same round trip covers (see send_read) */
+			reading_upto = newest_tick - the_bridge.last_tick > MAX_TICKS_PER_READ
+			                   ? the_bridge.last_tick + MAX_TICKS_PER_READ
+			                   : newest_tick;
+			break;
 		case STEP_READ:
 			collect_changes(res);
 			break;
@@ -387,6 +431,17 @@ reader_query_done(pg_link *link)
 
 	step_failed = false;
 	step = STEP_IDLE;
+	if (done == STEP_TICK_READ)
+	{
+		/* a new tick was read along: as a finished read; otherwise as a tick alone */
+		if (!failed && newest_tick > the_bridge.last_tick)
+			done = STEP_READ;
+		else
+		{
+			drop_pending();
+			done = STEP_TICK;
+		}
+	}
 	if (done == STEP_RESUME)
 	{
 		if (job_in_flight && job_in_flight->sub && failed)

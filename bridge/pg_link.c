@@ -249,19 +249,12 @@ consume(pg_link *link)
 		link_fail(link, PQerrorMessage(link->conn));
 }
 
-/* See pg_link.h. */
-bool
-pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values)
+/* Marks the link busy with the query just handed to libpq and starts sending it. */
+static bool
+query_sent(pg_link *link)
 {
 	int flushed;
 
-	if (!link->ready || link->busy)
-		return false;
-	if (!PQsendQueryParams(link->conn, sql, nparams, NULL, values, NULL, NULL, 0))
-	{
-		link_fail(link, PQerrorMessage(link->conn));
-		return false;
-	}
 	link->busy = true;
 	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb, QUERY_TIMEOUT_US);
 	flushed = PQflush(link->conn);
@@ -273,6 +266,34 @@ pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *val
 	if (flushed > 0 && link->wsi)
 		lws_callback_on_writable(link->wsi);
 	return true;
+}
+
+/* See pg_link.h. */
+bool
+pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values)
+{
+	if (!link->ready || link->busy)
+		return false;
+	if (!PQsendQueryParams(link->conn, sql, nparams, NULL, values, NULL, NULL, 0))
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return false;
+	}
+	return query_sent(link);
+}
+
+/* See pg_link.h. */
+bool
+pg_link_send_script(pg_link *link, const char *sql)
+{
+	if (!link->ready || link->busy)
+		return false;
+	if (!PQsendQuery(link->conn, sql))
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return false;
+	}
+	return query_sent(link);
 }
 
 /* See pg_link.h. */
