@@ -27,7 +27,7 @@ typedef enum reader_step
 	STEP_IDLE,
 	STEP_LISTEN,
 	STEP_TICK,
-	STEP_TICK_READ, /* tick() and read() in one round trip */
+	STEP_TICK_READ, /* tick() and the read after the last tick in one round trip */
 	STEP_READ,
 	STEP_RESUME
 } reader_step;
@@ -55,7 +55,8 @@ static bool fetch_wanted;
 static long long newest_tick;  /* from the last tick() */
 static long long reading_upto; /* the read in flight covers ticks up to this */
 static bool step_failed;
-static int results_seen; /* of the query in flight */
+static int step_results; /* results of the current query so far */
+static bool job_turn;    /* reads and catch-ups alternate: a busy log never starves resumes */
 static resume_job *jobs_head, *jobs_tail;
 static resume_job *job_in_flight;
 static lws_sorted_usec_list_t poll_timer;
@@ -145,28 +146,6 @@ send_read(void)
 	             2, values);
 }
 
-/*
- * After a doorbell: tick() and read() of what follows the last tick in one
- * round trip instead of two in sequence. The two statements run as one
- * transaction, so the read sees the tick just taken, and tick() holds the
- * ticks table's lock until the read is done: it reads no tick newer than
- * the one tick() returned. The read is fanned out only once the
- * transaction has committed (reader_query_done).
- */
-static void
-send_tick_read(void)
-{
-	char sql[512];
-
-	snprintf(sql, sizeof(sql),
-	         "SELECT fhir_notify.tick(); "
-	         "SELECT " CHANGE_COLUMNS " FROM fhir_notify.read(%lld::bigint, %d) r "
-	         "ORDER BY r.tick_id, (r.change).position",
-	         the_bridge.last_tick, MAX_TICKS_PER_READ);
-	step = STEP_TICK_READ;
-	pg_link_send_script(&reader, sql);
-}
-
 /* A text[] literal of ids already checked to be [A-Za-z0-9.-]. */
 static void
 array_literal(strbuf *buf, char **items, int n)
@@ -235,20 +214,39 @@ kick(void)
 {
 	if (!reader.ready || reader.busy || fanning_out)
 		return;
-	if (fetch_wanted)
+	if (fetch_wanted && !(job_turn && jobs_head))
 	{
 		fetch_wanted = false;
-		results_seen = 0;
-		if (the_bridge.last_tick > 0)
+		job_turn = true;
+		step_results = 0;
+		if (the_bridge.last_tick == 0)
 		{
-			send_tick_read();
-			return;
+			step = STEP_TICK;
+			pg_link_send(&reader, "SELECT fhir_notify.tick()", 0, NULL);
 		}
-		/* first start: only the newest tick, nothing is read from before it */
-		step = STEP_TICK;
-		pg_link_send(&reader, "SELECT fhir_notify.tick()", 0, NULL);
+		else
+		{
+			strbuf sql;
+
+			/*
+			 * The read is a second statement of the same round trip: it
+			 * sees the tick the first one made. Ticks past the newest are
+			 * simply not there yet.
+			 */
+			strbuf_init(&sql, 1024);
+			strbuf_appendf(
+			    &sql,
+			    "SELECT fhir_notify.tick(); SELECT " CHANGE_COLUMNS
+			    " FROM fhir_notify.read(%lld, %d) r ORDER BY r.tick_id, (r.change).position",
+			    the_bridge.last_tick, MAX_TICKS_PER_READ);
+			step = STEP_TICK_READ;
+			reading_upto = the_bridge.last_tick + MAX_TICKS_PER_READ;
+			pg_link_send(&reader, sql.data, 0, NULL);
+			strbuf_free(&sql);
+		}
 		return;
 	}
+	job_turn = false;
 	while (jobs_head && the_bridge.last_tick > 0)
 	{
 		resume_job *job = jobs_head;
@@ -387,6 +385,7 @@ reader_result(pg_link *link, const PGresult *res)
 		          primary ? primary : "unknown error", sqlstate ? sqlstate : "none");
 		return;
 	}
+	step_results++;
 	switch (step)
 	{
 		case STEP_TICK:
@@ -394,17 +393,10 @@ reader_result(pg_link *link, const PGresult *res)
 				newest_tick = atoll(PQgetvalue(res, 0, 0));
 			break;
 		case STEP_TICK_READ:
-			if (results_seen++ > 0)
-			{
-				collect_changes(res);
-				break;
-			}
-			if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+			if (step_results == 1 && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
 				newest_tick = atoll(PQgetvalue(res, 0, 0));
-			/* what the read in the same round trip covers (see send_read) */
-			reading_upto = newest_tick - the_bridge.last_tick > MAX_TICKS_PER_READ
-			                   ? the_bridge.last_tick + MAX_TICKS_PER_READ
-			                   : newest_tick;
+			else if (step_results == 2)
+				collect_changes(res);
 			break;
 		case STEP_READ:
 			collect_changes(res);
@@ -431,17 +423,6 @@ reader_query_done(pg_link *link)
 
 	step_failed = false;
 	step = STEP_IDLE;
-	if (done == STEP_TICK_READ)
-	{
-		/* a new tick was read along: as a finished read; otherwise as a tick alone */
-		if (!failed && newest_tick > the_bridge.last_tick)
-			done = STEP_READ;
-		else
-		{
-			drop_pending();
-			done = STEP_TICK;
-		}
-	}
 	if (done == STEP_RESUME)
 	{
 		if (job_in_flight && job_in_flight->sub && failed)
@@ -449,7 +430,7 @@ reader_query_done(pg_link *link)
 		free(job_in_flight);
 		job_in_flight = NULL;
 	}
-	else if (done == STEP_TICK || done == STEP_READ)
+	else if (done == STEP_TICK || done == STEP_TICK_READ || done == STEP_READ)
 	{
 		/* healthy means the change log can be read, not only that a socket is open */
 		if (failed && the_bridge.database_connected)
@@ -457,6 +438,27 @@ reader_query_done(pg_link *link)
 		the_bridge.database_connected = !failed;
 		if (!failed)
 			the_bridge.last_tick_ok_us = now_monotonic_us();
+	}
+	if (done == STEP_TICK_READ && !failed && step_results == 2 &&
+	    newest_tick >= the_bridge.last_tick)
+	{
+		/* the read may have asked past the newest tick: those come next time */
+		if (reading_upto > newest_tick)
+			reading_upto = newest_tick;
+		fanning_out = true;
+		fan_out_step(&fan_out_timer);
+		return;
+	}
+	if (done == STEP_TICK_READ)
+	{
+		/* failed, or the log went back in time: the read's rows are not to be trusted */
+		drop_pending();
+		if (failed)
+		{
+			kick();
+			return;
+		}
+		done = STEP_TICK;
 	}
 	if (done == STEP_TICK && !failed)
 	{
@@ -527,6 +529,13 @@ pg_queue_resume(subscription *sub)
 	resume_job *job = xcalloc(1, sizeof(resume_job));
 
 	job->sub = sub;
+	/*
+	 * Read the log up to now first, so that the limits are judged against
+	 * everything committed before the subscribe, not only what the bridge
+	 * happened to have read.
+	 */
+	fetch_wanted = true;
+	job_turn = false;
 	if (jobs_tail)
 		jobs_tail->next = job;
 	else

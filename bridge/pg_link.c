@@ -215,22 +215,29 @@ link_fail(pg_link *link, const char *why)
 	lws_sul_schedule(the_bridge.context, 0, &link->retry, retry_cb, delay_ms * 1000);
 }
 
-/* Reads what arrived: notifications and query results. */
+/* Hands every notification libpq has parsed so far to the owner. */
 static void
-consume(pg_link *link)
+deliver_notifies(pg_link *link)
 {
 	PGnotify *notify;
 
-	if (!PQconsumeInput(link->conn))
-	{
-		link_fail(link, PQerrorMessage(link->conn));
-		return;
-	}
 	while (link->conn && (notify = PQnotifies(link->conn)) != NULL)
 	{
 		link->ops->notify(link, notify);
 		PQfreemem(notify);
 	}
+}
+
+/* Reads what arrived: notifications and query results. */
+static void
+consume(pg_link *link)
+{
+	if (!PQconsumeInput(link->conn))
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return;
+	}
+	deliver_notifies(link);
 	while (link->conn && link->busy && !PQisBusy(link->conn))
 	{
 		PGresult *res = PQgetResult(link->conn);
@@ -244,17 +251,33 @@ consume(pg_link *link)
 		}
 		link->ops->result(link, res);
 		PQclear(res);
+		deliver_notifies(link);
 	}
+	/*
+	 * libpq parses a notification that arrived behind the results only
+	 * while reading them: without this it would wait for the next packet,
+	 * that is for the safety poll.
+	 */
+	deliver_notifies(link);
 	if (link->conn && PQstatus(link->conn) == CONNECTION_BAD)
 		link_fail(link, PQerrorMessage(link->conn));
 }
 
-/* Marks the link busy with the query just handed to libpq and starts sending it. */
-static bool
-query_sent(pg_link *link)
+/* See pg_link.h. */
+bool
+pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values)
 {
 	int flushed;
 
+	if (!link->ready || link->busy)
+		return false;
+	/* without parameters the simple protocol, which also takes several statements */
+	if (!(nparams == 0 ? PQsendQuery(link->conn, sql)
+	                   : PQsendQueryParams(link->conn, sql, nparams, NULL, values, NULL, NULL, 0)))
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return false;
+	}
 	link->busy = true;
 	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb, QUERY_TIMEOUT_US);
 	flushed = PQflush(link->conn);
@@ -266,34 +289,6 @@ query_sent(pg_link *link)
 	if (flushed > 0 && link->wsi)
 		lws_callback_on_writable(link->wsi);
 	return true;
-}
-
-/* See pg_link.h. */
-bool
-pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values)
-{
-	if (!link->ready || link->busy)
-		return false;
-	if (!PQsendQueryParams(link->conn, sql, nparams, NULL, values, NULL, NULL, 0))
-	{
-		link_fail(link, PQerrorMessage(link->conn));
-		return false;
-	}
-	return query_sent(link);
-}
-
-/* See pg_link.h. */
-bool
-pg_link_send_script(pg_link *link, const char *sql)
-{
-	if (!link->ready || link->busy)
-		return false;
-	if (!PQsendQuery(link->conn, sql))
-	{
-		link_fail(link, PQerrorMessage(link->conn));
-		return false;
-	}
-	return query_sent(link);
 }
 
 /* See pg_link.h. */

@@ -50,7 +50,10 @@ int pg_link_callback(struct lws *wsi, enum lws_callback_reasons reason, void *us
 
 void pg_link_start(pg_link *link);
 void pg_link_stop(pg_link *link);
-/* Sends a query with text parameters; false (and the link reconnects) if it could not be sent. */
+/*
+ * Sends a query with text parameters (none: sql may hold several statements);
+ * false (and the link reconnects) if it could not be sent.
+ */
 bool pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values);
 /*
  * Sends statements separated by semicolons (no parameters) in one round

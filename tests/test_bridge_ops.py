@@ -469,10 +469,14 @@ def test_doorbell_off_is_served_by_the_safety_poll():
 
 
 def test_ticker_doorbell_delivers_without_the_safety_poll():
-    cluster = shared_cluster()
-    db = _doorbell_database(cluster, "ticker")
-    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--poll-interval", "3600"]) as bridge:
-        _every_change_once(cluster, db, bridge)
+    # Ticker mode serves one database, fhir_notify.ticker_database (NOTIFY is per
+    # database), so this test has a cluster of its own with the ticker in its database.
+    with Cluster(settings={"fhir_notify.ticker_database": "'fhir_ticker'"}) as cluster:
+        db = create_fhir_database(cluster, "fhir_ticker")
+        cluster.execute(f'ALTER DATABASE "{db}" SET fhir_notify.doorbell = \'ticker\'')
+        with Bridge(cluster, db, secret_file=SECRET_FILE,
+                    args=ARGS + ["--poll-interval", "3600"]) as bridge:
+            _every_change_once(cluster, db, bridge)
 
 
 def test_default_leeway_allows_small_clock_skew(bridge):
