@@ -77,6 +77,8 @@ static const setting settings_table[] = {
      "seconds: a resuming client missing older changes is told to resync instead"},
     {"resume-max-changes", SETTING_INT, S(resume_max_changes), "1000", true, 0,
      "a resuming client missing more changes than this is told to resync instead"},
+    {"prune-keep", SETTING_INT, S(prune_keep), "0", true, 0,
+     "seconds of change log to keep: the bridge prunes older changes (0: never prunes)"},
     {"static", SETTING_STRING, S(static_dir), NULL, false, 0,
      "directory of files served at / (the demo page)"},
     {"log-level", SETTING_STRING, S(log_level), "info", true, 0, "debug, info, warning or error"},

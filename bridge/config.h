@@ -38,6 +38,7 @@ typedef struct bridge_settings
 	int poll_interval;
 	int resume_max_age;
 	int resume_max_changes;
+	int prune_keep; /* seconds; 0: the bridge does not prune */
 	char *static_dir;
 	char *log_level;
 	char *config_file;

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "pg.h"
 #include "pg_link.h"
+#include "prune.h"
 #include "rooms.h"
 #include "ws.h"
 
@@ -274,6 +275,7 @@ main(int argc, char **argv)
 	              : RING_MIN_CAPACITY);
 	pg_start();
 	authorize_start();
+	prune_start();
 	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
 
 	for (;;)
@@ -304,6 +306,7 @@ main(int argc, char **argv)
 	lws_sul_cancel(&housekeeping_timer);
 	pg_stop();
 	authorize_stop();
+	prune_stop();
 	lws_context_destroy(the_bridge.context);
 	ring_free();
 	rooms_free();

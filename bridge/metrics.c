@@ -77,6 +77,8 @@ metrics_render(strbuf *out)
 	        the_metrics.auth_failures);
 	counter(out, "fhir_notify_bridge_slow_client_closes_total",
 	        "clients closed with 1013 for not reading", the_metrics.slow_client_closes);
+	counter(out, "fhir_notify_bridge_pruned_changes_total",
+	        "changes deleted from the change log by --prune-keep", the_metrics.pruned_changes);
 	strbuf_append(out,
 	              "# HELP fhir_notify_bridge_commit_to_send_seconds time from the change's commit "
 	              "(changed_at) to its update being written\n"

@@ -21,6 +21,7 @@ typedef struct bridge_metrics
 	long long database_reconnects;
 	long long auth_failures;
 	long long slow_client_closes;
+	long long pruned_changes;                   /* deleted from the change log by --prune-keep */
 	long long delay_buckets[DELAY_BUCKETS + 1]; /* last: +Inf */
 	double delay_sum;
 	long long delay_count;

@@ -23,7 +23,7 @@ ARGS = VALIDATION_ARGS
 SETTINGS = ["db", "listen", "jwt-secret-file", "jwt-public-key-file", "jwks-file", "jwt-audience",
             "jwt-issuer", "jwt-leeway", "insecure-no-auth", "allowed-origin", "max-connections",
             "max-subscriptions", "max-frame-size", "send-queue-limit", "channel", "poll-interval",
-            "resume-max-age", "resume-max-changes", "static", "log-level", "config", "help",
+            "resume-max-age", "resume-max-changes", "prune-keep", "static", "log-level", "config", "help",
             "version", "tls-cert", "tls-key", "authorize-sql", "authorize-cache-seconds"]
 
 
