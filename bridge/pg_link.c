@@ -279,7 +279,8 @@ pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *val
 		return false;
 	}
 	link->busy = true;
-	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb, QUERY_TIMEOUT_US);
+	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb,
+	                 link->query_timeout_us > 0 ? link->query_timeout_us : QUERY_TIMEOUT_US);
 	flushed = PQflush(link->conn);
 	if (flushed < 0)
 	{

@@ -37,7 +37,8 @@ struct pg_link
 	bool ready;
 	bool busy;
 	bool stopped;
-	int failures; /* consecutive, for the backoff */
+	int failures;               /* consecutive, for the backoff */
+	long long query_timeout_us; /* 0: QUERY_TIMEOUT_US */
 	bool was_connected;
 	lws_sorted_usec_list_t retry;
 	lws_sorted_usec_list_t watchdog; /* a connect or query taking too long */

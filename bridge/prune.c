@@ -31,7 +31,13 @@ static void prune_notify(pg_link *link, const PGnotify *notify);
 static const pg_link_ops prune_ops = {prune_connected, prune_result, prune_query_done,
                                       prune_disconnected, prune_notify};
 
-static pg_link link_ = {.name = "prune", .ops = &prune_ops, .adopted_socket = -1};
+/* a first prune of a long-unpruned log may take minutes: not a hung server */
+#define PRUNE_QUERY_TIMEOUT_US (10 * 60 * 1000000LL)
+
+static pg_link link_ = {.name = "prune",
+                        .ops = &prune_ops,
+                        .adopted_socket = -1,
+                        .query_timeout_us = PRUNE_QUERY_TIMEOUT_US};
 static bool link_started;
 static lws_sorted_usec_list_t check_timer;
 static long long next_prune_us; /* monotonic: no prune before this */
@@ -161,9 +167,7 @@ prune_query_done(pg_link *link)
 static void
 prune_disconnected(pg_link *link)
 {
-	/* a prune in flight is sent again once reconnected (unless backing off) */
-	if (!failed_before)
-		next_prune_us = 0;
+	/* a prune in flight is sent again at the next period (or after the backoff) */
 }
 
 static void

@@ -86,6 +86,7 @@ test_settings(void)
 	CHECK(strcmp(s.listen, "127.0.0.1:8080") == 0);
 	CHECK(s.jwt_leeway == 30 && s.max_subscriptions == 100 && s.max_frame_size == 65536);
 	CHECK(strcmp(s.channel, "fhir_notify") == 0 && s.poll_interval == 5);
+	CHECK(s.prune_keep == 0); /* the bridge prunes only when asked to */
 	CHECK(s.allowed_origins == NULL);
 	config_free(&s);
 
