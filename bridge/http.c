@@ -69,6 +69,16 @@ http_confirm_upgrade(struct lws *wsi, const char *protocol)
 	{
 		return refuse_upgrade(wsi, 404, "Not Found");
 	}
+	/*
+	 * An Origin too long for the buffer cannot match an allowed one: it is
+	 * refused, not treated as absent (lws_hdr_copy fails on it).
+	 */
+	if (allowed && allowed[0] &&
+	    lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) >= (int) sizeof(origin))
+	{
+		log_info("http: refused a websocket with an overlong origin");
+		return refuse_upgrade(wsi, 403, "Forbidden");
+	}
 	if (allowed && allowed[0] && lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) > 0)
 	{
 		bool ok = false;
