@@ -502,6 +502,17 @@ on_receive(struct lws *wsi, client *c, const void *in, size_t len)
 	free(c->rx);
 	c->rx = NULL;
 	c->rx_len = 0;
+	/*
+	 * Every request queues a reply: a client that sends faster than it
+	 * reads is not read from until its replies drain (client_write_next
+	 * resumes), so its queue stays bounded and TCP pushes back on it.
+	 */
+	if (c->queued_replies >= MAX_UNREAD_REPLIES && !c->rx_paused)
+	{
+		log_debug("client %s: %d replies unread, pausing reads", c->id, c->queued_replies);
+		c->rx_paused = true;
+		lws_rx_flow_control(wsi, 0);
+	}
 	return 0;
 }
 

@@ -1,0 +1,81 @@
+"""End to end: the bridge facing hostile or careless clients (a security review's findings).
+
+Each test here failed before its fix: log lines forged through token claims or
+subscription ids, a client that sends requests without ever reading the
+replies, an Origin header too long to compare.
+"""
+
+import socket
+
+import psycopg
+import pytest
+
+from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, bridge_logs,  # noqa: F401
+                        create_fhir_database, hs256, new_id, shared_cluster)
+from wsclient import HandshakeRejected, RawClient
+
+ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER]
+FORGED = "2020-01-01T00:00:00.000Z error: forged"
+
+
+@pytest.fixture(scope="module")
+def db():
+    try:
+        return create_fhir_database(shared_cluster())
+    except psycopg.errors.UndefinedFunction as error:  # watch() comes with the capture trigger
+        pytest.skip(f"the extension cannot watch tables yet: {error}")
+
+
+def test_log_lines_cannot_be_forged_by_clients(db):
+    """A sub claim or a subscription id with line breaks must not start a log line of its own."""
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        with bridge.connect(hs256(sub="mallory\n" + FORGED + " by sub\x1b[2J")) as client:
+            client.subscribe("s\r\n" + FORGED + " by subscription id", [new_id("pat")])
+            client.unsubscribe("s\r\n" + FORGED + " by subscription id")
+        bridge.wait_for_log("authenticated as mallory")
+        lines = bridge.log().splitlines()
+        assert not [line for line in lines if line.startswith(FORGED)], lines
+        assert not [line for line in lines if "\x1b" in line or "\r" in line]
+        assert any("mallory\\n" + FORGED in line for line in lines)
+
+
+def test_unread_replies_are_bounded(db):
+    """A client that sends pings and never reads the pongs is no longer read from
+    (its sends block) rather than have its queue of replies grow without bound;
+    once it reads, every pong arrives and the connection goes on."""
+    count = 2_000_000  # 44 MB of pings: more than the kernel buffers hold
+    payload = b'{"type":"ping"}'
+    mask = b"\x01\x02\x03\x04"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        raw = RawClient("127.0.0.1", bridge.port, "/api/ws?token=" + hs256(), receive_buffer=4096, timeout=5)
+        try:
+            welcome = raw.read_messages(1)
+            assert welcome and welcome[0]["type"] == "welcome"
+            data = memoryview(frame * count)
+            sent = 0
+            with pytest.raises(socket.timeout):
+                while sent < len(data):
+                    sent += raw.sock.send(data[sent:sent + (1 << 20)])
+            assert sent < len(data)
+            # reading again: the pongs come, and the bridge reads the rest of the pings
+            raw.sock.settimeout(30)
+            pongs = 0
+            while pongs < 5000:
+                frames = raw.read_frames(timeout=30, idle=5)
+                assert frames and all(opcode == 1 for opcode, _ in frames), frames[-1:]
+                pongs += sum(1 for _, text in frames if b'"pong"' in text)
+        finally:
+            raw.close()
+        assert "pausing reads" in bridge.log()
+
+
+def test_an_overlong_origin_is_refused(db):
+    """An Origin too long to copy must not skip the --allowed-origin check."""
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                args=ARGS + ["--allowed-origin", "https://ehr.example"]) as bridge:
+        with pytest.raises(HandshakeRejected) as rejected:
+            bridge.connect(hs256(), origin="https://" + "a" * 600 + ".evil.example")
+        assert rejected.value.status == 403
+        with bridge.connect(hs256(), origin="https://ehr.example") as client:
+            client.ping()
