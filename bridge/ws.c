@@ -102,6 +102,24 @@ authenticate(client *c, const char *token)
 		client_close(c, 4001, "Unauthorized");
 		return false;
 	}
+	/*
+	 * A live connection keeps its user: its subscriptions were authorized
+	 * (--authorize-sql answers, the FORBIDDEN checks) for that user, and a
+	 * token for another one would inherit them.
+	 */
+	if (c->authenticated &&
+	    strcmp(c->grant.subject ? c->grant.subject : "", grant.subject ? grant.subject : "") != 0)
+	{
+		log_info("client %s: token for another user (%s) refused", c->id,
+		         grant.subject ? grant.subject : "(unknown)");
+		auth_grant_clear(&grant);
+		the_metrics.auth_failures++;
+		client_send_error(c, "AUTH_FAILED", "the token is for another user than this connection's",
+		                  NULL);
+		client_drop_queued_updates(c);
+		client_close(c, 4001, "Unauthorized");
+		return false;
+	}
 	if (c->authenticated)
 		auth_grant_clear(&c->grant);
 	c->grant = grant;

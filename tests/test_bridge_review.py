@@ -79,3 +79,24 @@ def test_an_overlong_origin_is_refused(db):
         assert rejected.value.status == 403
         with bridge.connect(hs256(), origin="https://ehr.example") as client:
             client.ping()
+
+
+def test_a_live_connection_cannot_change_its_user(db):
+    """--authorize-sql decided a subscription for the user who made it: a token for
+    another user on the same connection would inherit those answers, so it is refused
+    (4001) and nothing more is delivered; a fresh token for the same user is fine."""
+    cluster = shared_cluster()
+    mine = new_id("pat")
+    cluster.execute("CREATE TABLE IF NOT EXISTS public.review_access (username text, patient text)", dbname=db)
+    cluster.execute("INSERT INTO public.review_access VALUES ('dr.a', %s)", (mine,), dbname=db)
+    sql = "SELECT EXISTS (SELECT 1 FROM public.review_access WHERE username = $1 AND patient = $2)"
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS + ["--authorize-sql", sql]) as bridge:
+        with bridge.connect(hs256(sub="dr.a")) as client:
+            client.subscribe("chart", [mine])
+            client.send_json({"type": "authenticate", "token": hs256(sub="dr.a", exp_in=600)})
+            assert client.recv_json()["type"] == "auth_success"
+            client.send_json({"type": "authenticate", "token": hs256(sub="dr.b")})
+            answer = client.recv_json()
+            assert answer.get("type") == "error" and answer["error"] == "AUTH_FAILED", answer
+            code, _, _ = client.wait_closed()
+            assert code == 4001
