@@ -6,12 +6,14 @@ replies, an Origin header too long to compare.
 """
 
 import socket
+import subprocess
 
 import psycopg
 import pytest
 
 from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, bridge_logs,  # noqa: F401
                         create_fhir_database, hs256, new_id, shared_cluster)
+from pgcluster import free_port
 from wsclient import HandshakeRejected, RawClient
 
 ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER]
@@ -100,3 +102,23 @@ def test_a_live_connection_cannot_change_its_user(db):
             assert answer.get("type") == "error" and answer["error"] == "AUTH_FAILED", answer
             code, _, _ = client.wait_closed()
             assert code == 4001
+
+
+def test_an_overlong_config_line_is_an_error(db, tmp_path):
+    """A config line longer than the reader's buffer must not wrap into a second line
+    whose tail is taken as a setting of its own."""
+    from bridgeproc import BRIDGE_BINARY
+    head = "jwt-audience = "
+    line = head + "a" * (4095 - len(head)) + "insecure-no-auth = true\n"
+    config = tmp_path / "bridge.conf"
+    config.write_text(f"db = {shared_cluster().dsn(db)}\nlisten = 127.0.0.1:{free_port()}\n" + line)
+    process = subprocess.Popen([BRIDGE_BINARY, "--config", str(config)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail("the bridge started with a wrapped config line: " + err[-500:])
+    assert process.returncode != 0
+    assert "bridge.conf:3: line too long" in err, err
