@@ -122,3 +122,21 @@ def test_an_overlong_config_line_is_an_error(db, tmp_path):
         pytest.fail("the bridge started with a wrapped config line: " + err[-500:])
     assert process.returncode != 0
     assert "bridge.conf:3: line too long" in err, err
+
+
+def test_static_files_stay_inside_the_static_directory(db, tmp_path):
+    """--static serves its own tree: a symlink out of it is not found, whatever it points at."""
+    static, outside = tmp_path / "static", tmp_path / "outside"
+    static.mkdir()
+    outside.mkdir()
+    (static / "index.html").write_text("<p>inside</p>")
+    (outside / "secret.txt").write_text("patient data")
+    (static / "leak.txt").symlink_to(outside / "secret.txt")
+    (static / "linked").symlink_to(outside)
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS + ["--static", str(static)]) as bridge:
+        status, _, body = bridge.http_get("/index.html")
+        assert status == 200 and "inside" in body
+        for path in ["/leak.txt", "/linked/secret.txt", "/../outside/secret.txt",
+                     "/%2e%2e/outside/secret.txt"]:
+            status, _, body = bridge.http_get(path)
+            assert status in (403, 404) and "patient data" not in body, (path, status)
