@@ -6,6 +6,7 @@
 #include "ws.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -124,9 +125,16 @@ authenticate(client *c, const char *token)
 		auth_grant_clear(&c->grant);
 	c->grant = grant;
 	c->authenticated = true;
-	/* the token is good until exp plus the clock skew allowed when it was checked */
-	c->expires_us =
-	    grant.expires_at ? (grant.expires_at + the_bridge.settings.jwt_leeway) * 1000000LL : 0;
+	/*
+	 * The token is good until exp plus the clock skew allowed when it was
+	 * checked. exp is clamped only at 2^52 s, which overflows in
+	 * microseconds: an expiry past the year 2^63 us (292277) is none.
+	 */
+	if (grant.expires_at &&
+	    grant.expires_at < LLONG_MAX / 1000000LL - the_bridge.settings.jwt_leeway)
+		c->expires_us = (grant.expires_at + the_bridge.settings.jwt_leeway) * 1000000LL;
+	else
+		c->expires_us = 0;
 	log_info("client %s: authenticated as %s", c->id, grant.subject ? grant.subject : "(unknown)");
 	return true;
 }
