@@ -147,11 +147,12 @@ client_write_next(client *c)
 {
 	if (c->ping_pending)
 	{
-		unsigned char ping[LWS_PRE + 1];
+		/* not empty: lws 4.1 drops an empty pong before LWS_CALLBACK_RECEIVE_PONG */
+		unsigned char ping[LWS_PRE + 4] = {0};
 
 		c->ping_pending = false;
 		c->last_ping_us = now_monotonic_us();
-		if (lws_write(c->wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+		if (lws_write(c->wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0)
 			return -1;
 		if (c->queue_len > 0 || c->close_code)
 			lws_callback_on_writable(c->wsi);

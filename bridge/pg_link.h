@@ -55,5 +55,10 @@ void pg_link_stop(pg_link *link);
  * false (and the link reconnects) if it could not be sent.
  */
 bool pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values);
+/*
+ * Sends statements separated by semicolons (no parameters) in one round
+ * trip; they run as one transaction and each one's result comes in turn.
+ */
+bool pg_link_send_script(pg_link *link, const char *sql);
 
 #endif /* BRIDGE_PG_LINK_H */
