@@ -250,6 +250,18 @@ read_config_file(const char *path, bridge_settings *settings)
 		char source[300];
 
 		lineno++;
+		if (!strchr(line, '\n') && !feof(f))
+		{
+			int ch;
+
+			/* its tail must not be read as a line of its own (a setting) */
+			fprintf(stderr, "fhir-notify-bridge: %s:%d: line too long (over %zu bytes)\n", path,
+			        lineno, sizeof(line) - 2);
+			ok = false;
+			while ((ch = fgetc(f)) != EOF && ch != '\n')
+				;
+			continue;
+		}
 		name = trim(line);
 		if (*name == '#' || *name == '\0')
 			continue;
