@@ -34,6 +34,8 @@ queue_push(client *c, message *msg)
 	c->queue_len++;
 	if (msg->kind == MESSAGE_UPDATE)
 		c->queued_updates++;
+	else if (msg->kind == MESSAGE_CONTROL)
+		c->queued_replies++;
 }
 
 /* See client.h. */
@@ -173,6 +175,8 @@ client_write_next(client *c)
 		c->queue_len--;
 		if (msg->kind == MESSAGE_UPDATE)
 			c->queued_updates--;
+		else if (msg->kind == MESSAGE_CONTROL)
+			c->queued_replies--;
 		written = lws_write(c->wsi, message_payload(msg), msg->len, LWS_WRITE_TEXT);
 		if (written < (int) msg->len)
 		{
@@ -190,6 +194,11 @@ client_write_next(client *c)
 			metrics_observe_delay((double) (now_wall_us() - msg->changed_at_us) / 1e6);
 		}
 		message_unref(msg);
+	}
+	if (c->rx_paused && c->queued_replies <= MAX_UNREAD_REPLIES / 2)
+	{
+		c->rx_paused = false;
+		lws_rx_flow_control(c->wsi, 1);
 	}
 	if (c->queue_len > 0)
 	{
@@ -432,6 +441,7 @@ client_release(client *c)
 	free(c->queue);
 	c->queue = NULL;
 	c->queue_len = 0;
+	c->queued_replies = 0;
 	free(c->rx);
 	c->rx = NULL;
 	if (c->authenticated)

@@ -55,6 +55,8 @@ typedef struct client
 	int queue_len;
 	int queue_cap;
 	int queued_updates;
+	int queued_replies; /* MESSAGE_CONTROL messages queued: answers to the client's requests */
+	bool rx_paused;     /* not read from until its replies drain (MAX_UNREAD_REPLIES) */
 	long long stuck_since_us; /* monotonic; set when the queue overflowed */
 	bool resync_queued;       /* an overflow's resyncs are queued, not yet written */
 	long long
@@ -122,6 +124,12 @@ int client_timer_fired(client *c);
 #define QUEUE_HARD_FACTOR 8
 /* A client that has not emptied an overflowed queue for this long is closed with 1013. */
 #define STUCK_CLIENT_US (10 * 1000000LL)
+/*
+ * A client with this many replies (pongs, errors, confirmations) queued is
+ * sending requests faster than it reads the answers: its connection is not
+ * read from until half of them are written.
+ */
+#define MAX_UNREAD_REPLIES 1024
 void client_release(client *c);
 
 /* Whether sub takes resource_type changes of patient_id (ignoring whether it is active). */

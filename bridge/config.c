@@ -54,7 +54,7 @@ static const setting settings_table[] = {
     {"insecure-no-auth", SETTING_BOOL, S(insecure_no_auth), "false", false, 0,
      "run without token checks: every client sees every patient (testing only)"},
     {"allowed-origin", SETTING_LIST, S(allowed_origins), NULL, true, 0,
-     "Origin allowed to open a WebSocket (repeatable; none given: any origin)"},
+     "Origin allowed to open a WebSocket (none given: any origin)"},
     {"tls-cert", SETTING_STRING, S(tls_cert), NULL, false, 0,
      "PEM certificate chain: serve wss and https"},
     {"tls-key", SETTING_STRING, S(tls_key), NULL, false, 0, "PEM private key of --tls-cert"},
@@ -252,6 +252,18 @@ read_config_file(const char *path, bridge_settings *settings)
 		char source[300];
 
 		lineno++;
+		if (!strchr(line, '\n') && !feof(f))
+		{
+			int ch;
+
+			/* its tail must not be read as a line of its own (a setting) */
+			fprintf(stderr, "fhir-notify-bridge: %s:%d: line too long (over %zu bytes)\n", path,
+			        lineno, sizeof(line) - 2);
+			ok = false;
+			while ((ch = fgetc(f)) != EOF && ch != '\n')
+				;
+			continue;
+		}
 		name = trim(line);
 		if (*name == '#' || *name == '\0')
 			continue;

@@ -4,6 +4,7 @@
  */
 #include "http.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -69,6 +70,16 @@ http_confirm_upgrade(struct lws *wsi, const char *protocol)
 	{
 		return refuse_upgrade(wsi, 404, "Not Found");
 	}
+	/*
+	 * An Origin too long for the buffer cannot match an allowed one: it is
+	 * refused, not treated as absent (lws_hdr_copy fails on it).
+	 */
+	if (allowed && allowed[0] &&
+	    lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) >= (int) sizeof(origin))
+	{
+		log_info("http: refused a websocket with an overlong origin");
+		return refuse_upgrade(wsi, 403, "Forbidden");
+	}
 	if (allowed && allowed[0] && lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) > 0)
 	{
 		bool ok = false;
@@ -114,6 +125,24 @@ mime_type(const char *path)
 	return "application/octet-stream";
 }
 
+/*
+ * Whether path, with every symlink resolved, lies inside --static: a link
+ * placed in the directory must not publish a file from elsewhere.
+ */
+static bool
+inside_static_dir(const char *path)
+{
+	char root[PATH_MAX], resolved[PATH_MAX];
+	size_t len;
+
+	if (!realpath(the_bridge.settings.static_dir, root) || !realpath(path, resolved))
+		return false;
+	len = strlen(root);
+	if (len > 0 && root[len - 1] == '/')
+		len--; /* --static / */
+	return strncmp(resolved, root, len) == 0 && resolved[len] == '/';
+}
+
 static int
 serve_static(struct lws *wsi, client *c, const char *uri)
 {
@@ -123,9 +152,10 @@ serve_static(struct lws *wsi, client *c, const char *uri)
 
 	if (uri[0] != '/' || strstr(uri, "..") || strchr(uri, '\\'))
 		return lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL) ? -1 : 1;
-	snprintf(path, sizeof(path), "%s%s%s", the_bridge.settings.static_dir, uri,
-	         uri[strlen(uri) - 1] == '/' ? "index.html" : "");
-	if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+	n = snprintf(path, sizeof(path), "%s%s%s", the_bridge.settings.static_dir, uri,
+	             uri[strlen(uri) - 1] == '/' ? "index.html" : "");
+	if (n < 0 || n >= (int) sizeof(path) || stat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
+	    !inside_static_dir(path))
 	{
 		lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
 		return lws_http_transaction_completed(wsi) ? -1 : 0;

@@ -46,12 +46,38 @@ log_level_name(log_level level)
 	return level_names[level];
 }
 
+/*
+ * Copies line into out with control bytes escaped (\n, \r, \t, \xNN): log
+ * lines carry values from clients (a token's sub claim, subscription ids)
+ * that must not start forged lines of their own or drive a terminal.
+ */
+static void
+escape_controls(const char *line, char *out, size_t outlen)
+{
+	size_t n = 0;
+
+	for (const unsigned char *p = (const unsigned char *) line; *p && n + 5 < outlen; p++)
+	{
+		if (*p >= 0x20 && *p != 0x7f)
+			out[n++] = (char) *p;
+		else if (*p == '\n' || *p == '\r' || *p == '\t')
+		{
+			out[n++] = '\\';
+			out[n++] = *p == '\n' ? 'n' : *p == '\r' ? 'r' : 't';
+		}
+		else
+			n += (size_t) snprintf(out + n, outlen - n, "\\x%02x", *p);
+	}
+	out[n] = '\0';
+}
+
 /* Writes one line if level is at least the configured minimum. */
 void
 log_write(log_level level, const char *fmt, ...)
 {
 	char stamp[40];
 	char line[2048];
+	char escaped[2048];
 	va_list ap;
 
 	if (level < log_min_level)
@@ -60,7 +86,8 @@ log_write(log_level level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "%s %s: %s\n", stamp, level_names[level], line);
+	escape_controls(line, escaped, sizeof(escaped));
+	fprintf(stderr, "%s %s: %s\n", stamp, level_names[level], escaped);
 	fflush(stderr);
 }
 

@@ -6,6 +6,7 @@
 #include "ws.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -102,13 +103,38 @@ authenticate(client *c, const char *token)
 		client_close(c, 4001, "Unauthorized");
 		return false;
 	}
+	/*
+	 * A live connection keeps its user: its subscriptions were authorized
+	 * (--authorize-sql answers, the FORBIDDEN checks) for that user, and a
+	 * token for another one would inherit them.
+	 */
+	if (c->authenticated &&
+	    strcmp(c->grant.subject ? c->grant.subject : "", grant.subject ? grant.subject : "") != 0)
+	{
+		log_info("client %s: token for another user (%s) refused", c->id,
+		         grant.subject ? grant.subject : "(unknown)");
+		auth_grant_clear(&grant);
+		the_metrics.auth_failures++;
+		client_send_error(c, "AUTH_FAILED", "the token is for another user than this connection's",
+		                  NULL);
+		client_drop_queued_updates(c);
+		client_close(c, 4001, "Unauthorized");
+		return false;
+	}
 	if (c->authenticated)
 		auth_grant_clear(&c->grant);
 	c->grant = grant;
 	c->authenticated = true;
-	/* the token is good until exp plus the clock skew allowed when it was checked */
-	c->expires_us =
-	    grant.expires_at ? (grant.expires_at + the_bridge.settings.jwt_leeway) * 1000000LL : 0;
+	/*
+	 * The token is good until exp plus the clock skew allowed when it was
+	 * checked. exp is clamped only at 2^52 s, which overflows in
+	 * microseconds: an expiry past the year 2^63 us (292277) is none.
+	 */
+	if (grant.expires_at &&
+	    grant.expires_at < LLONG_MAX / 1000000LL - the_bridge.settings.jwt_leeway)
+		c->expires_us = (grant.expires_at + the_bridge.settings.jwt_leeway) * 1000000LL;
+	else
+		c->expires_us = 0;
 	log_info("client %s: authenticated as %s", c->id, grant.subject ? grant.subject : "(unknown)");
 	return true;
 }
@@ -502,6 +528,17 @@ on_receive(struct lws *wsi, client *c, const void *in, size_t len)
 	free(c->rx);
 	c->rx = NULL;
 	c->rx_len = 0;
+	/*
+	 * Every request queues a reply: a client that sends faster than it
+	 * reads is not read from until its replies drain (client_write_next
+	 * resumes), so its queue stays bounded and TCP pushes back on it.
+	 */
+	if (c->queued_replies >= MAX_UNREAD_REPLIES && !c->rx_paused)
+	{
+		log_debug("client %s: %d replies unread, pausing reads", c->id, c->queued_replies);
+		c->rx_paused = true;
+		lws_rx_flow_control(wsi, 0);
+	}
 	return 0;
 }
 

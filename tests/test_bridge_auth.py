@@ -209,7 +209,7 @@ def test_token_expiry_closes_the_socket_and_authenticate_extends_it(hs_bridge, s
             hs_bridge.connect(hs256(claims=short)) as renewed:
         expiring.subscribe("chart", [patient])
         renewed.subscribe("chart", [patient])
-        renewed.send_json({"type": "authenticate", "token": hs256(exp_in=600)})
+        renewed.send_json({"type": "authenticate", "token": hs256(sub=short["sub"], exp_in=600)})
         assert renewed.recv_json()["type"] == "auth_success"
         before = store.create(condition(patient))
         for client in (expiring, renewed):

@@ -434,6 +434,11 @@ def test_demo_run_prints_one_url_and_stops_everything_on_ctrl_c():
         cluster_port = int(re.search(r"port=(\d+) dbname", output).group(1))
         with urllib.request.urlopen(urls[0], timeout=10) as response:
             assert b"Chart review" in response.read()
+        # Ctrl-C twice (an impatient user, or a wrapper such as timeout
+        # relaying the signal to the process group): the second lands in the
+        # cleanup, which must still take everything down.
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
         for p in (port, bridge_port, cluster_port):
