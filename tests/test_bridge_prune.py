@@ -3,12 +3,14 @@
 - with --prune-keep 1 the bridge prunes the change log every second: the
   log shrinks, the metric counts it, a cursor older than the pruned log gets
   an explicit resync, and live delivery goes on;
+- prune-keep is reloaded on SIGHUP: off, then on, then off again;
 - a bridge whose role only has grant_reader() rights (no EXECUTE on prune)
   warns once with what to do and keeps delivering and healthy.
 
 Each test has its own database: pruning is database-wide.
 """
 
+import signal
 import time
 import uuid
 
@@ -113,3 +115,41 @@ def test_prune_without_execute_warns_once_and_keeps_delivering(token):
         cluster.execute(f"SELECT fhir_notify.revoke_reader('{role}')", dbname=db)
         cluster.execute(f'DROP OWNED BY "{role}"', dbname=db)
         cluster.execute(f'DROP ROLE "{role}"')
+
+
+def test_prune_keep_follows_sighup(tmp_path, token):
+    cluster = shared_cluster()
+    db = create_fhir_database(cluster)
+    store = FhirStore(cluster, db)
+    patient = new_id("pat")
+    config = tmp_path / "bridge.conf"
+    config.write_text("prune-keep = 0\n")
+    try:
+        with Bridge(cluster, db, secret_file=SECRET_FILE,
+                    args=ARGS + ["--config", str(config), "--poll-interval", "1"]) as bridge:
+            with bridge.connect(token) as client:
+                client.subscribe("chart", [patient])
+                for _ in range(2):
+                    created = store.create(condition(patient))
+                    assert_update(client.recv_update(), "created", "Condition", created["id"],
+                                  patient)
+                time.sleep(2.5)  # older than a 1 s keep, but nothing prunes yet
+                assert count_changes(cluster, db) >= 2
+                assert bridge.metrics()["fhir_notify_bridge_pruned_changes_total"] == 0
+
+                config.write_text("prune-keep = 1\nresume-max-age = 1\n")
+                bridge.signal(signal.SIGHUP)
+                wait_until(lambda: count_changes(cluster, db) == 0, "pruned after the reload")
+                pruned = bridge.metrics()["fhir_notify_bridge_pruned_changes_total"]
+                assert pruned >= 2
+
+                config.write_text("prune-keep = 0\n")
+                bridge.signal(signal.SIGHUP)
+                bridge.wait_for_log("prune: off")
+                created = store.create(condition(patient))
+                assert_update(client.recv_update(), "created", "Condition", created["id"], patient)
+                time.sleep(2.5)
+                assert count_changes(cluster, db) >= 1
+                assert bridge.metrics()["fhir_notify_bridge_pruned_changes_total"] == pruned
+    finally:
+        store.close()
