@@ -48,6 +48,33 @@ INSERT INTO fhir_notify.ticks (tick_id, snapshot)
 	VALUES (1, pg_catalog.pg_current_snapshot());
 
 /*
+ * The one rule of the ticks: the changes that became visible between the
+ * snapshots prev and cur. A change is not visible in prev exactly when its
+ * xid is at or above prev's xmax or among prev's in-progress xids; both are
+ * index lookups. (Scanning from prev's xmin instead would re-read every
+ * change written since the oldest open transaction began, for every batch,
+ * while a long transaction stays open.) Plain SQL without SET or SECURITY
+ * DEFINER, so that the planner inlines it into tick() and batch(), which
+ * run it with their own fixed search_path; everything here is qualified.
+ */
+CREATE FUNCTION fhir_notify.changes_between(prev pg_catalog.pg_snapshot,
+                                            cur pg_catalog.pg_snapshot)
+RETURNS SETOF fhir_notify.changes
+LANGUAGE sql STABLE
+AS $$
+	SELECT c.* FROM (
+		SELECT n.* FROM fhir_notify.changes n
+		WHERE n.xid OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmax(prev)
+		  AND n.xid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(cur)
+		UNION ALL
+		SELECT o.* FROM fhir_notify.changes o
+		WHERE o.xid OPERATOR(pg_catalog.=)
+		      ANY (ARRAY(SELECT pg_catalog.pg_snapshot_xip(prev)))
+	) c
+	WHERE pg_catalog.pg_visible_in_snapshot(c.xid, cur)
+$$;
+
+/*
  * Records a new tick if any change became visible since the newest tick, and
  * returns the newest tick's id. Callers run it in its own READ COMMITTED
  * transaction (autocommit). Ticks are serialised by a table lock, so tick
@@ -65,14 +92,7 @@ BEGIN
 	SELECT * INTO newest FROM fhir_notify.ticks ORDER BY tick_id DESC LIMIT 1;
 	current_snapshot := pg_current_snapshot();
 	IF NOT EXISTS (
-		SELECT 1 FROM fhir_notify.changes c
-		WHERE c.xid >= pg_snapshot_xmax(newest.snapshot)
-		  AND c.xid < pg_snapshot_xmax(current_snapshot)
-		  AND pg_visible_in_snapshot(c.xid, current_snapshot))
-	   AND NOT EXISTS (
-		SELECT 1 FROM fhir_notify.changes c
-		WHERE c.xid = ANY (ARRAY(SELECT pg_snapshot_xip(newest.snapshot)))
-		  AND pg_visible_in_snapshot(c.xid, current_snapshot))
+		SELECT 1 FROM fhir_notify.changes_between(newest.snapshot, current_snapshot))
 	THEN
 		RETURN newest.tick_id;
 	END IF;
@@ -86,12 +106,6 @@ $$;
  * The changes of one tick, in position order. Empty when the tick or its
  * predecessor no longer exists (pruned, or not yet taken): callers compare
  * with fhir_notify.oldest_tick() to tell a gap from an empty tick.
- *
- * A change is not visible in the previous tick's snapshot exactly when its
- * xid is at or above that snapshot's xmax or among its in-progress xids;
- * both are index lookups. (Scanning from the snapshot's xmin instead would
- * re-read every change written since the oldest open transaction began,
- * for every batch, while a long transaction stays open.)
  */
 CREATE FUNCTION fhir_notify.batch(tick bigint)
 RETURNS SETOF fhir_notify.changes
@@ -101,16 +115,8 @@ AS $$
 	SELECT c.*
 	FROM fhir_notify.ticks cur
 	JOIN fhir_notify.ticks prev ON prev.tick_id = cur.tick_id - 1
-	CROSS JOIN LATERAL (
-		SELECT n.* FROM fhir_notify.changes n
-		WHERE n.xid >= pg_snapshot_xmax(prev.snapshot)
-		  AND n.xid < pg_snapshot_xmax(cur.snapshot)
-		UNION ALL
-		SELECT o.* FROM fhir_notify.changes o
-		WHERE o.xid = ANY (ARRAY(SELECT pg_snapshot_xip(prev.snapshot)))
-	) c
+	CROSS JOIN LATERAL fhir_notify.changes_between(prev.snapshot, cur.snapshot) c
 	WHERE cur.tick_id = tick
-	  AND pg_visible_in_snapshot(c.xid, cur.snapshot)
 	ORDER BY c.position
 $$;
 
