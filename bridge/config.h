@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define BRIDGE_VERSION "0.1.0"
+#define BRIDGE_VERSION "0.2.0"
 
 typedef struct bridge_settings
 {

@@ -3,7 +3,7 @@
 # top-level Makefile does).
 
 EXTENSION = fhir_notify
-EXTVERSION = 0.1.0
+EXTVERSION = 0.2.0
 
 MODULE_big = fhir_notify
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))

@@ -112,7 +112,7 @@ def _extension_can_watch():
     """Whether the installed fhir_notify (in the private installation) has watch()."""
     sharedir = subprocess.run([os.path.join(pg_bindir(), "pg_config"), "--sharedir"], check=True,
                               capture_output=True, text=True).stdout.strip()
-    with open(os.path.join(sharedir, "extension", "fhir_notify--0.1.0.sql")) as f:
+    with open(os.path.join(sharedir, "extension", "fhir_notify--0.2.0.sql")) as f:
         return "FUNCTION fhir_notify.watch(" in f.read()
 
 
