@@ -51,6 +51,8 @@ static const setting settings_table[] = {
     {"jwt-issuer", SETTING_STRING, S(jwt_issuer), NULL, true, 0, "required iss claim"},
     {"jwt-leeway", SETTING_INT, S(jwt_leeway), "30", true, 0,
      "clock skew allowed on exp and nbf, in seconds"},
+    {"auth-failure-limit", SETTING_INT, S(auth_failure_limit), "20", true, 0,
+     "failed authentications per source address in 10 s answered 401; more: 429 (0: no limit)"},
     {"insecure-no-auth", SETTING_BOOL, S(insecure_no_auth), "false", false, 0,
      "run without token checks: every client sees every patient (testing only)"},
     {"allowed-origin", SETTING_LIST, S(allowed_origins), NULL, true, 0,

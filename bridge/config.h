@@ -24,6 +24,7 @@ typedef struct bridge_settings
 	char *jwt_audience;
 	char *jwt_issuer;
 	int jwt_leeway;
+	int auth_failure_limit; /* failed authentications per address per 10 s before 429; 0: none */
 	bool insecure_no_auth;
 	char **allowed_origins; /* NULL-terminated; empty means any origin */
 	char *tls_cert;

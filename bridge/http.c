@@ -7,8 +7,11 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 
+#include "auth_limit.h"
 #include "bridge.h"
 #include "log.h"
 #include "metrics.h"
@@ -38,25 +41,109 @@ respond(struct lws *wsi, client *c, unsigned int status, const char *content_typ
 /*
  * Refuses an upgrade with an HTTP/1.1 status line (lws_return_http_status
  * answers an upgrade request with HTTP/1.0, which WebSocket clients reject
- * as malformed rather than reporting the status).
+ * as malformed rather than reporting the status). headers: further header
+ * lines, each ending in CRLF, or "".
  */
 static int
-refuse_upgrade(struct lws *wsi, int status, const char *text)
+refuse_upgrade_with(struct lws *wsi, int status, const char *text, const char *headers)
 {
-	char response[LWS_PRE + 256];
+	char response[LWS_PRE + 768];
 	int n;
 
-	n = snprintf(response + LWS_PRE, sizeof(response) - LWS_PRE,
-	             "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\nconnection: "
-	             "close\r\n\r\n%s\n",
-	             status, text, strlen(text) + 1, text);
+	n = snprintf(
+	    response + LWS_PRE, sizeof(response) - LWS_PRE,
+	    "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\n%sconnection: "
+	    "close\r\n\r\n%s\n",
+	    status, text, strlen(text) + 1, headers, text);
+	if (n < 0 || n >= (int) (sizeof(response) - LWS_PRE))
+		return -1;
 	if (lws_write(wsi, (unsigned char *) response + LWS_PRE, (size_t) n, LWS_WRITE_HTTP_HEADERS) <
 	    n)
 		return -1;
 	return 1;
 }
 
-/* See http.h: only /api/ws and /ws upgrade, from allowed origins, within the limit. */
+static int
+refuse_upgrade(struct lws *wsi, int status, const char *text)
+{
+	return refuse_upgrade_with(wsi, status, text, "");
+}
+
+/* See http.h. */
+char *
+http_handshake_token(struct lws *wsi)
+{
+	char buf[8192];
+	const char *value = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof(buf));
+	int len;
+
+	if (value && *value)
+		return xstrdup(value);
+	len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
+	if (len > 0 && len < (int) sizeof(buf) &&
+	    lws_hdr_copy(wsi, buf, sizeof(buf), WSI_TOKEN_HTTP_AUTHORIZATION) > 0)
+	{
+		char *p = buf;
+
+		if (strncasecmp(p, "Bearer ", 7) == 0)
+		{
+			p += 7;
+			while (*p == ' ')
+				p++;
+			if (*p)
+				return xstrdup(p);
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Checks the token of an upgrade request, if it has one: a token that fails
+ * is refused here, with 401 (or 429 past --auth-failure-limit), before any
+ * WebSocket exists. A browser's WebSocket then reports a plain failed
+ * connection, and a client like WintEHR's backs off as after any network
+ * failure instead of fetching a token and reconnecting at once, which is
+ * what it does on an AUTH_FAILED or TOKEN_EXPIRED message. Returns 0 when
+ * the upgrade may go on (no token: it may still authenticate by message).
+ */
+static int
+check_upgrade_token(struct lws *wsi)
+{
+	char *token;
+	auth_grant grant;
+	auth_result result;
+	char err[256] = "", peer[64] = "", headers[320];
+	int retry_after = 0;
+	bool expired;
+
+	if (!the_bridge.keys || !(token = http_handshake_token(wsi)))
+		return 0;
+	result = auth_verify(the_bridge.keys, token, (long long) time(NULL), &grant, err, sizeof(err));
+	free(token);
+	auth_grant_clear(&grant);
+	if (result == AUTH_OK)
+		return 0;
+	expired = result == AUTH_EXPIRED;
+	the_metrics.auth_failures++;
+	lws_get_peer_simple(wsi, peer, sizeof(peer));
+	if (auth_failure_record(peer, "upgrade", err[0] ? err : "invalid",
+	                        the_bridge.settings.auth_failure_limit, now_monotonic_us(),
+	                        &retry_after))
+	{
+		the_metrics.auth_rate_limited++;
+		snprintf(headers, sizeof(headers), "retry-after: %d\r\n", retry_after);
+		return refuse_upgrade_with(wsi, 429, "Too Many Requests", headers);
+	}
+	snprintf(headers, sizeof(headers),
+	         "www-authenticate: Bearer error=\"invalid_token\", error_description=\"%s\"\r\n",
+	         expired ? "the token has expired" : "the token is not valid");
+	return refuse_upgrade_with(wsi, 401, "Unauthorized", headers);
+}
+
+/*
+ * See http.h: only /api/ws and /ws upgrade, from allowed origins, within the
+ * limit, with a token that verifies or none.
+ */
 int
 http_confirm_upgrade(struct lws *wsi, const char *protocol)
 {
@@ -98,7 +185,7 @@ http_confirm_upgrade(struct lws *wsi, const char *protocol)
 		            the_bridge.draining ? "shutting down" : "connection limit reached");
 		return refuse_upgrade(wsi, 503, "Service Unavailable");
 	}
-	return 0;
+	return check_upgrade_token(wsi);
 }
 
 static const char *

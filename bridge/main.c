@@ -16,6 +16,7 @@
 #include <libwebsockets.h>
 
 #include "auth.h"
+#include "auth_limit.h"
 #include "bridge.h"
 #include "change.h"
 #include "client.h"
@@ -304,6 +305,7 @@ main(int argc, char **argv)
 	}
 
 	lws_sul_cancel(&housekeeping_timer);
+	auth_failures_free();
 	pg_stop();
 	authorize_stop();
 	prune_stop();

@@ -75,6 +75,9 @@ metrics_render(strbuf *out)
 	        the_metrics.database_reconnects);
 	counter(out, "fhir_notify_bridge_auth_failures_total", "rejected tokens",
 	        the_metrics.auth_failures);
+	counter(out, "fhir_notify_bridge_auth_rate_limited_total",
+	        "rejected tokens answered 429 (or close 4029) past --auth-failure-limit",
+	        the_metrics.auth_rate_limited);
 	counter(out, "fhir_notify_bridge_slow_client_closes_total",
 	        "clients closed with 1013 for not reading", the_metrics.slow_client_closes);
 	counter(out, "fhir_notify_bridge_pruned_changes_total",

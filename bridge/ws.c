@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "auth_limit.h"
 #include "bridge.h"
 #include "client.h"
 #include "http.h"
@@ -94,7 +95,16 @@ authenticate(client *c, const char *token)
 	if (result != AUTH_OK)
 	{
 		the_metrics.auth_failures++;
-		log_info("client %s: token rejected: %s", c->id, err[0] ? err : "invalid");
+		log_debug("client %s: token rejected: %s", c->id, err[0] ? err : "invalid");
+		if (auth_failure_record(c->peer, "authenticate", err[0] ? err : "invalid",
+		                        the_bridge.settings.auth_failure_limit, now_monotonic_us(), NULL))
+		{
+			/* no AUTH_FAILED: a client that renews at once on it would retry at once */
+			the_metrics.auth_rate_limited++;
+			client_drop_queued_updates(c);
+			client_close(c, 4029, "Too Many Requests");
+			return false;
+		}
 		if (result == AUTH_EXPIRED)
 			client_send_error(c, "TOKEN_EXPIRED", "the token has expired", NULL);
 		else
@@ -139,34 +149,6 @@ authenticate(client *c, const char *token)
 	return true;
 }
 
-/* The token from ?token= or an Authorization: Bearer header, if any. */
-static char *
-handshake_token(struct lws *wsi)
-{
-	char buf[8192];
-	const char *value = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof(buf));
-	int len;
-
-	if (value && *value)
-		return xstrdup(value);
-	len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
-	if (len > 0 && len < (int) sizeof(buf) &&
-	    lws_hdr_copy(wsi, buf, sizeof(buf), WSI_TOKEN_HTTP_AUTHORIZATION) > 0)
-	{
-		char *p = buf;
-
-		if (strncasecmp(p, "Bearer ", 7) == 0)
-		{
-			p += 7;
-			while (*p == ' ')
-				p++;
-			if (*p)
-				return xstrdup(p);
-		}
-	}
-	return NULL;
-}
-
 static void
 on_established(struct lws *wsi, client *c)
 {
@@ -187,7 +169,7 @@ on_established(struct lws *wsi, client *c)
 	the_metrics.connections_total++;
 	log_info("client %s: connected from %s", c->id, c->peer);
 
-	token = handshake_token(wsi);
+	token = http_handshake_token(wsi);
 	if (token || !the_bridge.keys)
 	{
 		if (authenticate(c, token))

@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 
 import tokens
 from pgcluster import TOP, Cluster, free_port, pg_bindir
-from wsclient import DEFAULT_TIMEOUT, WSClient
+from wsclient import DEFAULT_TIMEOUT, HandshakeRejected, WSClient
 
 BRIDGE_BINARY = os.environ.get("FHIR_NOTIFY_BRIDGE",
                                os.path.join(TOP, "bridge", "fhir-notify-bridge"))
@@ -425,6 +425,25 @@ class Bridge:
                 client.close()
                 raise
         return client
+
+    def refusal(self, token=None, headers=None, path="/api/ws"):
+        """(HTTP status, lower-cased headers) of an upgrade the bridge refuses; fails the test
+        when the WebSocket opens instead."""
+        try:
+            client = WSClient(self.url(token, path), headers=headers, ssl_context=self.ssl_context)
+        except HandshakeRejected as rejected:
+            return rejected.status, rejected.headers
+        client.close()
+        raise AssertionError(f"the upgrade with token {token!r} was accepted")
+
+    def refused_token(self, token=None, headers=None, expired=False):
+        """Checks that the upgrade with token is refused with 401 and the RFC 6750 header
+        saying whether the token is expired or invalid."""
+        status, answer = self.refusal(token, headers)
+        assert status == 401, (status, answer)
+        description = "the token has expired" if expired else "the token is not valid"
+        assert answer.get("www-authenticate") == (
+            f'Bearer error="invalid_token", error_description="{description}"'), answer
 
     # -- stopping ----------------------------------------------------------------
 

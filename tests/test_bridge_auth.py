@@ -1,8 +1,10 @@
 """End to end: who may connect, and what a token may see.
 
 Three bridges on one database: HS256 with a shared secret, RS256 with a
-PEM public key, and RS256 with a JSON Web Key Set. A refused token gets an
-error message then close 4001, never a welcome and never data.
+PEM public key, and RS256 with a JSON Web Key Set. A refused token in the
+query or the Authorization header is refused at the upgrade with HTTP 401
+(no WebSocket); in an authenticate message it gets an error message then
+close 4001, never a welcome and never data.
 """
 
 import time
@@ -15,7 +17,10 @@ from bridgeproc import (AUDIENCE, ISSUER, KEY_DIR, SECRET_FILE, Bridge, FhirStor
                         observation, rs256, shared_cluster)
 from wsclient import Closed
 
-VALIDATION_ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER, "--jwt-leeway", "0"]
+# No per-address limit here: these tests refuse many tokens from 127.0.0.1 (see
+# test_bridge_wintehr.py for the limit).
+VALIDATION_ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER, "--jwt-leeway", "0",
+                   "--auth-failure-limit", "0"]
 RSA_PRIVATE, RSA_PUBLIC = tokens.make_rsa_keypair(KEY_DIR)
 OTHER_PRIVATE, OTHER_PUBLIC = tokens.make_rsa_keypair(KEY_DIR)
 KID = "test-key-1"
@@ -58,10 +63,15 @@ def jwks_bridge(db):
     yield from _module_bridge(db, args=VALIDATION_ARGS + ["--jwks-file", jwks_file])
 
 
-def assert_refused(bridge, token, error="AUTH_FAILED", **connect_args):
-    """The bridge answers token with one error message and closes 4001, never a welcome."""
-    client = bridge.connect(token, welcome=False, **connect_args)
-    with client:
+def assert_refused(bridge, token, error="AUTH_FAILED", headers=None):
+    """The bridge refuses token in the query (or the Authorization header given) at the
+    upgrade, 401 and no WebSocket; the same token in an authenticate message gets one error
+    message (error) and close 4001, never a welcome."""
+    bridge.refused_token(token, headers=headers, expired=error == "TOKEN_EXPIRED")
+    if token is None:
+        return
+    with bridge.connect(None, welcome=False) as client:
+        client.send_json({"type": "authenticate", "token": token})
         code, reason, messages = client.wait_closed()
     assert [m.get("type") for m in messages] == ["error"], messages
     assert messages[0]["error"] == error, messages
@@ -102,6 +112,8 @@ def test_bad_hs256_tokens_are_refused(hs_bridge, case):
 
 def test_bad_token_in_header_is_refused(hs_bridge):
     assert_refused(hs_bridge, None, headers={"Authorization": f"Bearer {hs256(secret='wrong')}"})
+    # the query wins over the header: a good token there lets the upgrade through
+    assert_accepted(hs_bridge, hs256(), headers={"Authorization": "Bearer not.a.token"})
 
 
 def test_expired_token_is_refused_with_token_expired(hs_bridge):
@@ -270,10 +282,12 @@ def test_jwks_bad_tokens_are_refused(jwks_bridge, case):
 
 
 def test_refused_client_never_gets_data(hs_bridge, store):
-    """A refused connection is closed: even racing a write, no update reaches it."""
+    """A connection refused in an authenticate message is closed: even racing a write, no
+    update reaches it."""
     patient = new_id("pat")
-    client = hs_bridge.connect(hs256(secret=b"wrong"), welcome=False)
+    client = hs_bridge.connect(None, welcome=False)
     with client:
+        client.send_json({"type": "authenticate", "token": hs256(secret=b"wrong")})
         try:
             client.send_json({"type": "subscribe", "data": {"subscription_id": "s",
                                                             "patient_ids": [patient]}})
@@ -287,7 +301,8 @@ def test_refused_client_never_gets_data(hs_bridge, store):
 
 def test_closed_error_is_reported(hs_bridge):
     """The harness itself: recv_json on a refused socket raises Closed with the code."""
-    with hs_bridge.connect(hs256(secret=b"wrong"), welcome=False) as client:
+    with hs_bridge.connect(None, welcome=False) as client:
+        client.send_json({"type": "authenticate", "token": hs256(secret=b"wrong")})
         with pytest.raises(Closed) as closed:
             for _ in range(5):
                 client.recv_json()

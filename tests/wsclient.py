@@ -63,9 +63,10 @@ class Closed(Exception):
 class HandshakeRejected(Exception):
     """The server refused the WebSocket upgrade with an HTTP status."""
 
-    def __init__(self, status):
+    def __init__(self, status, headers=None):
         super().__init__(f"handshake rejected with HTTP {status}")
         self.status = status
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
 
 
 class WSClient:
@@ -84,7 +85,7 @@ class WSClient:
         try:
             self.ws = _run(connect(), timeout + 1)
         except websockets.exceptions.InvalidStatusCode as e:
-            raise HandshakeRejected(e.status_code) from None
+            raise HandshakeRejected(e.status_code, getattr(e, "headers", None)) from None
 
     # -- sending --------------------------------------------------------------
 

@@ -71,7 +71,7 @@ export function backoffDelay(attempt, options = DEFAULTS, random = Math.random) 
 
 export class FhirNotifyClient {
   /**
-   * options: url (ws:// or wss://, the token is added as ?token=), token,
+   * options: url (ws:// or wss://), token (sent in a first authenticate message),
    * getToken (async () => token, called before reconnecting after an
    * expired or refused token, and before every reconnect when given),
    * WebSocket (a constructor; default globalThis.WebSocket), and any of
@@ -221,13 +221,9 @@ export class FhirNotifyClient {
   open() {
     if (this.closedByUser) return;
     this.clearTimer("reconnect");
-    let url = this.url;
-    if (this.token) {
-      url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this.token);
-    }
     let socket;
     try {
-      socket = new this.WebSocketImpl(url);
+      socket = new this.WebSocketImpl(this.url);
     } catch (err) {
       this.emit("error", { error: "CONNECT_FAILED", message: String(err?.message ?? err) });
       this.scheduleReconnect();
@@ -235,6 +231,15 @@ export class FhirNotifyClient {
     }
     this.socket = socket;
     this.clientId = null;
+    // The token goes in a first authenticate message, not in ?token=: it
+    // stays out of URLs (proxy logs), and a refused token is answered in
+    // band (AUTH_FAILED, TOKEN_EXPIRED) instead of by a refused upgrade,
+    // which a browser cannot tell from a network failure.
+    socket.onopen = () => {
+      if (this.socket === socket && this.token) {
+        socket.send(JSON.stringify({ type: "authenticate", token: this.token }));
+      }
+    };
     socket.onmessage = (event) => this.onMessage(event);
     socket.onclose = (event) => this.onDrop(socket, event.code, event.reason);
     socket.onerror = () => {

@@ -1,0 +1,133 @@
+"""End to end: what WintEHR's real client and tokens need from the bridge.
+
+- A token in the query that fails is refused at the upgrade (HTTP 401, no
+  WebSocket), so a browser's normal backoff applies; past
+  --auth-failure-limit failures in 10 s from one address, 429; the log says
+  it once per address per interval, with a count.
+- Tokens without SMART scopes get --default-scopes or --scopes-by-claim.
+- Deletes of Condition and AllergyIntolerance carry the event_type
+  WintEHR's chart-review hook removes items on, and a resource with
+  resourceType and id.
+
+The WintEHR-like browser client itself is exercised by
+clients/js/test/wintehr.test.mjs.
+"""
+
+import base64
+import os
+import re
+import socket
+import time
+
+import psycopg
+import pytest
+
+from bridgeproc import (AUDIENCE, ISSUER, SECRET_FILE, Bridge, FhirStore, bridge_logs,  # noqa: F401
+                        condition, create_fhir_database, hs256, new_id, shared_cluster)
+
+ARGS = ["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER, "--log-level", "info"]
+
+
+@pytest.fixture(scope="module")
+def db():
+    try:
+        return create_fhir_database(shared_cluster())
+    except psycopg.errors.UndefinedFunction as error:  # watch() comes with the capture trigger
+        pytest.skip(f"the extension cannot watch tables yet: {error}")
+
+
+@pytest.fixture(scope="module")
+def store(db):
+    s = FhirStore(shared_cluster(), db)
+    yield s
+    s.close()
+
+
+def upgrade(bridge, token=None, source="127.0.0.1", timeout=10):
+    """(status, lower-cased headers) of one WebSocket upgrade request from address source."""
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    try:
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", bridge.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = "/api/ws" + (f"?token={token}" if token else "")
+        request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{bridge.port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        sock.sendall(request.encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            response += chunk
+    finally:
+        sock.close()
+    head = response.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
+    status = int(head[0].split(" ", 2)[1])
+    headers = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+# -- bad tokens: refused at the upgrade, limited per address, summarised ------------
+
+def test_failed_tokens_are_limited_per_address_and_summarised(db):
+    limit = 5
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                args=ARGS + ["--auth-failure-limit", str(limit)]) as bridge:
+        offset = bridge.log_size()
+        bad = hs256(secret=b"not-the-secret-of-this-bridge-0123456789")
+        statuses = [upgrade(bridge, bad)[0] for _ in range(limit)]
+        assert statuses == [401] * limit
+        status, headers = upgrade(bridge, bad)
+        assert status == 429, (status, headers)
+        assert 1 <= int(headers["retry-after"]) <= 10, headers
+        for _ in range(20):
+            assert upgrade(bridge, bad)[0] == 429
+        # Only failures are limited: a good token from the same address still gets in
+        # (behind a proxy or NAT every user shares one address).
+        with bridge.connect(hs256()) as client:
+            client.ping()
+        # Another address has its own count.
+        assert upgrade(bridge, bad, source="127.0.0.2")[0] == 401
+        # An authenticate message past the limit: closed with 4029, no AUTH_FAILED (which
+        # WintEHR's client answers by reconnecting at once).
+        with bridge.connect(None, welcome=False) as client:
+            client.send_json({"type": "authenticate", "token": bad})
+            code, _, messages = client.wait_closed()
+        assert code == 4029 and messages == [], (code, messages)
+
+        log = bridge.wait_for_log("more failed authentications from 127.0.0.1", timeout=20,
+                                  since=offset)
+        # One full line per address per interval, one warning, one summary with the count.
+        assert log.count("auth: refused a token from 127.0.0.1 (upgrade)") == 1, log
+        assert log.count("auth: more than 5 failed authentications from 127.0.0.1") == 1, log
+        summary = re.search(r"auth: (\d+) more failed authentications from 127\.0\.0\.1 in 10 s "
+                            r"\(last: (\w+): ([^)]*)\)", log)
+        assert summary and int(summary.group(1)) == limit + 21 + 1 - 1, log
+        assert "token signature does not verify" in summary.group(3), log
+        assert log.count("auth: refused a token from 127.0.0.2 (upgrade)") == 1, log
+        metrics = bridge.metrics()
+        assert metrics["fhir_notify_bridge_auth_rate_limited_total"] == 22, metrics
+        assert metrics["fhir_notify_bridge_auth_failures_total"] == limit + 21 + 1 + 1, metrics
+
+        # After the interval the address starts over with 401.
+        deadline = time.monotonic() + 15
+        while upgrade(bridge, bad)[0] == 429:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+
+
+def test_expired_token_of_a_live_connection_then_refused_at_the_upgrade(db):
+    """A live connection whose token expires gets TOKEN_EXPIRED and 4001; its reconnect with
+    the same token is refused at the upgrade (401), which a browser backs off from."""
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                args=ARGS + ["--jwt-leeway", "0"]) as bridge:
+        token = hs256(exp_in=2)
+        with bridge.connect(token) as client:
+            code, _, messages = client.wait_closed(timeout=20)
+        assert code == 4001 and [m.get("error") for m in messages] == ["TOKEN_EXPIRED"], messages
+        bridge.refused_token(token, expired=True)
