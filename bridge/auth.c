@@ -296,7 +296,7 @@ verify_token(const auth_keys *keys, const char *token, long long now, auth_grant
 	grant->subject = claims_subject(claims);
 	if (grant->subject == NULL)
 		return fail(err, errlen, "out of memory");
-	auth_grant_set_scopes(grant, claims);
+	auth_grant_set_scopes_or_defaults(grant, claims, keys->scope_defaults);
 	return AUTH_OK;
 }
 

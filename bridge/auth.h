@@ -18,6 +18,14 @@ typedef struct auth_config
 	const char *audience;          /* required "aud" when set */
 	const char *issuer;            /* required "iss" when set */
 	long leeway_seconds;           /* clock skew allowed on exp/nbf */
+	/*
+	 * For tokens without SMART scopes (no "scope" or "scp" claim, as
+	 * WintEHR's {sub, role, exp}): the scopes of every scopes_by_claim entry
+	 * ("CLAIM=VALUE:SCOPES", NULL-terminated) whose claim has that value,
+	 * else default_scopes (space-separated; NULL: none).
+	 */
+	const char *default_scopes;
+	char **scopes_by_claim;
 } auth_config;
 
 typedef struct auth_keys auth_keys;
@@ -61,6 +69,12 @@ typedef struct auth_grant
 	 */
 	auth_scope_rule *rules;
 	int nrules;
+	/*
+	 * Where the rights came from, for log lines: "the token's scopes",
+	 * "--scopes-by-claim role=physician", "--default-scopes", or why there
+	 * are none.
+	 */
+	char *scopes_from;
 } auth_grant;
 
 /*
@@ -100,5 +114,25 @@ void auth_grant_clear(auth_grant *grant);
  * exposed for tests.
  */
 void auth_grant_set_scopes(auth_grant *grant, json_t *claims);
+
+/* Scopes for tokens that carry none (see auth_config); opaque. */
+typedef struct auth_scope_defaults auth_scope_defaults;
+
+/*
+ * Parses the default-scopes and scopes-by-claim settings; NULL with a
+ * message in err when an entry is malformed or a scope grants no read
+ * right (a typo would otherwise silently grant nothing). Both unset: an
+ * empty set, not NULL.
+ */
+auth_scope_defaults *auth_scope_defaults_parse(const char *default_scopes, char **scopes_by_claim,
+                                               char *err, size_t errlen);
+void auth_scope_defaults_free(auth_scope_defaults *defaults);
+
+/*
+ * auth_grant_set_scopes, and for a token without "scope" and "scp" the
+ * scopes defaults gives it (defaults may be NULL: none).
+ */
+void auth_grant_set_scopes_or_defaults(auth_grant *grant, json_t *claims,
+                                       const auth_scope_defaults *defaults);
 
 #endif /* BRIDGE_AUTH_H */

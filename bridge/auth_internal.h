@@ -38,6 +38,7 @@ struct auth_keys
 	char *audience;
 	char *issuer;
 	long leeway_seconds;
+	auth_scope_defaults *scope_defaults; /* for tokens without scopes */
 };
 
 /* The name of alg as it appears in a JWS header. */

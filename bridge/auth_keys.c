@@ -141,8 +141,10 @@ load_secret(auth_keys *keys, const char *file, char *err, size_t errlen)
 	if (length < HS256_MIN_SECRET)
 	{
 		snprintf(err, errlen,
-		         "HS256 secret in \"%s\" is %zu bytes, shorter than the %d bytes required", file,
-		         length, HS256_MIN_SECRET);
+		         "HS256 secret in \"%s\" is %zu bytes, shorter than the %d bytes required: make "
+		         "one with `openssl rand -base64 48 > %s` and give the token issuer the same "
+		         "secret",
+		         file, length, HS256_MIN_SECRET, file);
 		OPENSSL_cleanse(secret, length);
 		free(secret);
 		return false;
@@ -291,6 +293,13 @@ auth_keys_load(const auth_config *config, char *err, size_t errlen)
 		auth_keys_free(keys);
 		return NULL;
 	}
+	keys->scope_defaults =
+	    auth_scope_defaults_parse(config->default_scopes, config->scopes_by_claim, err, errlen);
+	if (keys->scope_defaults == NULL)
+	{
+		auth_keys_free(keys);
+		return NULL;
+	}
 	if ((config->hs256_secret_file && !load_secret(keys, config->hs256_secret_file, err, errlen)) ||
 	    (config->public_key_file && !load_public_key(keys, config->public_key_file, err, errlen)) ||
 	    (config->jwks_file && !auth_jwks_load(keys, config->jwks_file, err, errlen)))
@@ -322,5 +331,6 @@ auth_keys_free(auth_keys *keys)
 	free(keys->keys);
 	free(keys->audience);
 	free(keys->issuer);
+	auth_scope_defaults_free(keys->scope_defaults);
 	free(keys);
 }

@@ -13,6 +13,7 @@
  */
 #include "auth.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -234,6 +235,224 @@ auth_grant_set_scopes(auth_grant *grant, json_t *claims)
 	summarise_rules(grant, have_patient ? patient : NULL);
 }
 
+/* One --scopes-by-claim entry: tokens whose claim has value get scopes. */
+typedef struct claim_scopes
+{
+	char *claim;
+	char *value;
+	char *scopes;
+	char *label; /* "--scopes-by-claim claim=value", for log lines */
+} claim_scopes;
+
+struct auth_scope_defaults
+{
+	char *default_scopes; /* NULL: none */
+	claim_scopes *by_claim;
+	int nby_claim;
+};
+
+static char *
+copy_span(const char *s, size_t n)
+{
+	char *copy = malloc(n + 1);
+
+	if (copy != NULL)
+	{
+		memcpy(copy, s, n);
+		copy[n] = '\0';
+	}
+	return copy;
+}
+
+/*
+ * Checks that every scope in a space-separated list grants reading (given
+ * a patient for patient/ scopes); false with a message naming the first
+ * that does not, and for an empty list.
+ */
+static bool
+check_scope_list(const char *scopes, const char *what, char *err, size_t errlen)
+{
+	const char *p = scopes;
+	int count = 0;
+
+	while (*p != '\0')
+	{
+		size_t length;
+		auth_grant probe;
+
+		while (*p == ' ')
+			p++;
+		length = strcspn(p, " ");
+		if (length == 0)
+			break;
+		memset(&probe, 0, sizeof(probe));
+		add_scope(&probe, p, length, true);
+		if (probe.nrules == 0)
+		{
+			snprintf(err, errlen, "%s: scope \"%.*s\" grants no read right", what,
+			         (int) (length > 64 ? 64 : length), p);
+			auth_grant_clear(&probe);
+			return false;
+		}
+		auth_grant_clear(&probe);
+		count++;
+		p += length;
+	}
+	if (count == 0)
+	{
+		snprintf(err, errlen, "%s: no scopes given", what);
+		return false;
+	}
+	return true;
+}
+
+/* See auth.h. */
+auth_scope_defaults *
+auth_scope_defaults_parse(const char *default_scopes, char **scopes_by_claim, char *err,
+                          size_t errlen)
+{
+	auth_scope_defaults *defaults = calloc(1, sizeof(auth_scope_defaults));
+	int n = 0;
+
+	if (defaults == NULL)
+		goto no_memory;
+	if (default_scopes != NULL && default_scopes[0] != '\0')
+	{
+		if (!check_scope_list(default_scopes, "--default-scopes", err, errlen))
+			goto fail;
+		if ((defaults->default_scopes = strdup(default_scopes)) == NULL)
+			goto no_memory;
+	}
+	while (scopes_by_claim != NULL && scopes_by_claim[n] != NULL)
+		n++;
+	if (n > 0 && (defaults->by_claim = calloc((size_t) n, sizeof(claim_scopes))) == NULL)
+		goto no_memory;
+	for (int i = 0; i < n; i++)
+	{
+		const char *entry = scopes_by_claim[i];
+		const char *eq = strchr(entry, '=');
+		const char *colon = eq ? strchr(eq + 1, ':') : NULL;
+		claim_scopes *cs = &defaults->by_claim[i];
+		char what[200];
+
+		if (eq == NULL || colon == NULL || eq == entry || colon == eq + 1)
+		{
+			snprintf(err, errlen,
+			         "--scopes-by-claim \"%.64s\": expected CLAIM=VALUE:SCOPES, e.g. "
+			         "role=physician:user/*.read",
+			         entry);
+			goto fail;
+		}
+		snprintf(what, sizeof(what), "--scopes-by-claim %.*s", (int) (colon - entry), entry);
+		if (!check_scope_list(colon + 1, what, err, errlen))
+			goto fail;
+		cs->claim = copy_span(entry, (size_t) (eq - entry));
+		cs->value = copy_span(eq + 1, (size_t) (colon - eq - 1));
+		cs->scopes = strdup(colon + 1);
+		cs->label = strdup(what);
+		defaults->nby_claim++;
+		if (!cs->claim || !cs->value || !cs->scopes || !cs->label)
+			goto no_memory;
+	}
+	return defaults;
+
+no_memory:
+	snprintf(err, errlen, "out of memory");
+fail:
+	auth_scope_defaults_free(defaults);
+	return NULL;
+}
+
+/* See auth.h. */
+void
+auth_scope_defaults_free(auth_scope_defaults *defaults)
+{
+	if (defaults == NULL)
+		return;
+	for (int i = 0; i < defaults->nby_claim; i++)
+	{
+		free(defaults->by_claim[i].claim);
+		free(defaults->by_claim[i].value);
+		free(defaults->by_claim[i].scopes);
+		free(defaults->by_claim[i].label);
+	}
+	free(defaults->by_claim);
+	free(defaults->default_scopes);
+	free(defaults);
+}
+
+/* Whether claim is value, or an array holding it. */
+static bool
+claim_has_value(json_t *claim, const char *value)
+{
+	size_t index;
+	json_t *item;
+
+	if (json_is_string(claim))
+		return strcmp(json_string_value(claim), value) == 0;
+	json_array_foreach(claim, index, item)
+	{
+		if (json_is_string(item) && strcmp(json_string_value(item), value) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Appends text to grant->scopes_from ("a, b"). */
+static void
+note_scopes_from(auth_grant *grant, const char *text)
+{
+	size_t old = grant->scopes_from ? strlen(grant->scopes_from) : 0;
+	char *grown = realloc(grant->scopes_from, old + strlen(text) + 3);
+
+	if (grown == NULL)
+		return;
+	if (old > 0)
+		strcpy(grown + old, ", ");
+	strcpy(grown + (old > 0 ? old + 2 : 0), text);
+	grant->scopes_from = grown;
+}
+
+/* See auth.h. */
+void
+auth_grant_set_scopes_or_defaults(auth_grant *grant, json_t *claims,
+                                  const auth_scope_defaults *defaults)
+{
+	const char *patient = json_string_value(json_object_get(claims, "patient"));
+	bool have_patient;
+	bool matched = false;
+
+	if (json_object_get(claims, "scope") != NULL || json_object_get(claims, "scp") != NULL)
+	{
+		auth_grant_set_scopes(grant, claims);
+		note_scopes_from(grant, "the token's scopes");
+		return;
+	}
+	if (patient != NULL && strncmp(patient, "Patient/", 8) == 0)
+		patient += 8;
+	have_patient = patient != NULL && patient[0] != '\0';
+	for (int i = 0; defaults != NULL && i < defaults->nby_claim; i++)
+	{
+		const claim_scopes *cs = &defaults->by_claim[i];
+
+		if (!claim_has_value(json_object_get(claims, cs->claim), cs->value))
+			continue;
+		add_scope_string(grant, cs->scopes, have_patient);
+		note_scopes_from(grant, cs->label);
+		matched = true;
+	}
+	if (!matched && defaults != NULL && defaults->default_scopes != NULL)
+	{
+		add_scope_string(grant, defaults->default_scopes, have_patient);
+		note_scopes_from(grant, "--default-scopes");
+		matched = true;
+	}
+	if (!matched)
+		note_scopes_from(grant, "none: the token has no scope claim and no --default-scopes or "
+		                        "--scopes-by-claim applies");
+	summarise_rules(grant, have_patient ? patient : NULL);
+}
+
 /*
  * Whether grant may receive resource_type changes of patient_id. Each rule
  * is checked on its own: a patient rule needs the grant's own patient.
@@ -279,5 +498,6 @@ auth_grant_clear(auth_grant *grant)
 		free(grant->rules[i].type);
 	free(grant->rules);
 	json_decref(grant->claims);
+	free(grant->scopes_from);
 	memset(grant, 0, sizeof(*grant));
 }

@@ -51,6 +51,11 @@ static const setting settings_table[] = {
     {"jwt-issuer", SETTING_STRING, S(jwt_issuer), NULL, true, 0, "required iss claim"},
     {"jwt-leeway", SETTING_INT, S(jwt_leeway), "30", true, 0,
      "clock skew allowed on exp and nbf, in seconds"},
+    {"default-scopes", SETTING_STRING, S(default_scopes), NULL, true, 0,
+     "SMART scopes (space-separated) for tokens without a scope or scp claim, e.g. user/*.read"},
+    {"scopes-by-claim", SETTING_LIST, S(scopes_by_claim), NULL, true, 0,
+     "CLAIM=VALUE:SCOPES: scopes for tokens without scopes whose claim has that value, e.g. "
+     "role=physician:user/*.read (any match: instead of --default-scopes)"},
     {"auth-failure-limit", SETTING_INT, S(auth_failure_limit), "20", true, 0,
      "failed authentications per source address in 10 s answered 401; more: 429 (0: no limit)"},
     {"insecure-no-auth", SETTING_BOOL, S(insecure_no_auth), "false", false, 0,

@@ -24,6 +24,8 @@ typedef struct bridge_settings
 	char *jwt_audience;
 	char *jwt_issuer;
 	int jwt_leeway;
+	char *default_scopes;   /* SMART scopes for tokens without any */
+	char **scopes_by_claim; /* CLAIM=VALUE:SCOPES, NULL-terminated */
 	int auth_failure_limit; /* failed authentications per address per 10 s before 429; 0: none */
 	bool insecure_no_auth;
 	char **allowed_origins; /* NULL-terminated; empty means any origin */

@@ -89,6 +89,8 @@ load_keys(const bridge_settings *s)
 	    .audience = s->jwt_audience,
 	    .issuer = s->jwt_issuer,
 	    .leeway_seconds = s->jwt_leeway,
+	    .default_scopes = s->default_scopes,
+	    .scopes_by_claim = s->scopes_by_claim,
 	};
 	char err[512] = "";
 	auth_keys *keys = auth_keys_load(&config, err, sizeof(err));

@@ -131,3 +131,65 @@ def test_expired_token_of_a_live_connection_then_refused_at_the_upgrade(db):
             code, _, messages = client.wait_closed(timeout=20)
         assert code == 4001 and [m.get("error") for m in messages] == ["TOKEN_EXPIRED"], messages
         bridge.refused_token(token, expired=True)
+
+
+# -- tokens without SMART scopes ------------------------------------------------------
+
+def wintehr_token(sub, role, **options):
+    """A token as WintEHR's backend issues them: {sub, role, exp}, HS256, nothing else."""
+    return hs256(sub=sub, scope=None, aud=None, iss=None, claims={"role": role, "iat": None},
+                 **options)
+
+
+def test_tokens_without_scopes_get_scopes_by_claim_or_the_default(db, store):
+    args = ["--log-level", "info", "--scopes-by-claim", "role=physician:user/*.read",
+            "--scopes-by-claim", "role=nurse:user/Observation.read user/Condition.read",
+            "--default-scopes", "user/Observation.read"]
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=args) as bridge:
+        patient = new_id("pat")
+        with bridge.connect(wintehr_token("dr.house", "physician")) as physician, \
+                bridge.connect(wintehr_token("front.desk", "clerk")) as clerk:
+            assert physician.welcome["data"]["user"] == {
+                "sub": "dr.house", "role": "physician", "exp": physician.welcome["data"]["user"]["exp"]}
+            physician.subscribe("chart", [patient])
+            clerk.subscribe("chart", [patient])
+            created = store.create(condition(patient))
+            update = physician.recv_update()
+            assert update["data"]["resource_id"] == created["id"], update
+            clerk.expect_no_message(within=1.0)  # the default allows Observation only
+        with bridge.connect(wintehr_token("n.joy", "nurse")) as nurse:
+            nurse.subscribe("chart", [patient])
+            created = store.create(condition(patient))
+            assert nurse.recv_update()["data"]["resource_id"] == created["id"]
+
+
+def test_without_defaults_a_token_without_scopes_is_refused_and_the_log_says_why(db):
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=["--log-level", "info"]) as bridge:
+        with bridge.connect(wintehr_token("dr.house", "physician")) as client:
+            client.send_json({"type": "subscribe", "data": {"subscription_id": "chart",
+                                                            "patient_ids": [new_id("pat")]}})
+            answer = client.recv_json()
+            assert answer.get("error") == "FORBIDDEN", answer
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("physician:user/*.read", "expected CLAIM=VALUE:SCOPES"),
+    ("role=physician:user/*.raed", 'scope "user/*.raed" grants no read right'),
+])
+def test_a_bad_scopes_by_claim_stops_the_bridge_with_a_message(db, entry, message):
+    bridge = Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                    args=["--scopes-by-claim", entry], wait=False)
+    with bridge:
+        assert bridge.wait_exit(20) != 0
+        assert message in bridge.log(), bridge.log()
+
+
+def test_a_short_secret_is_refused_with_how_to_make_one(db, tmp_path):
+    short = tmp_path / "wintehr-dev-secret"
+    short.write_text("dev-secret-key\n")  # 14 bytes, like WintEHR's development default
+    bridge = Bridge(shared_cluster(), db, secret_file=str(short), wait=False)
+    with bridge:
+        assert bridge.wait_exit(20) != 0
+        log = bridge.log()
+    assert "is 14 bytes, shorter than the 32 bytes required" in log, log
+    assert f"openssl rand -base64 48 > {short}" in log, log

@@ -1,0 +1,197 @@
+/*
+ * test_wintehr.c
+ *	  Unit tests of what running beside WintEHR needs: scopes for tokens
+ *	  that carry none (--default-scopes, --scopes-by-claim), the per-address
+ *	  count of failed authentications, and the update a delete of a
+ *	  Condition or an AllergyIntolerance becomes.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "auth.h"
+#include "auth_limit.h"
+#include "log.h"
+
+static int failures;
+
+#define CHECK(cond)                                                                                \
+	do                                                                                             \
+	{                                                                                              \
+		if (!(cond))                                                                               \
+		{                                                                                          \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+			failures++;                                                                            \
+		}                                                                                          \
+	} while (0)
+
+/* The grant a token with these claims (JSON text) gets under defaults. */
+static void
+grant_for(const char *claims_json, const auth_scope_defaults *defaults, auth_grant *grant)
+{
+	json_t *claims = json_loads(claims_json, 0, NULL);
+
+	memset(grant, 0, sizeof(*grant));
+	auth_grant_set_scopes_or_defaults(grant, claims, defaults);
+	json_decref(claims);
+}
+
+static void
+test_scope_defaults(void)
+{
+	char *by_claim[] = {"role=physician:user/*.read", "role=nurse:user/Observation.rs",
+	                    "groups=pharmacy:user/MedicationRequest.read", NULL};
+	char err[256] = "";
+	auth_scope_defaults *defaults =
+	    auth_scope_defaults_parse("user/Condition.read", by_claim, err, sizeof(err));
+	auth_scope_defaults *none = auth_scope_defaults_parse(NULL, NULL, err, sizeof(err));
+	auth_grant grant;
+
+	CHECK(defaults != NULL);
+	CHECK(none != NULL);
+
+	/* a physician: everything of everybody */
+	grant_for("{\"sub\":\"dr.a\",\"role\":\"physician\"}", defaults, &grant);
+	CHECK(auth_grant_allows(&grant, "p1", "Observation"));
+	CHECK(auth_grant_allows(&grant, "p2", NULL));
+	CHECK(strcmp(grant.scopes_from, "--scopes-by-claim role=physician") == 0);
+	auth_grant_clear(&grant);
+
+	/* a nurse: Observation only; the default does not add Condition */
+	grant_for("{\"sub\":\"n\",\"role\":\"nurse\"}", defaults, &grant);
+	CHECK(auth_grant_allows(&grant, "p1", "Observation"));
+	CHECK(!auth_grant_allows(&grant, "p1", "Condition"));
+	auth_grant_clear(&grant);
+
+	/* an array claim; two entries match: both apply */
+	grant_for("{\"sub\":\"x\",\"role\":\"nurse\",\"groups\":[\"a\",\"pharmacy\"]}", defaults,
+	          &grant);
+	CHECK(auth_grant_allows(&grant, "p1", "Observation"));
+	CHECK(auth_grant_allows(&grant, "p1", "MedicationRequest"));
+	CHECK(!auth_grant_allows(&grant, "p1", "Condition"));
+	CHECK(strstr(grant.scopes_from, "role=nurse") && strstr(grant.scopes_from, "groups=pharmacy"));
+	auth_grant_clear(&grant);
+
+	/* no entry matches: --default-scopes */
+	grant_for("{\"sub\":\"c\",\"role\":\"clerk\"}", defaults, &grant);
+	CHECK(auth_grant_allows(&grant, "p1", "Condition"));
+	CHECK(!auth_grant_allows(&grant, "p1", "Observation"));
+	CHECK(strcmp(grant.scopes_from, "--default-scopes") == 0);
+	auth_grant_clear(&grant);
+
+	/* a token with scopes keeps its own, even when they grant nothing */
+	grant_for("{\"sub\":\"dr.a\",\"role\":\"physician\",\"scope\":\"openid\"}", defaults, &grant);
+	CHECK(!auth_grant_allows(&grant, "p1", NULL));
+	CHECK(strcmp(grant.scopes_from, "the token's scopes") == 0);
+	auth_grant_clear(&grant);
+	grant_for("{\"sub\":\"dr.a\",\"scp\":[\"patient/*.read\"],\"patient\":\"p9\"}", defaults,
+	          &grant);
+	CHECK(auth_grant_allows(&grant, "p9", "Condition"));
+	CHECK(!auth_grant_allows(&grant, "p1", "Condition"));
+	auth_grant_clear(&grant);
+
+	/* nothing configured: nothing, and the grant says why */
+	grant_for("{\"sub\":\"dr.a\",\"role\":\"physician\"}", none, &grant);
+	CHECK(!auth_grant_allows(&grant, "p1", NULL));
+	CHECK(strstr(grant.scopes_from, "no scope claim") != NULL);
+	auth_grant_clear(&grant);
+	grant_for("{\"sub\":\"dr.a\"}", NULL, &grant);
+	CHECK(!auth_grant_allows(&grant, "p1", NULL));
+	auth_grant_clear(&grant);
+
+	/* a patient/ default applies to the token's patient claim */
+	{
+		auth_scope_defaults *patient_level =
+		    auth_scope_defaults_parse("patient/*.read", NULL, err, sizeof(err));
+
+		CHECK(patient_level != NULL);
+		grant_for("{\"sub\":\"pat\",\"patient\":\"Patient/p7\"}", patient_level, &grant);
+		CHECK(auth_grant_allows(&grant, "p7", "Condition"));
+		CHECK(!auth_grant_allows(&grant, "p1", "Condition"));
+		auth_grant_clear(&grant);
+		auth_scope_defaults_free(patient_level);
+	}
+
+	auth_scope_defaults_free(defaults);
+	auth_scope_defaults_free(none);
+}
+
+static void
+test_scope_defaults_errors(void)
+{
+	char err[256];
+	char *no_equals[] = {"physician:user/*.read", NULL};
+	char *no_colon[] = {"role=physician", NULL};
+	char *empty_value[] = {"role=:user/*.read", NULL};
+	char *typo[] = {"role=physician:user/*.raed", NULL};
+	char *no_scopes[] = {"role=physician: ", NULL};
+
+	CHECK(auth_scope_defaults_parse("user/*.write", NULL, err, sizeof(err)) == NULL);
+	CHECK(strstr(err, "--default-scopes") && strstr(err, "user/*.write"));
+	CHECK(auth_scope_defaults_parse("openid", NULL, err, sizeof(err)) == NULL);
+	CHECK(auth_scope_defaults_parse(NULL, no_equals, err, sizeof(err)) == NULL);
+	CHECK(strstr(err, "CLAIM=VALUE:SCOPES") != NULL);
+	CHECK(auth_scope_defaults_parse(NULL, no_colon, err, sizeof(err)) == NULL);
+	CHECK(auth_scope_defaults_parse(NULL, empty_value, err, sizeof(err)) == NULL);
+	CHECK(auth_scope_defaults_parse(NULL, typo, err, sizeof(err)) == NULL);
+	CHECK(strstr(err, "role=physician") && strstr(err, "user/*.raed"));
+	CHECK(auth_scope_defaults_parse(NULL, no_scopes, err, sizeof(err)) == NULL);
+	CHECK(strstr(err, "no scopes") != NULL);
+}
+
+static void
+test_failure_limit(void)
+{
+	long long t = 1000000000LL;
+	int retry = 0;
+
+	log_min_level = LOG_LEVEL_ERROR; /* the lines themselves are checked end to end */
+	for (int i = 0; i < 3; i++)
+		CHECK(!auth_failure_record("10.0.0.1", "upgrade", "bad", 3, t + i, &retry));
+	CHECK(auth_failure_record("10.0.0.1", "upgrade", "bad", 3, t + 4, &retry));
+	CHECK(retry == 10);
+	CHECK(auth_failure_record("10.0.0.1", "upgrade", "bad", 3, t + 4000000, &retry));
+	CHECK(retry == 6);
+	/* another address has its own count; no limit: never over */
+	CHECK(!auth_failure_record("10.0.0.2", "upgrade", "bad", 3, t + 5, NULL));
+	for (int i = 0; i < 10; i++)
+		CHECK(!auth_failure_record("10.0.0.3", "upgrade", "bad", 0, t + 6, NULL));
+	CHECK(auth_failures_tracked() == 3);
+	/* the interval ends: counting starts over */
+	CHECK(
+	    !auth_failure_record("10.0.0.1", "upgrade", "bad", 3, t + AUTH_FAILURE_INTERVAL_US, NULL));
+	/* quiet addresses are forgotten an interval after their last failure */
+	auth_failures_sweep(t + AUTH_FAILURE_INTERVAL_US + 10);
+	CHECK(auth_failures_tracked() == 1);
+	auth_failures_sweep(t + 3 * AUTH_FAILURE_INTERVAL_US);
+	CHECK(auth_failures_tracked() == 0);
+	/* past the table's size, further addresses share one entry */
+	for (int i = 0; i < AUTH_FAILURE_MAX_ADDRESSES + 10; i++)
+	{
+		char address[32];
+
+		snprintf(address, sizeof(address), "10.1.%d.%d", i / 256, i % 256);
+		auth_failure_record(address, "upgrade", "bad", 3, t, NULL);
+	}
+	CHECK(auth_failures_tracked() == AUTH_FAILURE_MAX_ADDRESSES + 1);
+	auth_failures_free();
+	CHECK(auth_failures_tracked() == 0);
+	log_min_level = LOG_LEVEL_INFO;
+}
+
+int
+main(void)
+{
+	test_scope_defaults();
+	test_scope_defaults_errors();
+	test_failure_limit();
+	if (failures)
+	{
+		fprintf(stderr, "test_wintehr: %d checks failed\n", failures);
+		return 1;
+	}
+	printf("test_wintehr: all checks passed\n");
+	return 0;
+}
