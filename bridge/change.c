@@ -19,21 +19,231 @@ column(const PGresult *res, int row, int col)
 }
 
 /*
+ * Deletes WintEHR's chart-review hook applies: it removes a Condition only
+ * on the event "condition.deleted" and an AllergyIntolerance only on
+ * "allergy.deleted", and ignores an event whose resource is missing or has
+ * no resourceType. The service takes the event name from data.event_type.
+ * So a delete of these types carries that event_type and a resource with
+ * at least resourceType and id: the last body the bridge read for it, else
+ * a stub. Deletes of every other type keep resource null, which the hook
+ * ignores (with a resource it would insert the deleted item again).
+ */
+static const char *const delete_events[][2] = {
+    {"AllergyIntolerance", "allergy.deleted"},
+    {"Condition", "condition.deleted"},
+};
+
+/* See change.h. */
+const char *
+change_delete_event(const char *resource_type)
+{
+	for (size_t i = 0; i < sizeof(delete_events) / sizeof(delete_events[0]); i++)
+	{
+		if (strcmp(delete_events[i][0], resource_type) == 0)
+			return delete_events[i][1];
+	}
+	return NULL;
+}
+
+/*
+ * The last body read of each resource of those types, for their deletes
+ * (the change log records a delete without one). Bounded: the entries
+ * least recently written are forgotten first, and a delete of a forgotten
+ * resource gets the stub.
+ */
+#define BODIES_MAX_ENTRIES 10000
+#define BODIES_MAX_BYTES   (32LL * 1024 * 1024)
+#define BODIES_BUCKETS     4096
+
+typedef struct body_entry
+{
+	char *key; /* "Type/id" */
+	cursor at; /* the change the body is from */
+	char **patient_ids;
+	int npatients;
+	char *body;
+	size_t body_len;
+	struct body_entry *hash_next;
+	struct body_entry *newer, *older; /* by write */
+} body_entry;
+
+static body_entry *body_buckets[BODIES_BUCKETS];
+static body_entry *newest_body, *oldest_body;
+static int nbodies;
+static long long body_bytes;
+
+static unsigned int
+hash_key(const char *key)
+{
+	unsigned int h = 2166136261u;
+
+	for (const unsigned char *p = (const unsigned char *) key; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h % BODIES_BUCKETS;
+}
+
+static body_entry *
+find_body(const char *key)
+{
+	for (body_entry *e = body_buckets[hash_key(key)]; e; e = e->hash_next)
+	{
+		if (strcmp(e->key, key) == 0)
+			return e;
+	}
+	return NULL;
+}
+
+static void
+unlink_body_order(body_entry *e)
+{
+	if (e->newer)
+		e->newer->older = e->older;
+	else
+		newest_body = e->older;
+	if (e->older)
+		e->older->newer = e->newer;
+	else
+		oldest_body = e->newer;
+	e->newer = e->older = NULL;
+}
+
+static void
+free_body_contents(body_entry *e)
+{
+	for (int i = 0; i < e->npatients; i++)
+		free(e->patient_ids[i]);
+	free(e->patient_ids);
+	body_bytes -= (long long) e->body_len;
+	free(e->body);
+	e->patient_ids = NULL;
+	e->npatients = 0;
+	e->body = NULL;
+	e->body_len = 0;
+}
+
+static void
+remove_body(body_entry *e)
+{
+	body_entry **link = &body_buckets[hash_key(e->key)];
+
+	while (*link != e)
+		link = &(*link)->hash_next;
+	*link = e->hash_next;
+	unlink_body_order(e);
+	free_body_contents(e);
+	free(e->key);
+	free(e);
+	nbodies--;
+}
+
+/* Remembers body as the newest of key unless a later one is known. */
+static void
+remember_body(const char *key, cursor at, json_t *patients, const char *body)
+{
+	body_entry *e = find_body(key);
+	size_t n = json_array_size(patients);
+
+	if (e && cursor_compare(e->at, at) >= 0)
+		return; /* an older change (a catch-up from the database) */
+	if (!e)
+	{
+		unsigned int h = hash_key(key);
+
+		e = xcalloc(1, sizeof(body_entry));
+		e->key = xstrdup(key);
+		e->hash_next = body_buckets[h];
+		body_buckets[h] = e;
+		nbodies++;
+	}
+	else
+	{
+		unlink_body_order(e);
+		free_body_contents(e);
+	}
+	e->at = at;
+	e->body_len = strlen(body);
+	e->body = xstrdup(body);
+	body_bytes += (long long) e->body_len;
+	e->patient_ids = xcalloc(n + 1, sizeof(char *));
+	for (size_t i = 0; i < n; i++)
+	{
+		const char *pid = json_string_value(json_array_get(patients, i));
+
+		if (pid)
+			e->patient_ids[e->npatients++] = xstrdup(pid);
+	}
+	e->older = newest_body;
+	if (newest_body)
+		newest_body->newer = e;
+	newest_body = e;
+	if (!oldest_body)
+		oldest_body = e;
+	while (oldest_body && oldest_body != e &&
+	       (nbodies > BODIES_MAX_ENTRIES || body_bytes > BODIES_MAX_BYTES))
+		remove_body(oldest_body);
+}
+
+/*
+ * The body to send with a delete of key at cursor at in patient_id's room:
+ * the last one read before it, if that one was already in that patient's
+ * room (never another patient's version of a resource that moved); else
+ * NULL.
+ */
+static const char *
+last_body(const char *key, cursor at, const char *patient_id)
+{
+	body_entry *e = find_body(key);
+
+	if (!e || cursor_compare(e->at, at) >= 0)
+		return NULL;
+	for (int i = 0; i < e->npatients; i++)
+	{
+		if (strcmp(e->patient_ids[i], patient_id) == 0)
+			return e->body;
+	}
+	return NULL;
+}
+
+/* See change.h. */
+void
+change_bodies_free(void)
+{
+	while (oldest_body)
+		remove_body(oldest_body);
+}
+
+/* See change.h. */
+int
+change_bodies_count(void)
+{
+	return nbodies;
+}
+
+/*
  * The update message for one patient, in the WintEHR seed's format plus our
  * extras. The resource is embedded as the database's JSON text, unparsed.
+ * A delete of a type in delete_events carries its event_type and the
+ * resource deleted_body (the last body, or a stub).
  */
 static message *
 build_update(const PGresult *res, int row, int first, const char *patient_id,
-             const char *cursor_text, long long now)
+             const char *cursor_text, long long now, const char *delete_event,
+             const char *deleted_body)
 {
 	const char *action = column(res, row, first + 2);
 	const char *resource = column(res, row, first + 7);
 	char stamp[40];
 	strbuf buf;
 
-	strbuf_init(&buf, 256 + (resource ? strlen(resource) : 0));
+	strbuf_init(&buf, 256 + (resource ? strlen(resource) : 0) +
+	                      (deleted_body ? strlen(deleted_body) : 0));
 	strbuf_append(&buf, "{\"type\":\"update\",\"data\":{\"action\":");
 	strbuf_append_json_string(&buf, action);
+	if (delete_event)
+	{
+		strbuf_append(&buf, ",\"event_type\":");
+		strbuf_append_json_string(&buf, delete_event);
+	}
 	strbuf_append(&buf, ",\"resource_type\":");
 	strbuf_append_json_string(&buf, column(res, row, first + 3));
 	strbuf_append(&buf, ",\"resource_id\":");
@@ -41,7 +251,9 @@ build_update(const PGresult *res, int row, int first, const char *patient_id,
 	strbuf_append(&buf, ",\"patient_id\":");
 	strbuf_append_json_string(&buf, patient_id);
 	strbuf_append(&buf, ",\"resource\":");
-	if (resource && strcmp(action, "deleted") != 0)
+	if (delete_event)
+		strbuf_append(&buf, deleted_body);
+	else if (resource && strcmp(action, "deleted") != 0)
 		strbuf_append(&buf, resource);
 	else
 		strbuf_append(&buf, "null");
@@ -60,6 +272,21 @@ build_update(const PGresult *res, int row, int first, const char *patient_id,
 	return message_from_strbuf(MESSAGE_UPDATE, &buf);
 }
 
+/* {"resourceType":T,"id":I}: what a delete carries when no body is known. */
+static char *
+stub_body(const char *type, const char *id)
+{
+	strbuf buf;
+
+	strbuf_init(&buf, 64);
+	strbuf_append(&buf, "{\"resourceType\":");
+	strbuf_append_json_string(&buf, type);
+	strbuf_append(&buf, ",\"id\":");
+	strbuf_append_json_string(&buf, id);
+	strbuf_append(&buf, "}");
+	return buf.data;
+}
+
 /* See change.h. */
 change *
 change_from_row(const PGresult *res, int row, int first)
@@ -71,6 +298,8 @@ change_from_row(const PGresult *res, int row, int first)
 	char cursor_text[CURSOR_TEXT_LEN];
 	long long now = now_wall_us();
 	size_t i, n;
+	const char *delete_event = NULL, *action, *type, *id, *resource;
+	char *key = NULL, *stub = NULL;
 
 	if (PQgetisnull(res, row, first) || PQgetisnull(res, row, first + 1) ||
 	    !column(res, row, first + 2) || !column(res, row, first + 3) ||
@@ -92,12 +321,34 @@ change_from_row(const PGresult *res, int row, int first)
 	c->changed_at_us =
 	    PQgetisnull(res, row, first + 10) ? now : atoll(PQgetvalue(res, row, first + 10));
 	cursor_format(c->at, cursor_text, sizeof(cursor_text));
+	action = column(res, row, first + 2);
+	type = column(res, row, first + 3);
+	id = column(res, row, first + 4);
+	resource = column(res, row, first + 7);
+	if (change_delete_event(type))
+	{
+		strbuf k;
+
+		strbuf_init(&k, 64);
+		strbuf_append(&k, type);
+		strbuf_append(&k, "/");
+		strbuf_append(&k, id);
+		key = k.data;
+		if (strcmp(action, "deleted") == 0)
+		{
+			delete_event = change_delete_event(type);
+			stub = stub_body(type, id);
+		}
+		else if (resource)
+			remember_body(key, c->at, patients, resource);
+	}
 	n = json_array_size(patients);
 	c->patient_ids = xcalloc(n, sizeof(char *));
 	c->messages = xcalloc(n, sizeof(message *));
 	for (i = 0; i < n; i++)
 	{
 		const char *pid = json_string_value(json_array_get(patients, i));
+		const char *body = NULL;
 		bool duplicate = false;
 
 		if (!pid)
@@ -107,11 +358,16 @@ change_from_row(const PGresult *res, int row, int first)
 			duplicate = duplicate || strcmp(c->patient_ids[j], pid) == 0;
 		if (duplicate)
 			continue;
+		if (delete_event && !(body = last_body(key, c->at, pid)))
+			body = stub;
 		c->patient_ids[c->npatients] = xstrdup(pid);
-		c->messages[c->npatients] = build_update(res, row, first, pid, cursor_text, now);
+		c->messages[c->npatients] =
+		    build_update(res, row, first, pid, cursor_text, now, delete_event, body);
 		c->messages[c->npatients]->changed_at_us = c->changed_at_us;
 		c->npatients++;
 	}
+	free(key);
+	free(stub);
 	json_decref(patients);
 	return c;
 }
@@ -175,6 +431,7 @@ ring_free(void)
 	ring = NULL;
 	ring_len = 0;
 	ring_bytes = 0;
+	change_bodies_free();
 }
 
 /* See change.h. */

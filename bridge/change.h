@@ -39,6 +39,15 @@ typedef struct change
 
 /* Builds a change (one reference) from row of res, columns from first_column; NULL if unusable. */
 change *change_from_row(const PGresult *res, int row, int first_column);
+/*
+ * The event_type a delete of resource_type carries for WintEHR's chart
+ * ("condition.deleted", "allergy.deleted"), or NULL: deletes of that type
+ * keep resource null.
+ */
+const char *change_delete_event(const char *resource_type);
+/* Forgets the bodies kept for those deletes (at shutdown; for tests). */
+void change_bodies_free(void);
+int change_bodies_count(void);
 change *change_ref(change *c);
 void change_unref(change *c);
 

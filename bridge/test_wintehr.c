@@ -10,9 +10,11 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <libpq-fe.h>
 
 #include "auth.h"
 #include "auth_limit.h"
+#include "change.h"
 #include "log.h"
 
 static int failures;
@@ -181,12 +183,150 @@ test_failure_limit(void)
 	log_min_level = LOG_LEVEL_INFO;
 }
 
+/* A change log row as fhir_notify.read() gives it (CHANGE_COLUMNS), as a PGresult. */
+static PGresult *
+log_row(long long position, const char *action, const char *type, const char *id,
+        const char *patients, const char *resource)
+{
+	PGresult *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+	PGresAttDesc attrs[CHANGE_NCOLUMNS];
+	char tick[24], pos[24];
+	const char *values[CHANGE_NCOLUMNS];
+
+	memset(attrs, 0, sizeof(attrs));
+	for (int i = 0; i < CHANGE_NCOLUMNS; i++)
+		attrs[i].name = "c";
+	PQsetResultAttrs(res, CHANGE_NCOLUMNS, attrs);
+	snprintf(tick, sizeof(tick), "%d", 7);
+	snprintf(pos, sizeof(pos), "%lld", position);
+	values[0] = tick;
+	values[1] = pos;
+	values[2] = action;
+	values[3] = type;
+	values[4] = id;
+	values[5] = "1";
+	values[6] = patients;
+	values[7] = resource;
+	values[8] = "nurse.jones";
+	values[9] = "2026-12-01T00:00:00.000000Z";
+	values[10] = "1764547200000000";
+	for (int i = 0; i < CHANGE_NCOLUMNS; i++)
+		PQsetvalue(res, 0, i, (char *) values[i], values[i] ? (int) strlen(values[i]) : -1);
+	return res;
+}
+
+/* The data object of c's update for patient number i. */
+static json_t *
+update_data(change *c, int i)
+{
+	json_t *root = json_loads((const char *) message_payload(c->messages[i]), 0, NULL);
+	json_t *data = json_incref(json_object_get(root, "data"));
+
+	json_decref(root);
+	return data;
+}
+
+static change *
+change_of(long long position, const char *action, const char *type, const char *id,
+          const char *patients, const char *resource)
+{
+	PGresult *res = log_row(position, action, type, id, patients, resource);
+	change *c = change_from_row(res, 0, 0);
+
+	PQclear(res);
+	return c;
+}
+
+static void
+test_delete_events(void)
+{
+	const char *allergy = "{\"resourceType\":\"AllergyIntolerance\",\"id\":\"a1\",\"code\":"
+	                      "{\"text\":\"Peanuts\"}}";
+	change *c;
+	json_t *data;
+
+	CHECK(strcmp(change_delete_event("Condition"), "condition.deleted") == 0);
+	CHECK(strcmp(change_delete_event("AllergyIntolerance"), "allergy.deleted") == 0);
+	CHECK(change_delete_event("MedicationRequest") == NULL);
+
+	/* created: no event_type, the body as read */
+	c = change_of(1, "created", "AllergyIntolerance", "a1", "[\"p1\"]", allergy);
+	data = update_data(c, 0);
+	CHECK(json_object_get(data, "event_type") == NULL);
+	CHECK(strcmp(json_string_value(json_object_get(json_object_get(data, "resource"), "id")),
+	             "a1") == 0);
+	json_decref(data);
+	change_unref(c);
+	CHECK(change_bodies_count() == 1);
+
+	/* its delete: allergy.deleted with the last body; a second patient gets the stub */
+	c = change_of(2, "deleted", "AllergyIntolerance", "a1", "[\"p1\",\"p2\"]", NULL);
+	CHECK(c->npatients == 2);
+	data = update_data(c, 0);
+	CHECK(strcmp(json_string_value(json_object_get(data, "event_type")), "allergy.deleted") == 0);
+	CHECK(strcmp(json_string_value(json_object_get(
+	                 json_object_get(json_object_get(data, "resource"), "code"), "text")),
+	             "Peanuts") == 0);
+	CHECK(strcmp(json_string_value(json_object_get(data, "action")), "deleted") == 0);
+	json_decref(data);
+	data = update_data(c, 1);
+	{
+		json_t *stub = json_pack("{s:s, s:s}", "resourceType", "AllergyIntolerance", "id", "a1");
+
+		CHECK(json_equal(json_object_get(data, "resource"), stub));
+		json_decref(stub);
+	}
+	json_decref(data);
+	change_unref(c);
+
+	/* a delete replayed from before the body was read: the stub */
+	c = change_of(0, "deleted", "AllergyIntolerance", "a1", "[\"p1\"]", NULL);
+	data = update_data(c, 0);
+	CHECK(json_object_size(json_object_get(data, "resource")) == 2);
+	json_decref(data);
+	change_unref(c);
+
+	/* a Condition never read: condition.deleted with the stub */
+	c = change_of(3, "deleted", "Condition", "c\"9", "[\"p1\"]", NULL);
+	data = update_data(c, 0);
+	CHECK(strcmp(json_string_value(json_object_get(data, "event_type")), "condition.deleted") == 0);
+	CHECK(strcmp(json_string_value(json_object_get(json_object_get(data, "resource"), "id")),
+	             "c\"9") == 0);
+	CHECK(strcmp(
+	          json_string_value(json_object_get(json_object_get(data, "resource"), "resourceType")),
+	          "Condition") == 0);
+	json_decref(data);
+	change_unref(c);
+
+	/* other types: resource null and no event_type, as before */
+	c = change_of(4, "deleted", "MedicationRequest", "m1", "[\"p1\"]", NULL);
+	data = update_data(c, 0);
+	CHECK(json_is_null(json_object_get(data, "resource")));
+	CHECK(json_object_get(data, "event_type") == NULL);
+	json_decref(data);
+	change_unref(c);
+	CHECK(change_bodies_count() == 1);
+
+	/* bounded: the least recently written bodies are forgotten */
+	for (int i = 0; i < 10100; i++)
+	{
+		char id[16];
+
+		snprintf(id, sizeof(id), "x%d", i);
+		change_unref(change_of(10 + i, "updated", "Condition", id, "[\"p1\"]", "{}"));
+	}
+	CHECK(change_bodies_count() == 10000);
+	change_bodies_free();
+	CHECK(change_bodies_count() == 0);
+}
+
 int
 main(void)
 {
 	test_scope_defaults();
 	test_scope_defaults_errors();
 	test_failure_limit();
+	test_delete_events();
 	if (failures)
 	{
 		fprintf(stderr, "test_wintehr: %d checks failed\n", failures);

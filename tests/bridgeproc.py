@@ -507,6 +507,10 @@ def bridge_connections(cluster, dbname):
     return [row[0] for row in rows]
 
 
+# Deletes of these types carry data.event_type and a resource with resourceType and id.
+WINTEHR_DELETE_EVENTS = {"Condition": "condition.deleted", "AllergyIntolerance": "allergy.deleted"}
+
+
 def assert_update(message, action, resource_type, resource_id, patient_id, resource=None):
     """Asserts that message is the WintEHR update of one change, with the extras."""
     assert message.get("type") == "update", message
@@ -515,8 +519,13 @@ def assert_update(message, action, resource_type, resource_id, patient_id, resou
     assert data["resource_type"] == resource_type, message
     assert data["resource_id"] == resource_id, message
     assert data["patient_id"] == patient_id, message
-    if action == "deleted":
-        assert data["resource"] is None, message
+    if action == "deleted" and resource_type in WINTEHR_DELETE_EVENTS:
+        # what WintEHR's chart-review hook removes an item on (see test_bridge_wintehr.py)
+        assert data["event_type"] == WINTEHR_DELETE_EVENTS[resource_type], message
+        assert data["resource"]["resourceType"] == resource_type, message
+        assert data["resource"]["id"] == resource_id, message
+    elif action == "deleted":
+        assert data["resource"] is None and "event_type" not in data, message
     elif resource is not None:
         assert data["resource"] == resource, message
     assert isinstance(data.get("cursor"), str) and data["cursor"], message

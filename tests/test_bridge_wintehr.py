@@ -14,6 +14,7 @@ clients/js/test/wintehr.test.mjs.
 """
 
 import base64
+import json
 import os
 import re
 import socket
@@ -193,3 +194,67 @@ def test_a_short_secret_is_refused_with_how_to_make_one(db, tmp_path):
         log = bridge.log()
     assert "is 14 bytes, shorter than the 32 bytes required" in log, log
     assert f"openssl rand -base64 48 > {short}" in log, log
+
+
+# -- deletes WintEHR's chart applies ------------------------------------------------
+
+def allergy(patient_id, text="Peanuts"):
+    return {"resourceType": "AllergyIntolerance", "id": new_id("alg"),
+            "patient": {"reference": f"Patient/{patient_id}"}, "code": {"text": text}}
+
+
+def medication_request(patient_id):
+    return {"resourceType": "MedicationRequest", "id": new_id("med"), "status": "active",
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "medicationCodeableConcept": {"text": "Aspirin"}}
+
+
+def test_deletes_carry_the_event_and_resource_the_chart_removes_items_on(db, store):
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        patient = new_id("pat")
+        with bridge.connect(hs256()) as client:
+            start = client.subscribe("chart", [patient])["data"]["cursor"]
+            created = store.create(allergy(patient))
+            assert client.recv_update()["data"]["action"] == "created"
+            edited = store.update({**created, "code": {"text": "Peanuts (severe)"}})
+            assert client.recv_update()["data"]["action"] == "updated"
+            store.delete("AllergyIntolerance", created["id"])  # WintEHR's soft delete
+            data = client.recv_update()["data"]
+            assert data["action"] == "deleted" and data["event_type"] == "allergy.deleted", data
+            assert data["resource"] == edited, data  # the last body read
+
+            # A hard DELETE of a Condition the bridge never saw: a stub with type and id.
+            cond = condition(patient)
+            shared_cluster().execute(
+                "INSERT INTO fhir.resources (resource_type, fhir_id, resource) VALUES "
+                "('Condition', %s, %s::jsonb)", (cond["id"], json.dumps(cond)),
+                dbname=db)
+            assert client.recv_update()["data"]["action"] == "created"
+            shared_cluster().execute("DELETE FROM fhir.resources WHERE fhir_id = %s", (cond["id"],),
+                                     dbname=db)
+            data = client.recv_update()["data"]
+            assert data["event_type"] == "condition.deleted", data
+            assert data["resource"]["resourceType"] == "Condition" and data["resource"]["id"] == cond["id"]
+
+            # Other types: resource null, no event_type (the hook ignores it rather than
+            # inserting the deleted item again).
+            med = store.create(medication_request(patient))
+            client.recv_update()
+            store.delete("MedicationRequest", med["id"])
+            data = client.recv_update()["data"]
+            assert data["action"] == "deleted" and data["resource"] is None, data
+            assert "event_type" not in data, data
+
+        # A client resuming from before the delete gets the same event from the database.
+        with bridge.connect(hs256()) as late:
+            late.subscribe("chart", [patient], since=start)
+            replayed = []
+            while True:
+                message = late.recv_json()
+                if message["type"] == "caught_up":
+                    break
+                if message["type"] == "update":
+                    replayed.append(message["data"])
+        deletes = [d for d in replayed if d["action"] == "deleted" and d["resource_type"] == "AllergyIntolerance"]
+        assert deletes and deletes[0]["event_type"] == "allergy.deleted", replayed
+        assert deletes[0]["resource"]["id"] == created["id"], deletes
