@@ -185,7 +185,7 @@ static const char *const fhir_types[] = {
  * The name of a layout as users write it.
  */
 const char *
-layout_kind_name(LayoutKind kind)
+fhir_notify_layout_kind_name(LayoutKind kind)
 {
 	switch (kind)
 	{
@@ -204,7 +204,7 @@ layout_kind_name(LayoutKind kind)
  * medicationrequest -> MedicationRequest), or NULL when none.
  */
 const char *
-layout_fhir_type_name(const char *name)
+fhir_notify_layout_fhir_type_name(const char *name)
 {
 	for (size_t i = 0; i < lengthof(fhir_types); i++)
 		if (pg_strcasecmp(fhir_types[i], name) == 0)
@@ -349,8 +349,8 @@ missing_column(Relation rel, const Layout *layout, const char *option, const cha
 	ereport(ERROR,
 	        (errcode(ERRCODE_UNDEFINED_COLUMN),
 	         errmsg("table \"%s\" has no column \"%s\"", RelationGetRelationName(rel), column),
-	         errdetail("The %s layout expects %s in column \"%s\".", layout_kind_name(layout->kind),
-	                   what, column),
+	         errdetail("The %s layout expects %s in column \"%s\".",
+	                   fhir_notify_layout_kind_name(layout->kind), what, column),
 	         errhint("Pass options => '{\"%s\": \"column_name\"}' to name the column that "
 	                 "holds it.",
 	                 option)));
@@ -427,7 +427,7 @@ check_columns(Relation rel, Layout *layout, bool deleted_value_given)
 
 	if (layout->type_name != NULL)
 	{
-		const char *canonical = layout_fhir_type_name(layout->type_name);
+		const char *canonical = fhir_notify_layout_fhir_type_name(layout->type_name);
 
 		if (canonical == NULL || strcmp(canonical, layout->type_name) != 0)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -479,7 +479,7 @@ recognise_layout(Relation rel)
  * what was expected when the table does not fit.
  */
 void
-layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *layout)
+fhir_notify_layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *layout)
 {
 	bool automatic = false;
 	bool deleted_value_given;
@@ -538,7 +538,7 @@ layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *la
 	/* One table per type: the type comes from the table's name. */
 	if (layout->kind == LAYOUT_FHIRBASE && layout->type_column == NULL && layout->type_name == NULL)
 	{
-		const char *type_name = layout_fhir_type_name(RelationGetRelationName(rel));
+		const char *type_name = fhir_notify_layout_fhir_type_name(RelationGetRelationName(rel));
 
 		if (type_name == NULL)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -554,7 +554,7 @@ layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *la
 
 	if (automatic)
 		ereport(NOTICE, (errmsg("table \"%s\" uses the %s layout", RelationGetRelationName(rel),
-		                        layout_kind_name(layout->kind)),
+		                        fhir_notify_layout_kind_name(layout->kind)),
 		                 errdetail("The resource is in column \"%s\".", layout->resource_column)));
 }
 
@@ -573,11 +573,11 @@ add_arg(char **args, int nargs, const char *key, const char *value)
  * Writes the layout as trigger arguments; returns how many.
  */
 int
-layout_to_args(const Layout *layout, char **args)
+fhir_notify_layout_to_args(const Layout *layout, char **args)
 {
 	int nargs = 0;
 
-	nargs = add_arg(args, nargs, "layout", layout_kind_name(layout->kind));
+	nargs = add_arg(args, nargs, "layout", fhir_notify_layout_kind_name(layout->kind));
 	nargs = add_arg(args, nargs, "resource", layout->resource_column);
 	nargs = add_arg(args, nargs, "type", layout->type_column);
 	nargs = add_arg(args, nargs, "id", layout->id_column);
@@ -591,11 +591,11 @@ layout_to_args(const Layout *layout, char **args)
 }
 
 /*
- * Reads trigger arguments written by layout_to_args() back into a layout,
+ * Reads trigger arguments written by fhir_notify_layout_to_args() back into a layout,
  * in the current memory context. Column types are not checked here.
  */
 void
-layout_from_args(int nargs, char **args, Layout *layout)
+fhir_notify_layout_from_args(int nargs, char **args, Layout *layout)
 {
 	memset(layout, 0, sizeof(*layout));
 	layout->kind = LAYOUT_JSONB;
@@ -673,8 +673,8 @@ fhir_notify_resolve_layout(PG_FUNCTION_ARGS)
 		                errmsg("table \"%s\" belongs to fhir_notify and cannot be watched",
 		                       RelationGetRelationName(rel))));
 
-	layout_resolve(rel, layout_name, options, &layout);
-	nargs = layout_to_args(&layout, args);
+	fhir_notify_layout_resolve(rel, layout_name, options, &layout);
+	nargs = fhir_notify_layout_to_args(&layout, args);
 	table_close(rel, AccessShareLock);
 
 	for (int i = 0; i < nargs; i++)
