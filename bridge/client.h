@@ -53,6 +53,9 @@ typedef struct client
 	bool ping_pending;
 	bool close_sent_pending; /* the queue is flushed; the close goes in the next callback */
 
+	double event_allowance;    /* client events it may still send now (client_events.c) */
+	long long event_refill_us; /* monotonic: when the allowance was last topped up */
+
 	char *rx; /* the message being reassembled from fragments */
 	size_t rx_len;
 

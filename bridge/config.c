@@ -56,6 +56,9 @@ static const setting settings_table[] = {
     {"scopes-by-claim", SETTING_LIST, S(scopes_by_claim), NULL, true, 0,
      "CLAIM=VALUE:SCOPES: scopes for tokens without scopes whose claim has that value, e.g. "
      "role=physician:user/*.read (any match: instead of --default-scopes)"},
+    {"relay-client-events", SETTING_BOOL, S(relay_client_events), "false", true, 0,
+     "relay client events (a type with a dot) to the other connections subscribed to their "
+     "payload.patientId"},
     {"auth-failure-limit", SETTING_INT, S(auth_failure_limit), "20", true, 0,
      "failed authentications per source address in 10 s answered 401; more: 429 (0: no limit)"},
     {"insecure-no-auth", SETTING_BOOL, S(insecure_no_auth), "false", false, 0,

@@ -26,7 +26,8 @@ typedef struct bridge_settings
 	int jwt_leeway;
 	char *default_scopes;   /* SMART scopes for tokens without any */
 	char **scopes_by_claim; /* CLAIM=VALUE:SCOPES, NULL-terminated */
-	int auth_failure_limit; /* failed authentications per address per 10 s before 429; 0: none */
+	int auth_failure_limit;
+	bool relay_client_events; /* failed authentications per address per 10 s before 429; 0: none */
 	bool insecure_no_auth;
 	char **allowed_origins; /* NULL-terminated; empty means any origin */
 	char *tls_cert;

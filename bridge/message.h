@@ -17,7 +17,8 @@ typedef enum message_kind
 {
 	MESSAGE_CONTROL, /* welcome, subscription, pong, error, ... */
 	MESSAGE_UPDATE,  /* counts towards the send queue limit */
-	MESSAGE_RESYNC
+	MESSAGE_RESYNC,
+	MESSAGE_EVENT /* a relayed client event: best effort, counts towards no limit */
 } message_kind;
 
 typedef struct message

@@ -78,6 +78,15 @@ metrics_render(strbuf *out)
 	counter(out, "fhir_notify_bridge_auth_rate_limited_total",
 	        "rejected tokens answered 429 (or close 4029) past --auth-failure-limit",
 	        the_metrics.auth_rate_limited);
+	counter(out, "fhir_notify_bridge_client_events_relayed_total",
+	        "client event copies relayed (--relay-client-events)",
+	        the_metrics.client_events_relayed);
+	counter(out, "fhir_notify_bridge_client_events_refused_total",
+	        "client events refused (size, rate, patientId, not subscribed)",
+	        the_metrics.client_events_refused);
+	counter(out, "fhir_notify_bridge_client_events_dropped_total",
+	        "client event copies not sent to a recipient behind with its queue",
+	        the_metrics.client_events_dropped);
 	counter(out, "fhir_notify_bridge_slow_client_closes_total",
 	        "clients closed with 1013 for not reading", the_metrics.slow_client_closes);
 	counter(out, "fhir_notify_bridge_pruned_changes_total",

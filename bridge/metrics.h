@@ -20,7 +20,11 @@ typedef struct bridge_metrics
 	long long resyncs;     /* resync messages sent */
 	long long database_reconnects;
 	long long auth_failures;
-	long long auth_rate_limited; /* failed authentications answered 429 / 4029 */
+	long long auth_rate_limited;
+	long long client_events_relayed; /* copies sent */
+	long long client_events_refused;
+	long long client_events_dropped;
+	/* recipients behind with their queue */ /* failed authentications answered 429 / 4029 */
 	long long slow_client_closes;
 	long long pruned_changes;                   /* deleted from the change log by --prune-keep */
 	long long delay_buckets[DELAY_BUCKETS + 1]; /* last: +Inf */

@@ -484,6 +484,9 @@ authorized(subscription *sub, bool allowed)
 	sub->authorizing = NULL;
 	if (!allowed)
 	{
+		log_info("client %s: subscription %s refused for user %s: --authorize-sql did not allow "
+		         "one of its patients",
+		         c->id, sub->id, c->grant.subject ? c->grant.subject : "(unknown)");
 		client_send_error(c, "FORBIDDEN", "not allowed to see one of these patients", sub->id);
 		subscription_close(sub);
 		return;
@@ -522,6 +525,84 @@ authorize_answered(void *arg, bool allowed)
 	authorized(arg, allowed);
 }
 
+/* Whether req, for the id of existing, is the same subscription's second half
+ * (SUBSCRIPTION_MERGE_US). */
+static bool
+mergeable(const subscription *existing, const subscribe_request *req)
+{
+	if (existing->room || req->room || existing->has_since || req->has_since ||
+	    existing->state == SUB_CLOSED || existing->npatients != req->npatients ||
+	    now_monotonic_us() - existing->created_us > SUBSCRIPTION_MERGE_US)
+		return false;
+	for (int i = 0; i < req->npatients; i++)
+	{
+		bool found = false;
+
+		for (int j = 0; j < existing->npatients && !found; j++)
+			found = strcmp(existing->patient_ids[j], req->patient_ids[i]) == 0;
+		if (!found)
+			return false;
+	}
+	return true;
+}
+
+static void
+free_request(subscribe_request *req)
+{
+	for (int i = 0; i < req->npatients; i++)
+		free(req->patient_ids[i]);
+	for (int i = 0; i < req->ntypes; i++)
+		free(req->types[i]);
+	free(req->patient_ids);
+	free(req->types);
+	free(req->room);
+	free(req->id);
+	memset(req, 0, sizeof(*req));
+}
+
+/*
+ * Adds req's types to sub (no types on either side: every type) and
+ * confirms again with the merged list; the new types are live from now.
+ */
+static void
+merge_into(subscription *sub, subscribe_request *req)
+{
+	json_t *data;
+
+	if (sub->ntypes > 0 && req->ntypes == 0)
+	{
+		for (int i = 0; i < sub->ntypes; i++)
+			free(sub->types[i]);
+		sub->ntypes = 0;
+	}
+	else if (sub->ntypes > 0)
+	{
+		for (int i = 0; i < req->ntypes; i++)
+		{
+			bool known = false;
+
+			for (int j = 0; j < sub->ntypes && !known; j++)
+				known = strcmp(sub->types[j], req->types[i]) == 0;
+			if (known)
+				continue;
+			sub->types = xrealloc(sub->types, (size_t) (sub->ntypes + 2) * sizeof(char *));
+			sub->types[sub->ntypes++] = xstrdup(req->types[i]);
+		}
+	}
+	log_debug("client %s: subscription %s repeated within a second: types merged (%d)",
+	          sub->client->id, sub->id, sub->ntypes);
+	free_request(req);
+	/* the new types were not delivered before now: claim no more than that */
+	if (sub->state == SUB_LIVE)
+		sub->active_from = bridge_current_cursor();
+	if (sub->state == SUB_AUTHORIZING)
+		return; /* its confirmation, with the merged types, is still to come */
+	data = json_pack("{s:s, s:s, s:o, s:o}", "action", "created", "subscription_id", sub->id,
+	                 "patient_ids", strings_json(sub->patient_ids, sub->npatients),
+	                 "resource_types", strings_json(sub->types, sub->ntypes));
+	send_json(sub->client, json_pack("{s:s, s:o}", "type", "subscription", "data", data));
+}
+
 /* See subscription.h. */
 void
 subscription_subscribe(client *c, subscribe_request *req)
@@ -529,6 +610,11 @@ subscription_subscribe(client *c, subscribe_request *req)
 	subscription *existing = subscription_find(c, req->id);
 	subscription *sub;
 
+	if (existing && mergeable(existing, req))
+	{
+		merge_into(existing, req);
+		return;
+	}
 	if (existing)
 		subscription_close(existing);
 	sub = xcalloc(1, sizeof(subscription));
@@ -542,6 +628,7 @@ subscription_subscribe(client *c, subscribe_request *req)
 	sub->ntypes = req->ntypes;
 	sub->has_since = req->has_since;
 	sub->since = req->since;
+	sub->created_us = now_monotonic_us();
 	memset(req, 0, sizeof(*req));
 	c->subs = xrealloc(c->subs, (size_t) (c->nsubs + 1) * sizeof(subscription *));
 	c->subs[c->nsubs++] = sub;

@@ -44,7 +44,18 @@ typedef struct subscription
 	cursor replayed_last;           /* the cursor of the last of them */
 	authorize_request *authorizing; /* while SUB_AUTHORIZING with questions out */
 	pg_request *catch_up;           /* while SUB_CATCHING_UP with a read queued or in flight */
+	long long created_us;           /* monotonic: when the subscribe came (merge window) */
 } subscription;
+
+/*
+ * A subscribe with the id of a subscription made this long ago or less, on
+ * the same connection, for the same patients and without since on either,
+ * adds its resource types to that subscription instead of replacing it:
+ * WintEHR's ids are patient-<pid>-<Date.now()>, so its chart header and
+ * body, subscribing in the same millisecond with different types, send one
+ * id twice and both mean to be served.
+ */
+#define SUBSCRIPTION_MERGE_US (1000 * 1000LL)
 
 /*
  * A validated subscribe request (ws.c parses it); subscription_subscribe

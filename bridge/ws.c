@@ -17,6 +17,7 @@
 #include "auth_limit.h"
 #include "bridge.h"
 #include "client.h"
+#include "client_events.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -282,6 +283,17 @@ handle_subscribe(client *c, json_t *root)
 			                  sid);
 			return;
 		}
+		/*
+		 * Nothing would ever be delivered in a named room: refused, rather
+		 * than acknowledged as if it worked (client events are relayed by
+		 * patient, see client_events.c).
+		 */
+		log_info("client %s: subscription %s to a named room refused for user %s: named rooms "
+		         "are not supported",
+		         c->id, sid, c->grant.subject ? c->grant.subject : "(unknown)");
+		client_send_error(c, "NOT_SUPPORTED",
+		                  "named rooms are not supported: nothing would be delivered in one", sid);
+		return;
 	}
 	else
 	{
@@ -314,6 +326,10 @@ handle_subscribe(client *c, json_t *root)
 			if (!auth_grant_allows(&c->grant, patients[i], NULL))
 			{
 				log_debug("client %s: subscription to patient %s forbidden", c->id, patients[i]);
+				log_info("client %s: subscription %s refused for user %s: the token allows nothing "
+				         "of one of its patients (scopes from %s)",
+				         c->id, sid, c->grant.subject ? c->grant.subject : "(unknown)",
+				         c->grant.scopes_from ? c->grant.scopes_from : "the token");
 				client_send_error(c, "FORBIDDEN", "the token does not allow one of these patients",
 				                  sid);
 				free_strings(patients, npatients);
@@ -401,7 +417,7 @@ handle_message(client *c, const char *text, size_t len)
 	else if (strcmp(type, "unsubscribe") == 0)
 		handle_unsubscribe(c, root);
 	else if (strchr(type, '.'))
-		log_debug("client %s: ignoring client event", c->id); /* never relayed: no room isolation */
+		client_event_received(c, root, type, len);
 	else
 		client_send_error(c, "UNKNOWN_TYPE", "unknown message type", NULL);
 	json_decref(root);

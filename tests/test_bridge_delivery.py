@@ -278,7 +278,7 @@ def test_unknown_type_gets_an_error(bridge, token):
         client.ping()
 
 
-def test_client_events_are_relayed_to_nobody(bridge, token):
+def test_client_events_are_relayed_to_nobody_without_relay_client_events(bridge, token):
     with bridge.connect(token) as sender, bridge.connect(token) as other:
         sender.send_json({"type": "order.placed", "payload": {"order": "1"},
                           "timestamp": "2026-11-26T18:00:00Z"})
@@ -417,14 +417,16 @@ def test_many_clients_on_one_patient_all_get_the_change(bridge, store, token):
             client.close()
 
 
-def test_named_room_subscription_is_acknowledged_and_carries_no_patient_data(bridge, store, token):
+def test_named_room_subscription_is_refused_and_carries_no_patient_data(bridge, store, token):
+    """Nothing would ever flow in a named room: the subscribe is refused (NOT_SUPPORTED), not
+    acknowledged as if it worked."""
     patient = new_id("pat")
     with bridge.connect(token) as client:
         client.send_json({"type": "subscribe", "data": {"subscription_id": "room-pharmacy",
                                                         "room": "pharmacy:queue"}})
         answer = client.recv_json()
-        assert answer.get("type") == "subscription", answer
-        assert answer["data"]["action"] == "created" and answer["data"]["room"] == "pharmacy:queue", answer
+        assert answer.get("type") == "error" and answer["error"] == "NOT_SUPPORTED", answer
+        assert answer["subscription_id"] == "room-pharmacy", answer
         client.subscribe("chart", [patient], ["Observation"])
         store.create(condition(patient))
         barrier = store.create(observation(patient))

@@ -258,3 +258,105 @@ def test_deletes_carry_the_event_and_resource_the_chart_removes_items_on(db, sto
         deletes = [d for d in replayed if d["action"] == "deleted" and d["resource_type"] == "AllergyIntolerance"]
         assert deletes and deletes[0]["event_type"] == "allergy.deleted", replayed
         assert deletes[0]["resource"]["id"] == created["id"], deletes
+
+
+# -- client events, rooms, repeated subscription ids ------------------------------------
+
+def event(patient_id, user_id="someone.else", **extra):
+    return {"type": "order.placed",
+            "payload": {"orderId": "o1", "patientId": patient_id, "userId": user_id, **extra},
+            "timestamp": "2026-12-01T16:00:00Z"}
+
+
+def test_client_events_are_relayed_only_to_the_patients_other_followers(db):
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                args=ARGS + ["--relay-client-events"]) as bridge:
+        mine, other = new_id("pat"), new_id("pat")
+        with bridge.connect(hs256(sub="dr.sender")) as sender, \
+                bridge.connect(hs256(sub="dr.peer")) as peer, \
+                bridge.connect(hs256(sub="dr.elsewhere")) as elsewhere, \
+                bridge.connect(hs256(sub="dr.nosy", scope="patient/*.read", patient=other)) as nosy:
+            sender.subscribe("chart", [mine])
+            peer.subscribe("chart", [mine], ["Condition"])
+            elsewhere.subscribe("chart", [other])
+            nosy.subscribe("chart", [other])
+            sender.send_json(event(mine))
+            relayed = peer.recv_json()
+            assert relayed["type"] == "order.placed", relayed
+            # stamped with the sender's authenticated user, never the payload's
+            assert relayed["payload"]["userId"] == "dr.sender", relayed
+            assert relayed["sender"] == {"user": "dr.sender"}, relayed
+            assert relayed["payload"]["patientId"] == mine and relayed["payload"]["orderId"] == "o1"
+            assert relayed["timestamp"] == "2026-12-01T16:00:00Z"
+            # never echoed, and nothing for another patient's followers
+            sender.ping()
+            elsewhere.expect_no_message(within=0.5)
+            nosy.expect_no_message(within=0.1)
+
+            # no patientId, or a patient the sender does not follow: an error, nothing relayed
+            sender.send_json({"type": "order.placed", "payload": {"orderId": "o2"}})
+            assert sender.recv_json()["error"] == "BAD_REQUEST"
+            sender.send_json(event(other))
+            assert sender.recv_json()["error"] == "FORBIDDEN"
+            sender.send_json(event("Patient/x"))
+            assert sender.recv_json()["error"] == "BAD_REQUEST"
+            # too large
+            sender.send_json(event(mine, note="x" * 9000))
+            assert sender.recv_json()["error"] == "TOO_LARGE"
+            peer.expect_no_message(within=0.3)
+            elsewhere.expect_no_message(within=0.1)
+
+            # rate: a burst of 20, then 5 a second (the refusals above took some of it)
+            for _ in range(30):
+                sender.send_json(event(mine))
+            refused = 0
+            while True:
+                sender.send_json({"type": "ping"})
+                answer = sender.recv_json()
+                while answer.get("type") != "pong":
+                    assert answer.get("error") == "RATE_LIMITED", answer
+                    refused += 1
+                    answer = sender.recv_json()
+                break
+            assert 5 <= refused <= 15, refused
+            for _ in range(30 - refused):
+                assert peer.recv_json()["type"] == "order.placed"
+            peer.expect_no_message(within=0.3)
+        metrics = bridge.metrics()
+        assert metrics["fhir_notify_bridge_client_events_relayed_total"] == 1 + 30 - refused
+
+
+def test_without_relay_client_events_they_go_nowhere(db):
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        patient = new_id("pat")
+        with bridge.connect(hs256()) as sender, bridge.connect(hs256()) as peer:
+            sender.subscribe("chart", [patient])
+            peer.subscribe("chart", [patient])
+            sender.send_json(event(patient))
+            sender.ping()
+            peer.expect_no_message(within=0.5)
+
+
+def test_a_repeated_subscription_id_within_a_second_merges_the_types(db, store):
+    """WintEHR's chart header and body subscribe in the same millisecond with the same id
+    (patient-<pid>-<Date.now()>): both halves' types are served."""
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
+        patient = new_id("pat")
+        sid = f"patient-{patient}-{int(time.time() * 1000)}"
+        with bridge.connect(hs256()) as client:
+            client.subscribe(sid, [patient], ["Condition"])
+            second = client.subscribe(sid, [patient], ["Observation"])
+            assert sorted(second["data"]["resource_types"]) == ["Condition", "Observation"], second
+            cond = store.create(condition(patient))
+            assert client.recv_update()["data"]["resource_id"] == cond["id"]
+            obs = store.create({"resourceType": "Observation", "id": new_id("obs"), "status": "final",
+                                "subject": {"reference": f"Patient/{patient}"}, "code": {"text": "HR"}})
+            assert client.recv_update()["data"]["resource_id"] == obs["id"]
+            # later than the moment: a repeated id replaces, as before
+            time.sleep(1.1)
+            third = client.subscribe(sid, [patient], ["Observation"])
+            assert third["data"]["resource_types"] == ["Observation"], third
+            store.create(condition(patient))
+            obs = store.create({"resourceType": "Observation", "id": new_id("obs"), "status": "final",
+                                "subject": {"reference": f"Patient/{patient}"}, "code": {"text": "HR"}})
+            assert client.recv_update()["data"]["resource_id"] == obs["id"]

@@ -164,7 +164,9 @@ describe("against a real fhir-notify-bridge", () => {
 
     await writeResource(demo, "DELETE", `/fhir/AllergyIntolerance/${saved.id}`, undefined, "dr.smith");
     const deleted = await updates.waitFor((u) => u.resource_id === saved.id && u.action === "deleted");
-    assert.equal(deleted.resource, null);
+    // an allergy's delete carries WintEHR's event and the last body (docs/protocol.md)
+    assert.equal(deleted.event_type, "allergy.deleted");
+    assert.equal(deleted.resource.id, saved.id);
     assert.equal(deleted.actor, "dr.smith");
   });
 
