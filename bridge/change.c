@@ -364,6 +364,7 @@ change_from_row(const PGresult *res, int row, int first)
 		c->messages[c->npatients] =
 		    build_update(res, row, first, pid, cursor_text, now, delete_event, body);
 		c->messages[c->npatients]->changed_at_us = c->changed_at_us;
+		c->messages[c->npatients]->at = c->at;
 		c->npatients++;
 	}
 	free(key);

@@ -10,6 +10,7 @@
 #include "bridge.h"
 #include "log.h"
 #include "metrics.h"
+#include "resume_points.h"
 
 static void
 queue_push(client *c, message *msg)
@@ -51,6 +52,8 @@ void
 client_drop_queued_updates(client *c)
 {
 	int kept = 0;
+
+	resume_points_before_drop(c); /* the dropped ones were not served */
 
 	for (int i = 0; i < c->queue_len; i++)
 	{

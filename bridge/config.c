@@ -87,6 +87,9 @@ static const setting settings_table[] = {
      "seconds: a resuming client missing older changes is told to resync instead"},
     {"resume-max-changes", SETTING_INT, S(resume_max_changes), "1000", true, 0,
      "a resuming client missing more changes than this is told to resync instead"},
+    {"resume-without-cursor", SETTING_BOOL, S(resume_without_cursor), "true", true, 0,
+     "replay to a subscription made without since what its user's same subscription missed "
+     "(points kept in fhir_notify.resume_points)"},
     {"prune-keep", SETTING_INT, S(prune_keep), "0", true, 0,
      "seconds of change log to keep: the bridge prunes older changes (0: never prunes)"},
     {"static", SETTING_STRING, S(static_dir), NULL, false, 0,

@@ -42,7 +42,8 @@ typedef struct bridge_settings
 	int poll_interval;
 	int resume_max_age;
 	int resume_max_changes;
-	int prune_keep; /* seconds; 0: the bridge does not prune */
+	bool resume_without_cursor; /* resume points for subscriptions without since */
+	int prune_keep;             /* seconds; 0: the bridge does not prune */
 	char *static_dir;
 	char *log_level;
 	char *config_file;

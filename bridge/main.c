@@ -26,6 +26,7 @@
 #include "pg.h"
 #include "pg_link.h"
 #include "prune.h"
+#include "resume_points.h"
 #include "rooms.h"
 #include "subscription.h"
 #include "ws.h"
@@ -281,6 +282,7 @@ main(int argc, char **argv)
 	pg_start(&subscription_feed);
 	authorize_start();
 	prune_start();
+	resume_points_start();
 	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
 
 	for (;;)
@@ -309,6 +311,7 @@ main(int argc, char **argv)
 	}
 
 	lws_sul_cancel(&housekeeping_timer);
+	resume_points_stop();
 	auth_failures_free();
 	pg_stop();
 	authorize_stop();

@@ -19,6 +19,7 @@ message_new(message_kind kind, const char *json, size_t len)
 	msg->refs = 1;
 	msg->kind = kind;
 	msg->changed_at_us = 0;
+	msg->at = (cursor){0, 0};
 	msg->len = len;
 	memcpy(msg->data + LWS_PRE, json, len);
 	msg->data[LWS_PRE + len] = '\0';

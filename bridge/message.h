@@ -26,6 +26,7 @@ typedef struct message
 	int refs;
 	message_kind kind;
 	long long changed_at_us; /* updates: commit-to-send delay is measured from here */
+	cursor at;               /* updates: the change's cursor (resume_points.c) */
 	size_t len;
 	unsigned char data[]; /* LWS_PRE headroom, then len bytes of JSON, then NUL */
 } message;

@@ -28,6 +28,7 @@
 #include "client.h"
 #include "log.h"
 #include "message.h"
+#include "resume_points.h"
 #include "rooms.h"
 
 static void catch_up_start(subscription *sub);
@@ -98,6 +99,8 @@ subscription_close(subscription *sub)
 		rooms_leave(sub->patient_ids[i], c);
 	authorize_cancel(sub->authorizing);
 	pg_request_cancel(sub->catch_up);
+	resume_points_cancel(sub->point_lookup);
+	sub->point_lookup = NULL;
 	sub->authorizing = NULL;
 	sub->catch_up = NULL;
 	sub->state = SUB_CLOSED;
@@ -129,6 +132,8 @@ go_live_caught_up(subscription *sub)
 	 * now takes live updates, ahead of every live one: the client knows
 	 * exactly when it has caught up instead of guessing from a pause.
 	 */
+	if (sub->quiet_catch_up)
+		return; /* the client asked for no replay: it gets no marker either */
 	cursor_format(sub->replayed > 0 ? sub->replayed_last : sub->since, cursor_text,
 	              sizeof(cursor_text));
 	msg = message_caught_up(sub->id, cursor_text, sub->replayed);
@@ -473,6 +478,40 @@ strings_json(char **list, int n)
 	return array;
 }
 
+/*
+ * The point of a subscription made without since: with one, it resumes from
+ * there as if the client had sent it (replay, then caught_up); without, it
+ * starts where its confirmation said, replaying quietly what came during
+ * the lookup.
+ */
+static void
+point_answered(void *arg, bool found, cursor at)
+{
+	subscription *sub = arg;
+
+	sub->point_lookup = NULL;
+	sub->has_since = true;
+	if (found)
+	{
+		char text[CURSOR_TEXT_LEN];
+
+		cursor_format(at, text, sizeof(text));
+		log_info("client %s: subscription %s of user %s resumes where it was served to (%s)",
+		         sub->client->id, sub->id,
+		         sub->client->grant.subject ? sub->client->grant.subject : "(unknown)", text);
+		sub->since = at;
+	}
+	else
+	{
+		sub->since = sub->confirmed_at;
+		sub->quiet_catch_up = true;
+	}
+	catch_up_start(sub);
+	/* saved at once: a crash from now on costs duplicates, never a gap */
+	if (sub->state != SUB_CLOSED)
+		resume_points_note(sub);
+}
+
 /* AUTHORIZING -> confirmed, then CATCHING_UP or LIVE; or CLOSED when forbidden. */
 static void
 authorized(subscription *sub, bool allowed)
@@ -515,8 +554,20 @@ authorized(subscription *sub, bool allowed)
 	}
 	if (sub->has_since)
 		catch_up_start(sub);
+	else if (resume_points_enabled() && the_bridge.last_tick > 0)
+	{
+		/* no cursor: where was this user's subscription served to? */
+		sub->record_point = true;
+		sub->confirmed_at = bridge_current_cursor();
+		sub->state = SUB_CATCHING_UP;
+		sub->point_lookup = resume_points_lookup(c->grant.subject, sub->patient_ids, sub->npatients,
+		                                         sub->id, point_answered, sub);
+	}
 	else
+	{
+		sub->record_point = the_bridge.settings.resume_without_cursor;
 		go_live(sub);
+	}
 }
 
 static void
@@ -530,7 +581,7 @@ authorize_answered(void *arg, bool allowed)
 static bool
 mergeable(const subscription *existing, const subscribe_request *req)
 {
-	if (existing->room || req->room || existing->has_since || req->has_since ||
+	if (existing->room || req->room || existing->since_from_client || req->has_since ||
 	    existing->state == SUB_CLOSED || existing->npatients != req->npatients ||
 	    now_monotonic_us() - existing->created_us > SUBSCRIPTION_MERGE_US)
 		return false;
@@ -627,6 +678,7 @@ subscription_subscribe(client *c, subscribe_request *req)
 	sub->types = req->types;
 	sub->ntypes = req->ntypes;
 	sub->has_since = req->has_since;
+	sub->since_from_client = req->has_since;
 	sub->since = req->since;
 	sub->created_us = now_monotonic_us();
 	memset(req, 0, sizeof(*req));
@@ -663,6 +715,8 @@ subscription_unsubscribe(client *c, const char *id)
 void
 subscriptions_client_closed(client *c)
 {
+	for (int i = 0; i < c->nsubs; i++)
+		resume_points_note(c->subs[i]);
 	while (c->nsubs > 0)
 		subscription_close(c->subs[c->nsubs - 1]);
 	free(c->subs);

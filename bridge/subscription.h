@@ -45,6 +45,16 @@ typedef struct subscription
 	authorize_request *authorizing; /* while SUB_AUTHORIZING with questions out */
 	pg_request *catch_up;           /* while SUB_CATCHING_UP with a read queued or in flight */
 	long long created_us;           /* monotonic: when the subscribe came (merge window) */
+	/* resume points (resume_points.c), for subscriptions made without since */
+	bool since_from_client;             /* the client sent since (else the bridge chose it) */
+	bool record_point;                  /* its point is kept in the database */
+	bool quiet_catch_up;                /* a catch-up the client did not ask for: no caught_up */
+	struct resume_lookup *point_lookup; /* while looking its point up */
+	cursor confirmed_at;                /* the cursor its confirmation named */
+	bool point_frozen;                  /* queued updates were dropped: its point stays here */
+	cursor frozen_point;
+	bool point_saved; /* saved_point was queued for saving */
+	cursor saved_point;
 } subscription;
 
 /*
