@@ -17,7 +17,6 @@
  */
 #include "client_events.h"
 
-#include <ctype.h>
 #include <string.h>
 
 #include "bridge.h"
@@ -27,21 +26,7 @@
 #include "rooms.h"
 #include "subscription.h"
 #include "util.h"
-
-static bool
-valid_patient_id(const char *id)
-{
-	size_t len = strlen(id);
-
-	if (len < 1 || len > 64)
-		return false;
-	for (const char *p = id; *p; p++)
-	{
-		if (!isalnum((unsigned char) *p) && *p != '.' && *p != '-')
-			return false;
-	}
-	return true;
-}
+#include "ws.h"
 
 /* Whether c follows patient_id: a live patient subscription naming it, and a token allowing it. */
 static bool
@@ -121,7 +106,7 @@ client_event_received(client *c, json_t *root, const char *type, size_t len)
 		refuse(c, "RATE_LIMITED", "too many client events: at most 5 a second");
 		return;
 	}
-	if (!json_is_object(payload) || !patient_id || !valid_patient_id(patient_id))
+	if (!json_is_object(payload) || !patient_id || !ws_valid_patient_id(patient_id))
 	{
 		refuse(c, "BAD_REQUEST",
 		       "a client event needs a payload object with a patientId (a bare patient id)");

@@ -526,6 +526,19 @@ link_connected(pg_link *link)
 {
 }
 
+/* The save in flight may not have landed: its points go back to the pending ones. */
+static void
+requeue_sending(void)
+{
+	for (int i = 0; i < nsending; i++)
+		queue_save(sending[i].user, sending[i].patient_id, sending[i].subscription_id,
+		           sending[i].at);
+	free_points(sending, nsending);
+	free(sending);
+	sending = NULL;
+	nsending = 0;
+}
+
 static void
 link_disconnected(pg_link *link)
 {
@@ -549,13 +562,7 @@ link_disconnected(pg_link *link)
 	in_flight = NULL;
 	in_flight_patient = NULL;
 	nin_flight = 0;
-	for (int i = 0; i < nsending; i++)
-		queue_save(sending[i].user, sending[i].patient_id, sending[i].subscription_id,
-		           sending[i].at);
-	free_points(sending, nsending);
-	free(sending);
-	sending = NULL;
-	nsending = 0;
+	requeue_sending();
 	if (!save_due_us)
 		save_due_us = now_monotonic_us() + DISCONNECT_SAVE_US;
 }
@@ -730,13 +737,7 @@ resume_points_stop(void)
 	pg_link_stop(&link_);
 	link_started = false;
 	/* a save in flight may not have landed: again */
-	for (int i = 0; i < nsending; i++)
-		queue_save(sending[i].user, sending[i].patient_id, sending[i].subscription_id,
-		           sending[i].at);
-	free_points(sending, nsending);
-	free(sending);
-	sending = NULL;
-	nsending = 0;
+	requeue_sending();
 	save_at_shutdown();
 	free(pending);
 	pending = NULL;

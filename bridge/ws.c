@@ -180,8 +180,9 @@ on_established(struct lws *wsi, client *c)
 	}
 }
 
-static bool
-valid_patient_id(const char *id)
+/* See ws.h. */
+bool
+ws_valid_patient_id(const char *id)
 {
 	size_t len = strlen(id);
 
@@ -299,7 +300,7 @@ handle_subscribe(client *c, json_t *root)
 	{
 		problem = string_array(
 		    json_object_get(data, "patient_ids"), &patients, &npatients,
-		    MAX_PATIENTS_PER_SUBSCRIPTION, valid_patient_id,
+		    MAX_PATIENTS_PER_SUBSCRIPTION, ws_valid_patient_id,
 		    "patient_ids must be an array of bare patient ids (1-64 of A-Z a-z 0-9 . -)");
 		if (!problem && npatients == 0)
 			problem = "patient_ids must name at least one patient";

@@ -91,6 +91,7 @@ class Demo:
         self.quiet = quiet
         self.cluster = None
         self.bridge = None
+        self.extra_bridges = []
         self.backend = None
         self.dir = tempfile.mkdtemp(prefix="fhir_notify-demo-")
         self.secret_file = os.path.join(self.dir, "jwt-secret")
@@ -176,6 +177,18 @@ class Demo:
         stop_process(self.bridge)
         self.bridge = None
 
+    def start_second_bridge(self):
+        """Starts another bridge on the same database and secret; returns its port."""
+        port = pgcluster.free_port()
+        argv = [BRIDGE, "--db", self.db, "--listen", f"127.0.0.1:{port}",
+                "--jwt-secret-file", self.secret_file] + self.bridge_args
+        log = open(self.bridge_log + f".{port}", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        self.extra_bridges.append(proc)
+        wait_for_port(port, 30, proc, "the second fhir-notify-bridge")
+        return port
+
     def restart_bridge(self, pause=0.0):
         """Stops the bridge (clients see their connection drop) and starts it again."""
         self.stop_bridge()
@@ -208,6 +221,9 @@ class Demo:
         stop_process(self.backend)
         self.backend = None
         self.stop_bridge()
+        for proc in self.extra_bridges:
+            stop_process(proc)
+        self.extra_bridges = []
         keep = os.environ.get("FHIR_NOTIFY_DEMO_LOG_DIR")
         if keep and self.dir:
             # For looking into a failed test run afterwards.
@@ -270,6 +286,11 @@ def main():
             elif command == "start-bridge":
                 demo.start_bridge()
                 print(json.dumps({"started": True}), flush=True)
+            elif command == "start-second-bridge":
+                # Another bridge on the same database and secret (a second instance behind
+                # a load balancer), for tests that switch a client from one to the other.
+                second = demo.start_second_bridge()
+                print(json.dumps({"ws_url": f"ws://127.0.0.1:{second}/api/ws", "port": second}), flush=True)
             elif command in ("pause-bridge", "resume-bridge"):
                 # A stopped process keeps its sockets open but answers nothing:
                 # what a hung bridge or a dead network path looks like.

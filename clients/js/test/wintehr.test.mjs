@@ -82,7 +82,8 @@ describe("a WintEHR-like client against a real fhir-notify-bridge", () => {
   before(
     async () => {
       demo = await startDemo(
-        '--default-scopes user/*.read --scopes-by-claim "role=physician:user/*.read" --jwt-leeway 1',
+        '--default-scopes user/*.read --scopes-by-claim "role=physician:user/*.read" --jwt-leeway 1 ' +
+          "--relay-client-events",
       );
     },
     { timeout: 240000 },
@@ -157,6 +158,74 @@ describe("a WintEHR-like client against a real fhir-notify-bridge", () => {
     await waitUntil(() => client.gaveUp, "the client to give up", 20000);
     assert.equal(client.attempts, 7); // the live one, its immediate retry, 5 backed-off ones
     assert.ok(peakRate(client.attemptTimes) <= 3, `peak ${peakRate(client.attemptTimes)} attempts/s`);
+  });
+
+  test("nothing is lost across a bridge restart: the cursorless re-subscribe is replayed", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [, , patient] = demo.patients;
+    const client = open({ token: wintehrToken(demo.secret, "dr.restart", "physician") });
+    const chart = new ChartReview(client, patient);
+    client.connect();
+    await waitUntil(() => client.received.some((m) => m.type === "subscription"), "the subscription");
+    const before = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(patient, "Penicillin"));
+    await waitUntil(() => chart.has("AllergyIntolerance", before.id), "the allergy on the chart");
+    await demo.stopBridge();
+    // while the bridge is down: a new condition, and the allergy deleted
+    const during = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "Written while down"));
+    await writeResource(demo, "DELETE", `/fhir/AllergyIntolerance/${before.id}`);
+    await demo.startBridge();
+    await waitUntil(
+      () => chart.has("Condition", during.id) && !chart.has("AllergyIntolerance", before.id),
+      "the chart to catch up after the restart",
+      20000,
+    );
+    assert.ok(!client.gaveUp);
+    assert.ok(client.received.some((m) => m.type === "caught_up"));
+  });
+
+  test("nothing is lost across a switch to a second bridge", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [, , , patient] = demo.patients;
+    const second = await demo.startSecondBridge();
+    const client = open({ token: wintehrToken(demo.secret, "dr.switch", "physician") });
+    const chart = new ChartReview(client, patient);
+    client.connect();
+    await waitUntil(() => client.received.some((m) => m.type === "subscription"), "the subscription");
+    const seen = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "Seen on the first"));
+    await waitUntil(() => chart.has("Condition", seen.id), "the condition on the chart");
+    // the load balancer sends the next connection elsewhere; the first bridge goes away
+    client.options.url = second.ws_url;
+    await demo.stopBridge();
+    const missed = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "Missed on the way"));
+    await waitUntil(() => chart.has("Condition", missed.id), "the missed condition from the second bridge", 20000);
+    const live = await writeResource(demo, "POST", "/fhir/Condition", condition(patient, "Live on the second"));
+    await waitUntil(() => chart.has("Condition", live.id), "a live condition from the second bridge");
+    await demo.startBridge();
+  });
+
+  test("client events go only to the patient's other followers, stamped with the sender", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const [p1, p2] = demo.patients;
+    const sender = open({ token: wintehrToken(demo.secret, "dr.sender", "physician"), userId: "forged.user" });
+    const peer = open({ token: wintehrToken(demo.secret, "dr.peer", "physician") });
+    const elsewhere = open({ token: wintehrToken(demo.secret, "dr.elsewhere", "physician") });
+    const got = { sender: [], peer: [], elsewhere: [] };
+    for (const [name, c, p] of [["sender", sender, p1], ["peer", peer, p1], ["elsewhere", elsewhere, p2]]) {
+      c.on("order.placed", (payload) => got[name].push(payload));
+      c.subscribe(p, []);
+      c.connect();
+    }
+    for (const c of [sender, peer, elsewhere]) {
+      await waitUntil(() => c.received.some((m) => m.type === "subscription"), "the subscriptions");
+    }
+    sender.publish("order.placed", { orderId: "o-1", medication: "Aspirin" }, p1);
+    await waitUntil(() => got.peer.length === 1, "the event at the peer");
+    assert.equal(got.peer[0].orderId, "o-1");
+    assert.equal(got.peer[0].patientId, p1);
+    assert.equal(got.peer[0].userId, "dr.sender"); // never the payload's "forged.user"
+    await sleep(500);
+    assert.equal(got.sender.length, 0);
+    assert.equal(got.elsewhere.length, 0);
   });
 
   test("deletes of allergies and conditions leave the chart; an observation's does not", async (t) => {

@@ -64,6 +64,7 @@ export async function startDemo(bridgeArgs = "") {
     startBridge: () => command("start-bridge"),
     pauseBridge: () => command("pause-bridge"),
     resumeBridge: () => command("resume-bridge"),
+    startSecondBridge: () => command("start-second-bridge"),
     async stop() {
       child.stdin.end();
       const timer = setTimeout(() => child.kill("SIGTERM"), 30000);
