@@ -323,7 +323,11 @@ capture_target(TriggerData *trigdata)
 	columns[4].column = &target->deleted;
 	target->text_resource = fhir_notify_layout_text_resource(target->layout.kind);
 	memset(&target->hapi, 0, sizeof(target->hapi));
+	memset(&target->encoding, 0, sizeof(target->encoding));
+	memset(&target->lob, 0, sizeof(target->lob));
+	memset(&target->res_id, 0, sizeof(target->res_id));
 	memset(&target->partition, 0, sizeof(target->partition));
+	memset(&target->updated, 0, sizeof(target->updated));
 	if (target->layout.kind == LAYOUT_HAPI)
 	{
 		columns[5].name = "res_encoding";
@@ -975,6 +979,17 @@ text_row_unchanged(CaptureTarget *target, HeapTuple old, HeapTuple new, TupleDes
 }
 
 /*
+ * Whether a text layout's resource could not be read (not JSON, a large
+ * object gone): then who it belongs to now is unknown, not nobody.
+ */
+static bool
+unreadable(const CaptureTarget *target, const RowImage *image)
+{
+	return target->text_resource && image->resource == NULL && !image->deleted &&
+	       image->problem != NULL;
+}
+
+/*
  * A new version row of HAPI's hfj_res_ver: created (version 1, or after a
  * delete), updated (with a deleted row for the patients the previous
  * version belonged to and this one does not), or deleted (a DEL row, for
@@ -1016,6 +1031,12 @@ capture_hapi_version(CaptureTarget *target, HeapTuple tuple, TupleDesc desc)
 	if (previous.deleted)
 	{
 		record_change(target, "created", &new, &new.patients, true); /* re-created */
+		return;
+	}
+	if (unreadable(target, &new))
+	{
+		/* Nothing known of the new version: its patients are told to read it. */
+		record_change(target, "updated", &new, &previous.patients, false);
 		return;
 	}
 	removed = patients_removed(&previous.patients, &new.patients);
@@ -1098,6 +1119,12 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 	}
 	if (same_content(target, &old, &new))
 		return;
+	if (unreadable(target, &new))
+	{
+		/* Nothing known of the new version: its patients are told to read it. */
+		record_change(target, "updated", &new, &old.patients, false);
+		return;
+	}
 
 	removed = patients_removed(&old.patients, &new.patients);
 	if (removed.count > 0)
