@@ -17,6 +17,18 @@ ifdef CI
 PG_CFLAGS += -Werror
 endif
 
+# `make installcheck` runs the regression and isolation suites against an
+# installed, running server (PGHOST, PGPORT, PGUSER as for psql; a superuser).
+# That server must have this build installed and the settings in
+# tests/regress.conf (shared_preload_libraries = 'fhir_notify',
+# max_prepared_transactions > 0). It creates and drops the databases
+# contrib_regression and isolation_regression, and roles named regress_*.
+# `make check` (scripts/check) runs the same files on a throwaway cluster.
+REGRESS = $(sort $(basename $(notdir $(wildcard sql/*.sql))))
+REGRESS_OPTS = --inputdir=. --outputdir=.
+ISOLATION = $(sort $(basename $(notdir $(wildcard specs/*.spec))))
+ISOLATION_OPTS = --inputdir=.
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

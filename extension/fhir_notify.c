@@ -12,6 +12,15 @@
 
 PG_MODULE_MAGIC;
 
+/*
+ * MarkGUCPrefixReserved() is new in PostgreSQL 15; before it,
+ * EmitWarningsOnPlaceholders() warns about (but keeps) placeholders under
+ * the prefix, such as a misspelt fhir_notify.* setting.
+ */
+#if PG_VERSION_NUM < 150000
+#define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
+#endif
+
 void _PG_init(void);
 
 /*
@@ -21,11 +30,11 @@ void _PG_init(void);
 void
 _PG_init(void)
 {
-	compartment_init();
-	capture_init();
-	doorbell_init();
+	fhir_notify_compartment_init();
+	fhir_notify_capture_init();
+	fhir_notify_doorbell_init();
 	if (process_shared_preload_libraries_in_progress)
-		ticker_init();
+		fhir_notify_ticker_init();
 
 	MarkGUCPrefixReserved("fhir_notify");
 }
