@@ -10,6 +10,7 @@
  *	  trigger.c       the capture trigger: writes the change log
  *	  doorbell.c      the NOTIFY doorbell rung once per committing transaction
  *	  ticker.c        the background worker that rings for everybody (ticker mode)
+ *	  ownership.c     who may watch a table (its owner, through watch())
  */
 #ifndef FHIR_NOTIFY_H
 #define FHIR_NOTIFY_H
