@@ -9,6 +9,8 @@ MODULE_big = fhir_notify
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))
 DATA = $(sort $(wildcard extension/fhir_notify--*.sql))
 PGFILEDESC = "fhir_notify - patient-scoped change streams for FHIR data"
+# zlib inflates the gzip bodies of the hapi layout (res_encoding JSONC).
+SHLIB_LINK += -lz
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 ifdef CI
