@@ -291,6 +291,14 @@ CREATE FUNCTION fhir_notify.resolve_layout(tbl regclass, layout text, options js
 RETURNS text[]
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'fhir_notify_resolve_layout';
 
+/*
+ * Raises "must be owner of table" unless the calling session's role has the
+ * privileges of tbl's owner (ownership.c). watch() and unwatch() run as the
+ * extension's owner, so they check for their caller.
+ */
+CREATE FUNCTION fhir_notify.check_table_owner(tbl regclass) RETURNS void
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'fhir_notify_check_table_owner';
+
 /* Drops the capture triggers of tbl that exist. */
 CREATE FUNCTION fhir_notify.drop_triggers(tbl regclass) RETURNS void
 LANGUAGE plpgsql
@@ -315,11 +323,14 @@ $$;
  * 'fhirbase', 'hapi' or 'medplum'; options name columns ({"resource": "content", "type": ...,
  * "id": ..., "version": ..., "deleted": ...}) and {"record_unrouted": true}
  * records changes that belong to no patient. Watching again replaces.
+ * SECURITY DEFINER, so that a role granted EXECUTE on it (and USAGE on the
+ * schema) can watch the tables it owns, and only those, without any right
+ * on the trigger function or watched_tables.
  */
 CREATE FUNCTION fhir_notify.watch(tbl regclass, layout text DEFAULT 'auto',
                                   options jsonb DEFAULT '{}')
 RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -329,6 +340,7 @@ BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'cannot watch a NULL table';
 	END IF;
+	PERFORM fhir_notify.check_table_owner(tbl);
 	arguments := fhir_notify.resolve_layout(tbl, coalesce(layout, 'auto'),
 	                                        coalesce(options, '{}'));
 	SELECT string_agg(quote_literal(a), ', ' ORDER BY n) INTO argument_list
@@ -353,12 +365,16 @@ BEGIN
 END
 $$;
 
-/* Stops capturing the changes of tbl. Not watched: nothing to do. */
+/*
+ * Stops capturing the changes of tbl. Not watched: nothing to do. Like
+ * watch(), for tbl's owner and superusers.
+ */
 CREATE FUNCTION fhir_notify.unwatch(tbl regclass) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM fhir_notify.check_table_owner(tbl);
 	PERFORM fhir_notify.drop_triggers(tbl);
 	DELETE FROM fhir_notify.watched_tables w WHERE w.relation = tbl;
 END

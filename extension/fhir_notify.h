@@ -12,6 +12,7 @@
  *	  hapi.c          the hapi layout's lookups in hfj_resource and large objects
  *	  doorbell.c      the NOTIFY doorbell rung once per committing transaction
  *	  ticker.c        the background worker that rings for everybody (ticker mode)
+ *	  ownership.c     who may watch a table (its owner, through watch())
  */
 #ifndef FHIR_NOTIFY_H
 #define FHIR_NOTIFY_H
