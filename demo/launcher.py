@@ -239,7 +239,8 @@ def main():
     parser.add_argument("--json", action="store_true", help="print the demo's details as one JSON line")
     parser.add_argument("--bridge-args", default="", help="extra bridge options, e.g. --bridge-args='--log-level debug'")
     args = parser.parse_args()
-    demo = Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True, bridge_args=shlex.split(args.bridge_args))
+    demo = Demo(db=os.environ.get("FHIR_NOTIFY_TEST_DEMO_DB"), quiet=True, bridge_args=shlex.split(args.bridge_args),
+                layout=os.environ.get("DEMO_LAYOUT") or None)
     # Ctrl-C and SIGTERM both stop everything (SIGINT explicitly: a shell
     # starts background jobs with it ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
