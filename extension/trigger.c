@@ -127,7 +127,8 @@ capture_relcache_callback(Datum arg, Oid relid)
 		return;
 	hash_seq_init(&status, capture_targets);
 	while ((target = hash_seq_search(&status)) != NULL)
-		if (relid == InvalidOid || target->relid == relid || target->source_relid == relid)
+		if (relid == InvalidOid || target->relid == relid || target->source_relid == relid ||
+		    (target->hapi.resource.relid != InvalidOid && target->hapi.resource.relid == relid))
 			target->valid = false;
 }
 
@@ -346,6 +347,7 @@ capture_target(TriggerData *trigdata)
 		target->hapi.resource_table = quote_qualified_identifier(
 		    get_namespace_name(RelationGetNamespace(rel)), "hfj_resource");
 		target->hapi.owner = rel->rd_rel->relowner;
+		target->hapi.version_relid = RelationGetRelid(rel);
 	}
 	target->columns_ok = true;
 	target->problem = NULL;

@@ -293,10 +293,31 @@ COMMIT;
 SELECT * FROM log;
 
 
+-- Without the unique index on (res_id, res_ver) the lookups are a saved
+-- plan instead of index scans: the same changes.
+CREATE SCHEMA hapi_plain;
+CREATE TABLE hapi_plain.hfj_resource (res_id bigint PRIMARY KEY, partition_id integer,
+	res_type varchar(40) NOT NULL, fhir_id varchar(64) NOT NULL, res_ver bigint NOT NULL);
+CREATE TABLE hapi_plain.hfj_res_ver (pid bigint PRIMARY KEY, partition_id integer,
+	res_id bigint NOT NULL REFERENCES hapi_plain.hfj_resource, res_type varchar(40) NOT NULL,
+	res_ver bigint NOT NULL, res_encoding varchar(5) NOT NULL, res_text_vc text, res_text oid,
+	res_updated timestamp(6) NOT NULL);
+SELECT fhir_notify.watch('hapi_plain.hfj_res_ver', 'hapi');
+TRUNCATE fhir_notify.changes;
+INSERT INTO hapi_plain.hfj_resource VALUES (1, NULL, 'Encounter', 'enc1', 1);
+INSERT INTO hapi_plain.hfj_res_ver VALUES
+	(1, NULL, 1, 'Encounter', 1, 'JSON', '{"resourceType":"Encounter","subject":{"reference":"Patient/p1"}}', NULL, '2025-10-06 00:00:00');
+INSERT INTO hapi_plain.hfj_res_ver VALUES
+	(2, NULL, 1, 'Encounter', 2, 'JSON', '{"resourceType":"Encounter","subject":{"reference":"Patient/p2"}}', NULL, '2025-10-06 00:01:00');
+UPDATE hapi_plain.hfj_resource SET res_ver = 2 WHERE res_id = 1 AND res_ver = 1;
+INSERT INTO hapi_plain.hfj_res_ver VALUES (3, NULL, 1, 'Encounter', 3, 'DEL', NULL, NULL, '2025-10-06 00:02:00');
+UPDATE hapi_plain.hfj_resource SET res_ver = 3 WHERE res_id = 1 AND res_ver = 2;
+SELECT * FROM log;
+
 -- Clean up.
 SELECT count(lo_unlink(oid)) FROM lobs;
 DROP VIEW log;
 DROP TABLE lobs, hfj_res_link, hfj_res_ver, hfj_resource;
-DROP SCHEMA hapi_part CASCADE;
+DROP SCHEMA hapi_part, hapi_plain CASCADE;
 DROP SEQUENCE seq_resource_id, seq_resource_history_id;
 DROP EXTENSION fhir_notify CASCADE;
