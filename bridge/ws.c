@@ -1,7 +1,9 @@
 /*
  * ws.c
  *	  WebSocket protocol handlers: authentication, subscribe, unsubscribe,
- *	  ping; see docs/protocol.md for the contract.
+ *	  ping; see docs/protocol.md for the contract. Messages are parsed and
+ *	  validated by request.c; what a subscription then does is
+ *	  subscription.c's.
  */
 #include "ws.h"
 
@@ -17,24 +19,8 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
-#include "pg.h"
 #include "request.h"
-#include "rooms.h"
-
-static void
-send_json(client *c, json_t *object)
-{
-	char *text = json_dumps(object, JSON_COMPACT);
-	message *msg;
-
-	json_decref(object);
-	if (!text)
-		return;
-	msg = message_new(MESSAGE_CONTROL, text, strlen(text));
-	free(text);
-	client_send(c, msg);
-	message_unref(msg);
-}
+#include "subscription.h"
 
 static json_t *
 now_timestamp(void)
@@ -60,9 +46,9 @@ send_welcome(client *c)
 
 	if (!json_object_get(user, "sub") && c->grant.subject)
 		json_object_set_new(user, "sub", json_string(c->grant.subject));
-	send_json(c, json_pack("{s:s, s:{s:s, s:o, s:o, s:s}}", "type", "welcome", "data", "client_id",
-	                       c->id, "user", user, "cursor", current_cursor_json(), "server",
-	                       "fhir-notify-bridge/" BRIDGE_VERSION));
+	client_send_json(c, json_pack("{s:s, s:{s:s, s:o, s:o, s:s}}", "type", "welcome", "data",
+	                              "client_id", c->id, "user", user, "cursor", current_cursor_json(),
+	                              "server", "fhir-notify-bridge/" BRIDGE_VERSION));
 }
 
 /*
@@ -193,113 +179,48 @@ on_established(struct lws *wsi, client *c)
 	}
 }
 
-static json_t *
-strings_json(char **list, int n)
-{
-	json_t *array = json_array();
-
-	for (int i = 0; i < n; i++)
-		json_array_append_new(array, json_string(list[i]));
-	return array;
-}
-
-/* See pg.h: the subscription passed every check; confirm it and start delivery. */
-void
-subscribe_authorized(subscription *sub)
-{
-	client *c = sub->client;
-	json_t *data;
-	char since_text[CURSOR_TEXT_LEN];
-
-	if (sub->forbidden)
-	{
-		client_send_error(c, "FORBIDDEN", "not allowed to see one of these patients", sub->id);
-		client_remove_subscription(c, sub);
-		return;
-	}
-	data = json_pack("{s:s, s:s}", "action", "created", "subscription_id", sub->id);
-	if (sub->room)
-		json_object_set_new(data, "room", json_string(sub->room));
-	else
-	{
-		json_object_set_new(data, "patient_ids", strings_json(sub->patient_ids, sub->npatients));
-		json_object_set_new(data, "resource_types", strings_json(sub->types, sub->ntypes));
-		if (sub->has_since)
-		{
-			cursor_format(sub->since, since_text, sizeof(since_text));
-			json_object_set_new(data, "cursor", json_string(since_text));
-		}
-		else
-			json_object_set_new(data, "cursor", current_cursor_json());
-	}
-	send_json(c, json_pack("{s:s, s:o}", "type", "subscription", "data", data));
-	if (sub->room)
-		return;
-	if (sub->has_since)
-		resume_start(sub);
-	else
-		subscription_activate(sub);
-}
-
 /* A subscribe that request_parse accepted; takes its patient ids and types. */
 static void
-handle_subscribe(client *c, request *req)
+handle_subscribe(client *c, request *parsed)
 {
-	const char *sid = req->subscription_id;
-	subscription *existing, *sub;
+	const char *sid = parsed->subscription_id;
+	subscribe_request req = {0};
 
-	for (int i = 0; i < req->npatients; i++)
+	for (int i = 0; i < parsed->npatients; i++)
 	{
-		if (!auth_grant_allows(&c->grant, req->patient_ids[i], NULL))
+		if (!auth_grant_allows(&c->grant, parsed->patient_ids[i], NULL))
 		{
 			log_debug("client %s: subscription to patient %s forbidden", c->id,
-			          req->patient_ids[i]);
+			          parsed->patient_ids[i]);
 			client_send_error(c, "FORBIDDEN", "the token does not allow one of these patients",
 			                  sid);
 			return;
 		}
 	}
-	existing = client_find_subscription(c, sid);
-	if (!existing && c->nsubs >= the_bridge.settings.max_subscriptions)
+	if (!subscription_find(c, sid) && c->nsubs >= the_bridge.settings.max_subscriptions)
 	{
 		client_send_error(c, "LIMIT_EXCEEDED", "too many subscriptions on this connection", sid);
 		return;
 	}
-	if (existing)
-		client_remove_subscription(c, existing);
-
-	sub = xcalloc(1, sizeof(subscription));
-	sub->client = c;
-	sub->id = xstrdup(sid);
-	sub->room = xstrdup(req->room);
-	sub->patient_ids = req->patient_ids;
-	sub->npatients = req->npatients;
-	sub->types = req->types;
-	sub->ntypes = req->ntypes;
-	sub->has_since = req->has_since;
-	sub->since = req->since;
-	req->patient_ids = req->types = NULL;
-	req->npatients = req->ntypes = 0;
-	c->subs = xrealloc(c->subs, (size_t) (c->nsubs + 1) * sizeof(subscription *));
-	c->subs[c->nsubs++] = sub;
-	for (int i = 0; i < sub->npatients; i++)
-		rooms_join(sub->patient_ids[i], c);
-	log_debug("client %s: subscribing %s to %d patients", c->id, sid, sub->npatients);
-	if (the_bridge.settings.authorize_sql && sub->npatients > 0)
-		authorize_subscription(sub);
-	else
-		subscribe_authorized(sub);
+	req.id = xstrdup(sid);
+	req.room = xstrdup(parsed->room);
+	req.patient_ids = parsed->patient_ids;
+	req.npatients = parsed->npatients;
+	req.types = parsed->types;
+	req.ntypes = parsed->ntypes;
+	req.has_since = parsed->has_since;
+	req.since = parsed->since;
+	parsed->patient_ids = parsed->types = NULL;
+	parsed->npatients = parsed->ntypes = 0;
+	subscription_subscribe(c, &req);
 }
 
 static void
 handle_unsubscribe(client *c, const char *sid)
 {
-	subscription *sub = client_find_subscription(c, sid);
-
-	if (sub)
-		client_remove_subscription(c, sub);
-	send_json(c, json_pack("{s:s, s:{s:s, s:s}}", "type", "subscription", "data", "action",
-	                       "removed", "subscription_id", sid));
+	subscription_unsubscribe(c, sid);
+	client_send_json(c, json_pack("{s:s, s:{s:s, s:s}}", "type", "subscription", "data", "action",
+	                              "removed", "subscription_id", sid));
 }
 
 /* Dispatches one complete text message from a client (parsed by request.c). */
@@ -319,8 +240,8 @@ handle_message(client *c, const char *text, size_t len)
 			client_send_error(c, "BAD_REQUEST", req.problem, NULL);
 		else if (authenticate(c, req.token))
 		{
-			send_json(c,
-			          json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
+			client_send_json(
+			    c, json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
 			if (first)
 				send_welcome(c);
 		}
@@ -328,7 +249,7 @@ handle_message(client *c, const char *text, size_t len)
 	else if (!c->authenticated)
 		client_send_error(c, "AUTH_REQUIRED", "authenticate first", NULL);
 	else if (req.kind == REQUEST_PING)
-		send_json(c, json_pack("{s:s, s:o}", "type", "pong", "timestamp", now_timestamp()));
+		client_send_json(c, json_pack("{s:s, s:o}", "type", "pong", "timestamp", now_timestamp()));
 	else if (req.kind == REQUEST_PONG)
 		;
 	else if (req.problem)
@@ -436,6 +357,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			if (c && c->established)
 			{
 				log_info("client %s: disconnected", c->id);
+				subscriptions_client_closed(c);
 				client_release(c);
 				c->established = false;
 			}
