@@ -23,10 +23,10 @@
 #include "log.h"
 #include "message.h"
 #include "metrics.h"
+#include "request.h"
 #include "rooms.h"
 #include "subscription.h"
 #include "util.h"
-#include "ws.h"
 
 /* Whether c follows patient_id: a live patient subscription naming it, and a token allowing it. */
 static bool
@@ -106,7 +106,7 @@ client_event_received(client *c, json_t *root, const char *type, size_t len)
 		refuse(c, "RATE_LIMITED", "too many client events: at most 5 a second");
 		return;
 	}
-	if (!json_is_object(payload) || !patient_id || !ws_valid_patient_id(patient_id))
+	if (!json_is_object(payload) || !patient_id || !request_valid_patient_id(patient_id))
 	{
 		refuse(c, "BAD_REQUEST",
 		       "a client event needs a payload object with a patientId (a bare patient id)");
