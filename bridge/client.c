@@ -11,6 +11,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pg.h"
+#include "presence.h"
 #include "rooms.h"
 
 static void
@@ -376,6 +377,7 @@ client_remove_subscription(client *c, subscription *sub)
 	}
 	for (int i = 0; i < sub->npatients; i++)
 		rooms_leave(sub->patient_ids[i], c);
+	presence_unsubscribed(sub);
 	pg_cancel_for_subscription(sub);
 	authorize_cancel_for_subscription(sub);
 	subscription_free(sub);
@@ -472,6 +474,8 @@ client_wants_live(const client *c, const char *patient_id, const char *resource_
 void
 deliver_change(change *ch)
 {
+	/* a conflict warning goes out ahead of the update that caused it */
+	presence_on_change(ch);
 	for (int i = 0; i < ch->npatients; i++)
 	{
 		room *r = rooms_find(ch->patient_ids[i]);

@@ -34,6 +34,8 @@ typedef struct subscription
 	cursor replayed_last;       /* the cursor of the last of them */
 	int pending_authorizations; /* --authorize-sql answers still awaited */
 	bool forbidden;             /* an --authorize-sql answer said no */
+	bool presence;              /* "presence": true: visible in its patients' rooms */
+	bool presence_joined;       /* accepted and joined (presence.c) */
 } subscription;
 
 typedef struct client

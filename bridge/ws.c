@@ -19,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pg.h"
+#include "presence.h"
 #include "rooms.h"
 
 #define MAX_PATIENTS_PER_SUBSCRIPTION 1000
@@ -309,6 +310,8 @@ subscribe_authorized(subscription *sub)
 	send_json(c, json_pack("{s:s, s:o}", "type", "subscription", "data", data));
 	if (sub->room)
 		return;
+	if (sub->presence)
+		presence_subscribed(sub);
 	if (sub->has_since)
 		resume_start(sub);
 	else
@@ -325,7 +328,7 @@ handle_subscribe(client *c, json_t *root)
 	int npatients = 0, ntypes = 0;
 	subscription *existing, *sub;
 	cursor since = {0, 0};
-	json_t *since_json;
+	json_t *since_json, *presence_json;
 
 	if (!json_is_object(data))
 	{
@@ -337,6 +340,18 @@ handle_subscribe(client *c, json_t *root)
 	{
 		client_send_error(c, "BAD_REQUEST",
 		                  "subscription_id must be a string of 1 to 128 characters", NULL);
+		return;
+	}
+	presence_json = json_object_get(data, "presence");
+	if (presence_json && !json_is_boolean(presence_json) && !json_is_null(presence_json))
+	{
+		client_send_error(c, "BAD_REQUEST", "presence must be true or false", sid);
+		return;
+	}
+	if (json_is_true(presence_json) && json_object_get(data, "room") &&
+	    !json_is_null(json_object_get(data, "room")))
+	{
+		client_send_error(c, "BAD_REQUEST", "presence is for patient subscriptions only", sid);
 		return;
 	}
 	if (json_object_get(data, "room") && !json_is_null(json_object_get(data, "room")))
@@ -408,6 +423,7 @@ handle_subscribe(client *c, json_t *root)
 	sub->types = types;
 	sub->ntypes = ntypes;
 	sub->has_since = since_text != NULL;
+	sub->presence = json_is_true(presence_json);
 	sub->since = since;
 	c->subs = xrealloc(c->subs, (size_t) (c->nsubs + 1) * sizeof(subscription *));
 	c->subs[c->nsubs++] = sub;
@@ -483,6 +499,10 @@ handle_message(client *c, const char *text, size_t len)
 		handle_subscribe(c, root);
 	else if (strcmp(type, "unsubscribe") == 0)
 		handle_unsubscribe(c, root);
+	else if (strcmp(type, "editing") == 0)
+		presence_handle_editing(c, root, true);
+	else if (strcmp(type, "stop_editing") == 0)
+		presence_handle_editing(c, root, false);
 	else if (strchr(type, '.'))
 		log_debug("client %s: ignoring client event", c->id); /* never relayed: no room isolation */
 	else

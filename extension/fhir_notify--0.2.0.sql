@@ -563,11 +563,13 @@ $$;
 
 /*
  * The presence rows of the rooms among patients whose seq is not the one
- * in seen (same order; 0 for a room never seen), one row per connection,
- * or one row with NULL connection for a room that is now empty. All in one
- * snapshot: seq and rows agree.
+ * in seen (same order; 0 for a room never seen), one row per connection
+ * (leaving out those of except_bridge: a bridge knows its own), or one row
+ * with NULL connection for a room that has none. All in one snapshot: seq
+ * and rows agree.
  */
-CREATE FUNCTION fhir_notify.presence_read(patients text[], seen bigint[])
+CREATE FUNCTION fhir_notify.presence_read(patients text[], seen bigint[],
+                                          except_bridge text DEFAULT NULL)
 RETURNS TABLE (patient_id text, seq bigint, bridge text, connection text, user_id text,
                display text, role text, fhir_user text, editing text[], since timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -580,6 +582,7 @@ AS $$
 	      LEFT JOIN fhir_notify.presence_rooms r ON r.patient_id = w.patient_id
 	      WHERE coalesce(r.seq, 0) IS DISTINCT FROM coalesce(w.seen_seq, 0)) q
 	LEFT JOIN fhir_notify.presence p ON p.patient_id = q.patient_id
+	                                 AND p.bridge IS DISTINCT FROM except_bridge
 	ORDER BY q.patient_id, p.since, p.connection
 $$;
 
@@ -600,7 +603,7 @@ BEGIN
 	EXECUTE format('GRANT EXECUTE ON FUNCTION fhir_notify.presence_set(text, jsonb), '
 	               'fhir_notify.presence_heartbeat(text, interval), '
 	               'fhir_notify.presence_leave_bridge(text), '
-	               'fhir_notify.presence_read(text[], bigint[]) TO %s', bridge_role);
+	               'fhir_notify.presence_read(text[], bigint[], text) TO %s', bridge_role);
 END
 $$;
 
@@ -616,7 +619,7 @@ BEGIN
 	EXECUTE format('REVOKE EXECUTE ON FUNCTION fhir_notify.presence_set(text, jsonb), '
 	               'fhir_notify.presence_heartbeat(text, interval), '
 	               'fhir_notify.presence_leave_bridge(text), '
-	               'fhir_notify.presence_read(text[], bigint[]) FROM %s', bridge_role);
+	               'fhir_notify.presence_read(text[], bigint[], text) FROM %s', bridge_role);
 END
 $$;
 
@@ -624,7 +627,7 @@ REVOKE ALL ON fhir_notify.presence, fhir_notify.presence_rooms, fhir_notify.pres
 	fhir_notify.presence_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION fhir_notify.presence_ring(), fhir_notify.presence_set(text, jsonb),
 	fhir_notify.presence_heartbeat(text, interval), fhir_notify.presence_leave_bridge(text),
-	fhir_notify.presence_read(text[], bigint[]), fhir_notify.grant_presence(regrole),
+	fhir_notify.presence_read(text[], bigint[], text), fhir_notify.grant_presence(regrole),
 	fhir_notify.revoke_presence(regrole) FROM PUBLIC;
 
 
