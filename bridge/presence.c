@@ -83,7 +83,7 @@ typedef struct proom
 	bool db_dirty;
 	bool due;                    /* the snapshot may have changed since the last broadcast */
 	long long last_broadcast_us; /* monotonic */
-	char *last_json;             /* the last snapshot broadcast (without joined/left) */
+	char *last_json;             /* the last snapshot broadcast: count and users */
 	char **last_users;           /* its users, sorted */
 	int nlast;
 	struct proom *next;
@@ -592,7 +592,15 @@ broadcast_to(proom *r, bool quiet)
 	person *people;
 	int n = room_people(r, &people);
 	json_t *users = users_json(r, people, n, NULL);
-	char *text = json_dumps(users, JSON_COMPACT | JSON_SORT_KEYS);
+	char *listed = json_dumps(users, JSON_COMPACT | JSON_SORT_KEYS);
+	strbuf key;
+	char *text;
+
+	/* what the viewers see: the listed people and how many there are */
+	strbuf_init(&key, strlen(listed) + 16);
+	strbuf_appendf(&key, "%d:%s", n, listed);
+	free(listed);
+	text = key.data;
 	char **now_users;
 	json_t *joined, *left;
 	message *shared;

@@ -14,6 +14,7 @@
 
 #include "change.h"
 #include "client.h"
+#include "subscription.h"
 
 void presence_start(void);
 /* Takes this bridge's rows out of the database (a short blocking call). */

@@ -329,7 +329,11 @@ def test_many_viewers_joining_at_once_are_coalesced_and_the_list_is_capped(db):
             started = time.monotonic()
             last = wait_presence(clients[0], patient, lambda u: True, timeout=5)
             while last["data"]["count"] < viewers:
-                last = next_of(clients[0], "presence", timeout=5)
+                try:
+                    last = next_of(clients[0], "presence", timeout=5)
+                except TimeoutError:
+                    counts = [m["data"]["count"] for m in clients[0].received if m.get("type") == "presence"]
+                    raise AssertionError(f"stuck at {counts}; log: {b.log()[-3000:]}")
             elapsed = time.monotonic() - started
             assert last["data"]["truncated"] is True and len(last["data"]["users"]) == 10
             assert last["data"]["users"][0]["user"] == "user000"  # the longest present first
