@@ -265,7 +265,7 @@ export class FhirNotifyClient {
       }
       [patientId] = patients;
     }
-    const entry = { patientId, resource: ref, version };
+    const entry = { patientId, resource: ref, version, reported: null };
     const key = `${patientId}|${ref}`;
     if (!this.editing.has(key)) {
       const inPatient = [...this.editing.values()].filter((e) => e.patientId === patientId).length;
@@ -447,7 +447,7 @@ export class FhirNotifyClient {
       case "presence":
         return this.onPresenceMessage(message.data ?? {});
       case "conflict":
-        return this.emit("conflict", message.data ?? {}, message);
+        return this.onConflictMessage(message.data ?? {}, message);
       case "pong":
         return;
       case "auth_success":
@@ -528,7 +528,43 @@ export class FhirNotifyClient {
       this.caughtUp += 1;
       if (this.replaying.size > 0) this.armQuiet();
     }
+    this.checkEditing(data);
     this.emit("update", data, message);
+  }
+
+  /**
+   * An update of a resource this client edits, at another version and by
+   * someone else, is a conflict even when the bridge did not say so (an
+   * older bridge, or the update came in a replay after a reconnect): the
+   * facts are the same, from the change log. Each version is reported once.
+   */
+  checkEditing(data) {
+    const entry = this.editing.get(`${data.patient_id}|${data.resource_type}/${data.resource_id}`);
+    if (!entry) return;
+    const version = data.version_id == null ? null : String(data.version_id);
+    if (version !== null && version === entry.version) return;
+    if (data.actor && data.actor === this.user?.sub) return; // her own save
+    if (version !== null && entry.reported === version) return; // the bridge said so already
+    entry.reported = version;
+    this.emit("conflict", {
+      patient_id: data.patient_id,
+      resource: entry.resource,
+      declared_version: entry.version,
+      version_id: version,
+      action: data.action,
+      actor: data.actor ?? null,
+      changed_by: null,
+      content: data.resource ?? null,
+      cursor: data.cursor ?? null,
+      changed_at: data.changed_at ?? null,
+      from_update: true,
+    });
+  }
+
+  onConflictMessage(data, message) {
+    const entry = this.editing.get(`${data.patient_id}|${data.resource}`);
+    if (entry && data.version_id != null) entry.reported = String(data.version_id);
+    this.emit("conflict", data, message);
   }
 
   onResync(data) {

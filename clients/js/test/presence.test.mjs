@@ -215,6 +215,48 @@ describe("editing", () => {
   });
 });
 
+describe("conflicts from updates", () => {
+  test("an update at another version by someone else is a conflict once, also without the bridge's word", async () => {
+    const client = open();
+    try {
+      const sub = client.subscribePatient("p1", [], { presence: true });
+      await nextEvent(client, "subscribed", (s) => s === sub);
+      client.startEditing(allergy); // version 3
+      const conflicts = [];
+      client.onConflict((c) => conflicts.push(c));
+      const update = (version, actor, cursor) =>
+        FakeBridge.last().deliver({
+          type: "update",
+          data: {
+            action: "updated",
+            resource_type: "AllergyIntolerance",
+            resource_id: "a1",
+            patient_id: "p1",
+            version_id: version,
+            actor,
+            cursor,
+            resource: { resourceType: "AllergyIntolerance", id: "a1" },
+          },
+        });
+      update("3", "dr.smith", "5-1"); // the version she has: nothing
+      update("4", "me", "5-2"); // her own save: nothing
+      // The bridge's conflict for version 5, then its update: one conflict.
+      FakeBridge.last().deliver({
+        type: "conflict",
+        data: { patient_id: "p1", resource: "AllergyIntolerance/a1", declared_version: "3", version_id: "5" },
+      });
+      update("5", "dr.smith", "5-3");
+      // A replayed update for version 6 without a conflict message: the client says so.
+      update("6", "dr.smith", "5-4");
+      assert.deepEqual(conflicts.map((c) => [c.version_id, Boolean(c.from_update)]), [["5", false], ["6", true]]);
+      assert.equal(conflicts[1].declared_version, "3");
+      assert.equal(conflicts[1].actor, "dr.smith");
+    } finally {
+      client.close();
+    }
+  });
+});
+
 describe("cursor kept across page reloads", () => {
   test("a new client on the same storage resumes each patient from its last update", async () => {
     const storage = new MemoryStorage();
