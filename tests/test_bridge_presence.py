@@ -250,6 +250,9 @@ def test_editing_is_shown_and_a_change_by_someone_else_is_a_conflict(bridge, sto
         assert deleted["data"]["changed_by"] is None
         next_of(doctor, "update")
         assert sum(m.get("type") == "conflict" for m in doctor.received) == 1
+    metrics = bridge.metrics()
+    assert metrics["fhir_notify_bridge_conflicts_total"] >= 3
+    assert metrics["fhir_notify_bridge_presence_messages_total"] >= 4
 
 
 def test_editing_of_a_type_the_viewer_may_not_read_is_not_shown(bridge):
