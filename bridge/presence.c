@@ -117,6 +117,7 @@ static int nrooms;
 static bool any_db_dirty;
 static bool read_wanted;
 static long long next_read_us;
+static long long next_write_us; /* after a failed write: not again before this */
 static long long next_heartbeat_us;
 static long long next_poll_us;
 static lws_sorted_usec_list_t broadcast_timer;
@@ -1339,6 +1340,8 @@ kick(void)
 	if (!db_started || !db.ready || db.busy || step != PSTEP_IDLE)
 		return;
 	now = now_monotonic_us();
+	if ((full_write_needed || any_db_dirty) && now < next_write_us)
+		return; /* the housekeeping timer tries again */
 	if (full_write_needed)
 		send_set(true);
 	else if (any_db_dirty)
@@ -1423,6 +1426,7 @@ link_query_done(pg_link *link)
 		if (done == PSTEP_SET)
 			full_write_needed = true;
 		/* no retry storm: the housekeeping timer tries again */
+		next_write_us = now_monotonic_us() + 5 * 1000000LL;
 		next_heartbeat_us = now_monotonic_us() + 5 * 1000000LL;
 		next_read_us = now_monotonic_us() + 5 * 1000000LL;
 		if (done == PSTEP_SET)
@@ -1480,6 +1484,22 @@ presence_stop(void)
 
 	lws_sul_cancel(&broadcast_timer);
 	lws_sul_cancel(&housekeeping_timer);
+	for (int b = 0; b < NBUCKETS; b++)
+	{
+		while (buckets[b])
+		{
+			proom *r = buckets[b];
+
+			for (int i = 0; i < r->nmembers; i++)
+				free(r->members[i]);
+			r->nmembers = 0;
+			free_strings(r->gone, r->ngone);
+			r->gone = NULL;
+			r->ngone = 0;
+			r->db_dirty = false;
+			room_maybe_free(r);
+		}
+	}
 	if (!db_started)
 		return;
 	pg_link_stop(&db);
