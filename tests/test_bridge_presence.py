@@ -355,3 +355,29 @@ def test_many_viewers_joining_at_once_are_coalesced_and_the_list_is_capped(db):
         finally:
             for c in clients:
                 c.close()
+
+
+def test_without_grant_presence_it_works_per_bridge_and_says_why_once(db):
+    cluster = shared_cluster()
+    role = "bridge_" + new_id("np").replace("-", "_")
+    cluster.execute(f"CREATE ROLE {role} LOGIN", dbname=db)
+    cluster.execute("SELECT fhir_notify.grant_reader(%s)", (role,), dbname=db)
+    patient = new_id("pat")
+    with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS, db=cluster.dsn(db, role)) as b:
+        with b.connect(person("nurse.jones")) as nurse, b.connect(person("dr.smith")) as doctor:
+            subscribe(nurse, "n", [patient])
+            subscribe(doctor, "d", [patient])
+            wait_presence(nurse, patient, lambda u: "dr.smith" in u)
+            b.wait_for_log("presence: writing presence failed")
+            time.sleep(6)  # past the retry delay: still one warning
+            assert b.log().count("presence: writing presence failed") == 1, b.log()
+            assert "grant_presence" in b.log()
+            # Granted: the next retry writes this bridge's rows.
+            cluster.execute("SELECT fhir_notify.grant_presence(%s)", (role,), dbname=db)
+            b.wait_for_log("presence: the database works again", timeout=15)
+            rows = cluster.execute("SELECT user_id FROM fhir_notify.presence WHERE patient_id = %s ORDER BY 1",
+                                   (patient,), dbname=db)
+            assert [r[0] for r in rows] == ["dr.smith", "nurse.jones"]
+    cluster.execute(f"SELECT fhir_notify.revoke_presence('{role}'), fhir_notify.revoke_reader('{role}')",
+                    dbname=db)
+    cluster.execute(f"DROP ROLE {role}", dbname=db)
