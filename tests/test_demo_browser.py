@@ -244,7 +244,7 @@ def test_allergy_added_by_one_user_appears_for_the_other(demo, charts):
     a.wait(lambda d: not a.rows(key), 10, "delete reached A")
     assert any(line.endswith(f"Dr. Smith removed allergy: {substance}") for line in a.activity())
     assert any(line.endswith(f"you added allergy: {substance}") for line in a.activity())
-    assert sum(substance in line for line in b.activity()) == 3  # added, changed, removed: once each
+    assert sum(substance in line for line in b.activity()) == 3, b.activity()  # added, changed, removed: once each
     assert a.not_reloaded() and b.not_reloaded()
     assert severe(a.collect_logs()) == [] and severe(b.collect_logs()) == []
 
@@ -645,3 +645,26 @@ def test_two_editors_see_each_other_and_the_second_to_save_is_warned(demo, chart
     assert not third.rows(key)
     for chart in (a, b, third):
         assert severe(chart.collect_logs(), EXPECTED_OUTAGE_LOG) == [], chart.name
+
+
+def test_a_reloaded_page_resumes_from_its_cursor(demo, charts):
+    """The cursor is kept in sessionStorage: the page that comes back resumes exactly."""
+    a, b = charts
+    b.wait_state("live", 30)
+    stored = b.js("return Object.keys(sessionStorage).filter(k => k.startsWith('fhir-notify:cursor:' + arguments[0]))"
+                  ".map(k => sessionStorage.getItem(k))", PATIENT)
+    assert len(stored) == 1 and stored[0], stored
+    # B's tab goes elsewhere; A adds an allergy meanwhile; B comes back.
+    b.driver.get("about:blank")
+    substance = f"Lupin {uuid.uuid4().hex[:6]}"
+    a.driver.find_element(By.ID, "allergy-substance").send_keys(substance)
+    a.driver.find_element(By.ID, "allergy-save").click()
+    key = a.wait_key("allergies", substance, 10)
+    b.driver.get(demo.url + f"#/patient/{PATIENT}")
+    b.wait(lambda d: b.js("return window.fhirNotifyDemo?.loaded === true"), 30, "B's chart after coming back")
+    b.wait_state("live", 30)
+    # The bridge replayed exactly the one change made while the page was away.
+    b.wait(lambda d: b.js("return window.fhirNotifyDemo.stats.replayed") == 1, 10, "B resumed from its cursor")
+    assert len(b.rows(key)) == 1
+    b.js("window.__noReloadMarker = arguments[0]", b.name)
+    assert severe(b.collect_logs(), EXPECTED_OUTAGE_LOG) == []

@@ -26,7 +26,7 @@ const app = {
   presence: null, // the last presence snapshot of the open chart
   editing: { allergy: null, condition: null }, // "Type/id" open in each edit form
   conflicts: { allergy: null, condition: null }, // the conflict shown in each form
-  stats: { updates: 0, applied: 0, ignored: 0, resyncs: 0, conflicts: 0 },
+  stats: { updates: 0, applied: 0, ignored: 0, resyncs: 0, conflicts: 0, replayed: 0 },
 };
 // For the browser tests and the curious: what the page has done.
 window.fhirNotifyDemo = app;
@@ -213,6 +213,9 @@ function startSession() {
   app.client.on("caughtup", ({ count, confirmed }) => finishOutage(count, confirmed !== false));
   app.client.on("update", onUpdate);
   app.client.on("resync", onResync);
+  // After a reload the bridge replays what this tab missed (its cursor is in
+  // sessionStorage); the chart loaded from the backend has it already.
+  app.client.on("caught_up", (d) => (app.stats.replayed += d.replayed ?? 0));
   app.client.onPresence(renderPresence);
   app.client.onConflict(onConflict);
   app.client.on("error", (err) => {
