@@ -815,6 +815,29 @@ presence_unsubscribed(subscription *sub)
 	}
 }
 
+/* See presence.h. */
+void
+presence_client_reauthenticated(client *c)
+{
+	for (int i = 0; i < c->nsubs; i++)
+	{
+		subscription *sub = c->subs[i];
+
+		if (!sub->presence_joined)
+			continue;
+		for (int p = 0; p < sub->npatients; p++)
+		{
+			proom *r = room_find(sub->patient_ids[p]);
+			member *m = r ? member_find(r, c) : NULL;
+
+			if (!m)
+				continue;
+			mark_due(r);
+			mark_db_dirty(r, m);
+		}
+	}
+}
+
 /* ---------- editing ---------- */
 
 static bool

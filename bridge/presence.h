@@ -24,6 +24,8 @@ void presence_stop(void);
 void presence_subscribed(subscription *sub);
 /* It is going away (unsubscribe, replaced, connection closed). */
 void presence_unsubscribed(subscription *sub);
+/* A live connection's token was replaced (same user): its name and role may have changed. */
+void presence_client_reauthenticated(client *c);
 /* The editing / stop_editing messages. */
 void presence_handle_editing(client *c, json_t *root, bool start);
 /*

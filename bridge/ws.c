@@ -405,6 +405,8 @@ handle_message(client *c, const char *text, size_t len)
 			    c, json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
 			if (first)
 				send_welcome(c);
+			else
+				presence_client_reauthenticated(c); /* a new name or role shows */
 		}
 	}
 	else if (!c->authenticated)

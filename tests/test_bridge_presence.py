@@ -381,3 +381,15 @@ def test_without_grant_presence_it_works_per_bridge_and_says_why_once(db):
     cluster.execute(f"SELECT fhir_notify.revoke_presence('{role}'), fhir_notify.revoke_reader('{role}')",
                     dbname=db)
     cluster.execute(f"DROP ROLE {role}", dbname=db)
+
+
+def test_a_renewed_token_shows_the_new_name_and_role(bridge):
+    patient = new_id("pat")
+    with bridge.connect(person("nurse.jones", "Nurse Jones", "nurse")) as nurse, \
+            bridge.connect(person("dr.smith", "Dr. Smith", "physician")) as doctor:
+        subscribe(nurse, "n", [patient])
+        subscribe(doctor, "d", [patient])
+        wait_presence(doctor, patient, lambda u: "nurse.jones" in u)
+        nurse.send_json({"type": "authenticate", "token": person("nurse.jones", "Charge Nurse Jones", "charge-nurse")})
+        renewed = wait_presence(doctor, patient, lambda u: u.get("nurse.jones", {}).get("role") == "charge-nurse")
+        assert users(renewed)["nurse.jones"]["name"] == "Charge Nurse Jones"
