@@ -25,6 +25,7 @@
 #include "log.h"
 #include "pg.h"
 #include "pg_link.h"
+#include "presence.h"
 #include "prune.h"
 #include "resume_points.h"
 #include "rooms.h"
@@ -283,6 +284,7 @@ main(int argc, char **argv)
 	authorize_start();
 	prune_start();
 	resume_points_start();
+	presence_start();
 	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
 
 	for (;;)
@@ -316,6 +318,7 @@ main(int argc, char **argv)
 	pg_stop();
 	authorize_stop();
 	prune_stop();
+	presence_stop();
 	lws_context_destroy(the_bridge.context);
 	ring_free();
 	rooms_free();

@@ -55,6 +55,8 @@ typedef struct subscription
 	cursor frozen_point;
 	bool point_saved; /* saved_point was queued for saving */
 	cursor saved_point;
+	bool presence;        /* "presence": true: visible in its patients' rooms */
+	bool presence_joined; /* accepted and in its presence rooms (presence.c) */
 } subscription;
 
 /*
@@ -81,6 +83,7 @@ typedef struct subscribe_request
 	int ntypes;
 	bool has_since;
 	cursor since;
+	bool presence;
 } subscribe_request;
 
 /*

@@ -21,6 +21,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "presence.h"
 #include "request.h"
 #include "subscription.h"
 
@@ -211,6 +212,7 @@ handle_subscribe(client *c, request *parsed)
 	req.ntypes = parsed->ntypes;
 	req.has_since = parsed->has_since;
 	req.since = parsed->since;
+	req.presence = parsed->presence;
 	parsed->patient_ids = parsed->types = NULL;
 	parsed->npatients = parsed->ntypes = 0;
 	subscription_subscribe(c, &req);
@@ -245,6 +247,8 @@ handle_message(client *c, const char *text, size_t len)
 			    c, json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
 			if (first)
 				send_welcome(c);
+			else
+				presence_client_reauthenticated(c); /* a new name or role shows */
 		}
 	}
 	else if (!c->authenticated)
@@ -259,6 +263,10 @@ handle_message(client *c, const char *text, size_t len)
 		handle_subscribe(c, &req);
 	else if (req.kind == REQUEST_UNSUBSCRIBE)
 		handle_unsubscribe(c, req.subscription_id);
+	else if (req.kind == REQUEST_EDITING)
+		presence_handle_editing(c, req.root, true);
+	else if (req.kind == REQUEST_STOP_EDITING)
+		presence_handle_editing(c, req.root, false);
 	else if (req.kind == REQUEST_CLIENT_EVENT)
 		client_event_received(c, req.root, json_string_value(json_object_get(req.root, "type")),
 		                      len);
