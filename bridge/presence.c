@@ -1047,7 +1047,10 @@ send_conflict(proom *r, member *m, editing_entry *e, json_t *update_data)
 {
 	json_t *data = json_object_get(update_data, "data");
 	const char *actor = json_string_value(json_object_get(data, "actor"));
-	json_t *content = json_object_get(data, "resource");
+	const char *action = json_string_value(json_object_get(data, "action"));
+	/* a delete's update may carry the last body (WintEHR's chart needs it): no content */
+	json_t *content =
+	    action && strcmp(action, "deleted") == 0 ? NULL : json_object_get(data, "resource");
 	json_t *root = json_pack(
 	    "{s:s, s:{s:s, s:s, s:s, s:O, s:O, s:O, s:o, s:O, s:O, s:O}}", "type", "conflict", "data",
 	    "patient_id", r->patient_id, "resource", e->resource, "declared_version", e->version,
