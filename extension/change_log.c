@@ -113,7 +113,7 @@ change_log_relcache_callback(Datum arg, Oid relid)
  * Registers the setting and the invalidation callback.
  */
 void
-change_log_init(void)
+fhir_notify_change_log_init(void)
 {
 	DefineCustomBoolVariable(
 	    "fhir_notify.direct_insert", "Writes change-log rows without the executor when possible.",
@@ -411,7 +411,7 @@ fhir_notify_reader_max_lag(PG_FUNCTION_ARGS)
  * owner (like SECURITY DEFINER), so the writing role needs no grant.
  */
 void
-change_log_append(const ChangeRow *row)
+fhir_notify_change_log_append(const ChangeRow *row)
 {
 	Oid save_userid;
 	int save_sec_context;
