@@ -38,7 +38,8 @@ typedef struct bridge_settings
 	int poll_interval;
 	int resume_max_age;
 	int resume_max_changes;
-	int prune_keep; /* seconds; 0: the bridge does not prune */
+	int prune_keep;    /* seconds; 0: the bridge does not prune */
+	char *reader_name; /* registered reader name; default "fhir-notify-bridge@HOST:LISTEN" */
 	char *static_dir;
 	char *log_level;
 	char *config_file;

@@ -109,7 +109,7 @@ static void
 go_live(subscription *sub)
 {
 	sub->state = SUB_LIVE;
-	sub->active_from = bridge_current_cursor();
+	sub->active_from = bridge_live_from();
 }
 
 /*
@@ -166,7 +166,7 @@ queue_overflowed(client *c)
 {
 	char cursor_text[CURSOR_TEXT_LEN];
 
-	bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
+	cursor_format(bridge_read_cursor(), cursor_text, sizeof(cursor_text));
 	for (int i = 0; i < c->nsubs; i++)
 	{
 		subscription *sub = c->subs[i];
@@ -228,16 +228,16 @@ fan_out_change(change *ch)
 	}
 }
 
-/* The log went back in time: nobody's chart can be trusted to match the new log. */
+/* Changes were lost to the bridge (see reader_events): nobody's chart can be trusted. */
 static void
-log_reset(void)
+log_reset(const char *reason)
 {
 	for (client *c = the_bridge.clients; c; c = c->next)
 	{
 		for (int i = 0; i < c->nsubs; i++)
 		{
 			if (c->subs[i]->state == SUB_LIVE && !c->subs[i]->room)
-				resync(c->subs[i], "log_reset");
+				resync(c->subs[i], reason);
 		}
 	}
 }
@@ -404,6 +404,12 @@ catch_up_done(void *arg, const catch_up_answer *a)
 		resync(sub, "cursor_too_old");
 		return;
 	}
+	/* the cursor's tick is not the one it was made at (or the cursor has no epoch) */
+	if (a->since_epoch == 0 || a->since_epoch != sub->since.epoch)
+	{
+		resync(sub, "cursor_unknown");
+		return;
+	}
 	if (a->oldest_only && ring_covers(sub))
 	{
 		if (send_from_ring(sub, sub->since, true))
@@ -507,7 +513,7 @@ authorized(subscription *sub, bool allowed)
 	{
 		/* a named room: nothing flows there yet, so it takes nothing */
 		sub->state = SUB_LIVE;
-		sub->active_from = bridge_current_cursor();
+		sub->active_from = bridge_live_from();
 		return;
 	}
 	if (sub->has_since)

@@ -14,8 +14,9 @@ crashes never make a silent gap (issue 10).
   they were what it missed.
 
 Every test here failed before registered readers, epochs and served-up-to
-cursors: the strict xfail marks say which still do until the bridge side is
-in (an unexpected pass fails the run, so the marks cannot go stale).
+cursors (bridge of commit 90fb97d): the cut-off bridge got none of the five
+changes and no resync; the late joiner got cursor "T-0" and 768 of the 800;
+the resuming client got the reissued tick's changes and caught_up.
 """
 
 import time
@@ -29,11 +30,6 @@ from bridgeproc import (SECRET_FILE, VALIDATION_ARGS, Bridge, FhirStore, assert_
 from pgcluster import Cluster
 
 ARGS = VALIDATION_ARGS + ["--poll-interval", "1"]
-
-BRIDGE_PENDING = pytest.mark.xfail(
-    strict=True, reason="the bridge does not read as a registered reader with epochs yet "
-    "(issue 10 phase B)")
-
 
 @pytest.fixture
 def token():
@@ -140,7 +136,6 @@ def cut_off_while_others_prune(token, max_lag=None):
         role.drop()
 
 
-@BRIDGE_PENDING
 def test_three_bridges_and_a_pruner_a_bridge_cut_off_misses_nothing(token):
     received, missed, patient = cut_off_while_others_prune(token)
     assert [m["type"] for m in received] == ["update"] * len(missed), received
@@ -148,7 +143,6 @@ def test_three_bridges_and_a_pruner_a_bridge_cut_off_misses_nothing(token):
         assert_update(message, "created", "Condition", resource["id"], patient, resource)
 
 
-@BRIDGE_PENDING
 def test_a_bridge_lagging_past_reader_max_lag_is_dropped_and_resyncs(token):
     received, missed, patient = cut_off_while_others_prune(token, max_lag="1s")
     kinds = [m["type"] for m in received]
@@ -158,7 +152,6 @@ def test_a_bridge_lagging_past_reader_max_lag_is_dropped_and_resyncs(token):
     assert resync["data"]["patient_id"] == patient, resync
 
 
-@BRIDGE_PENDING
 def test_a_late_joiner_during_a_large_fan_out_gets_the_cursor_it_was_served_up_to(token):
     """A subscription made while an 800-row transaction is being fanned out: its cursor
     covers exactly the changes it was not sent, whatever moment it joined at."""
@@ -212,7 +205,6 @@ def test_a_late_joiner_during_a_large_fan_out_gets_the_cursor_it_was_served_up_t
         store.close()
 
 
-@BRIDGE_PENDING
 def test_a_crash_with_asynchronous_commit_then_a_resume_is_a_resync(token):
     """An immediate shutdown loses the newest (asynchronously committed) ticks; the ids are
     handed out again after the restart. A client resuming from a cursor in a lost tick
