@@ -19,6 +19,7 @@ changes and no resync; the late joiner got cursor "T-0" and 768 of the 800;
 the resuming client got the reissued tick's changes and caught_up.
 """
 
+import socket
 import time
 import uuid
 
@@ -246,3 +247,37 @@ def test_a_crash_with_asynchronous_commit_then_a_resume_is_a_resync(token):
                     assert answer["data"]["reason"] in ("log_reset", "cursor_unknown"), answer
         finally:
             store.close()
+
+
+def test_a_client_resumes_on_another_bridge_with_its_cursor(token):
+    """Two bridges on one database: a cursor from one resumes on the other, exactly."""
+    cluster = shared_cluster()
+    db = create_fhir_database(cluster)
+    store = FhirStore(cluster, db)
+    patient = new_id("pat")
+    try:
+        with Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS) as a, \
+                Bridge(cluster, db, secret_file=SECRET_FILE, args=ARGS) as b:
+            with a.connect(token) as client:
+                client.subscribe("chart", [patient])
+                seen = store.create(condition(patient))
+                cursor = assert_update(client.recv_update(), "created", "Condition", seen["id"],
+                                       patient)["cursor"]
+            missed = [store.create(condition(patient)) for _ in range(3)]
+            with b.connect(token) as client:
+                client.subscribe("chart", [patient], since=cursor)
+                for resource in missed:
+                    assert_update(client.recv_update(), "created", "Condition", resource["id"],
+                                  patient, resource)
+                client.recv_caught_up("chart", replayed=3)
+                live = store.create(condition(patient))
+                assert_update(client.recv_update(), "created", "Condition", live["id"], patient)
+                client.expect_no_message()
+            readers = cluster.execute("SELECT reader, state FROM fhir_notify.readers ORDER BY 1",
+                                      dbname=db)
+            assert sorted(r[0] for r in readers) == sorted(
+                f"fhir-notify-bridge@{socket.gethostname()}:127.0.0.1:{p}"
+                for p in (a.port, b.port)), readers
+            assert {r[1] for r in readers} == {"active"}
+    finally:
+        store.close()
