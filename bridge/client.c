@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "bridge.h"
 #include "log.h"
 #include "metrics.h"
@@ -104,6 +106,22 @@ client_send_error(client *c, const char *code, const char *text, const char *sub
 {
 	message *msg = message_error(code, text, subscription_id);
 
+	client_send(c, msg);
+	message_unref(msg);
+}
+
+/* See client.h. */
+void
+client_send_json(client *c, json_t *object)
+{
+	char *text = json_dumps(object, JSON_COMPACT);
+	message *msg;
+
+	json_decref(object);
+	if (!text)
+		return;
+	msg = message_new(MESSAGE_CONTROL, text, strlen(text));
+	free(text);
 	client_send(c, msg);
 	message_unref(msg);
 }

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 
+#include <jansson.h>
 #include <libwebsockets.h>
 
 #include "auth.h"
@@ -76,6 +77,8 @@ bool client_send_update(client *c, message *msg, bool catch_up);
 /* Drops the queued updates (control messages stay), counting them as drops. */
 void client_drop_queued_updates(client *c);
 void client_send_error(client *c, const char *code, const char *text, const char *subscription_id);
+/* Queues object (a reply, taking its reference) as compact JSON. */
+void client_send_json(client *c, json_t *object);
 /* Flushes what is queued, then closes with code. */
 void client_close(client *c, int code, const char *reason);
 /* Writes the next queued message; called in LWS_CALLBACK_SERVER_WRITEABLE. */

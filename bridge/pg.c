@@ -27,7 +27,8 @@
  *	    READING --done--> FANNING_OUT (its changes, a batch per loop turn),
  *	            or next() after a resync (the position was lost)
  *	    FANNING_OUT --all out--> READING at once while the log has more
- *	                             (a read stops at MAX_TICKS_PER_READ), else next()
+ *	                             (a read stops at MAX_TICKS_PER_READ; with a
+ *	                             doorbell waiting, tick(); read()), else next()
  *	    CATCHING_UP --done--> the requester's callback, next()
  *
  *	  Doorbells that ring while a query is in flight or a read is being
@@ -537,13 +538,24 @@ fan_out(void)
 	fan_out_step(&fan_out_timer);
 }
 
-/* A read is fanned out: read on at once if the log has more, else other work. */
+/*
+ * A read is fanned out: read on at once if the log has more (with a tick
+ * in the same round trip when a doorbell rang meanwhile: it would
+ * otherwise cost a round trip of its own after this read), else other
+ * work.
+ */
 static void
 after_fan_out(void)
 {
 	if (reader.ready && listening && newest_tick > the_bridge.last_tick)
 	{
-		send_read();
+		if (fetch_wanted)
+		{
+			fetch_wanted = false;
+			send_tick_read();
+		}
+		else
+			send_read();
 		return;
 	}
 	/* the state is left only here: next() may pick a doorbell that rang meanwhile */

@@ -454,21 +454,6 @@ catch_up_start(subscription *sub)
 
 /* ---- subscribe ---- */
 
-static void
-send_json(client *c, json_t *object)
-{
-	char *text = json_dumps(object, JSON_COMPACT);
-	message *msg;
-
-	json_decref(object);
-	if (!text)
-		return;
-	msg = message_new(MESSAGE_CONTROL, text, strlen(text));
-	free(text);
-	client_send(c, msg);
-	message_unref(msg);
-}
-
 static json_t *
 strings_json(char **list, int n)
 {
@@ -508,7 +493,7 @@ authorized(subscription *sub, bool allowed)
 		else
 			json_object_set_new(data, "cursor", json_null());
 	}
-	send_json(c, json_pack("{s:s, s:o}", "type", "subscription", "data", data));
+	client_send_json(c, json_pack("{s:s, s:o}", "type", "subscription", "data", data));
 	if (sub->room)
 	{
 		/* a named room: nothing flows there yet, so it takes nothing */

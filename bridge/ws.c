@@ -25,21 +25,6 @@
 #define MAX_TYPES_PER_SUBSCRIPTION    200
 #define MAX_ID_LENGTH                 128
 
-static void
-send_json(client *c, json_t *object)
-{
-	char *text = json_dumps(object, JSON_COMPACT);
-	message *msg;
-
-	json_decref(object);
-	if (!text)
-		return;
-	msg = message_new(MESSAGE_CONTROL, text, strlen(text));
-	free(text);
-	client_send(c, msg);
-	message_unref(msg);
-}
-
 static json_t *
 now_timestamp(void)
 {
@@ -64,9 +49,9 @@ send_welcome(client *c)
 
 	if (!json_object_get(user, "sub") && c->grant.subject)
 		json_object_set_new(user, "sub", json_string(c->grant.subject));
-	send_json(c, json_pack("{s:s, s:{s:s, s:o, s:o, s:s}}", "type", "welcome", "data", "client_id",
-	                       c->id, "user", user, "cursor", current_cursor_json(), "server",
-	                       "fhir-notify-bridge/" BRIDGE_VERSION));
+	client_send_json(c, json_pack("{s:s, s:{s:s, s:o, s:o, s:s}}", "type", "welcome", "data",
+	                              "client_id", c->id, "user", user, "cursor", current_cursor_json(),
+	                              "server", "fhir-notify-bridge/" BRIDGE_VERSION));
 }
 
 /*
@@ -370,8 +355,8 @@ handle_unsubscribe(client *c, json_t *root)
 		return;
 	}
 	subscription_unsubscribe(c, sid);
-	send_json(c, json_pack("{s:s, s:{s:s, s:s}}", "type", "subscription", "data", "action",
-	                       "removed", "subscription_id", sid));
+	client_send_json(c, json_pack("{s:s, s:{s:s, s:s}}", "type", "subscription", "data", "action",
+	                              "removed", "subscription_id", sid));
 }
 
 /* Dispatches one complete text message from a client. */
@@ -402,8 +387,8 @@ handle_message(client *c, const char *text, size_t len)
 			client_send_error(c, "BAD_REQUEST", "authenticate needs a token", NULL);
 		else if (authenticate(c, token))
 		{
-			send_json(c,
-			          json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
+			client_send_json(
+			    c, json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
 			if (first)
 				send_welcome(c);
 		}
@@ -411,7 +396,7 @@ handle_message(client *c, const char *text, size_t len)
 	else if (!c->authenticated)
 		client_send_error(c, "AUTH_REQUIRED", "authenticate first", NULL);
 	else if (strcmp(type, "ping") == 0)
-		send_json(c, json_pack("{s:s, s:o}", "type", "pong", "timestamp", now_timestamp()));
+		client_send_json(c, json_pack("{s:s, s:o}", "type", "pong", "timestamp", now_timestamp()));
 	else if (strcmp(type, "pong") == 0)
 		;
 	else if (strcmp(type, "subscribe") == 0)
