@@ -37,14 +37,6 @@ def token():
     return hs256()
 
 
-def wait_until(predicate, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.2)
-
-
 def cursor_key(cursor):
     """(tick, position) of a cursor: "<epoch>-<tick>-<position>" or "<tick>-<position>"."""
     parts = [int(p) for p in cursor.split("-")]
