@@ -561,7 +561,10 @@ BEGIN
 		JOIN fhir_notify.watched_schemas s ON s.schema_name = c.relnamespace
 		WHERE c.oid = command.objid;
 		CONTINUE WHEN NOT FOUND;
-		CONTINUE WHEN EXISTS (SELECT 1 FROM fhir_notify.watched w WHERE w."table" = command.objid);
+		-- Recorded as watched: also while pg_restore recreates the table, before
+		-- its trigger (dumped with it) is restored.
+		CONTINUE WHEN EXISTS (SELECT 1 FROM fhir_notify.watched_tables w
+		                      WHERE w.relation = command.objid);
 		CONTINUE WHEN NOT fhir_notify.is_medplum_table(command.objid);
 		owner := registration.relowner;
 		IF NOT (owner = registration.nspowner

@@ -109,6 +109,13 @@ static MemoryContext capture_cache_context = NULL;
 static MemoryContext capture_row_context = NULL;
 static int capture_depth = 0;
 
+/*
+ * What capture_warning() says became of the change: not recorded (false),
+ * recorded without patients (true), or as below.
+ */
+#define RECORDED_WITHOUT_RESOURCE 2 /* an unreadable new version of a text layout */
+#define RECORDED_PREVIOUS_UNKNOWN 3 /* hapi: the previous version cannot be read */
+
 /* Rate limit of content warnings. */
 static TimestampTz last_warning = 0;
 static int suppressed_warnings = 0;
@@ -171,7 +178,7 @@ fhir_notify_capture_init(void)
  * left out since the last one. Never an error: the clinical write goes on.
  */
 static void
-capture_warning(const char *source_table, const char *problem, bool recorded)
+capture_warning(const char *source_table, const char *problem, int recorded)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
@@ -184,9 +191,18 @@ capture_warning(const char *source_table, const char *problem, bool recorded)
 	ereport(
 	    WARNING,
 	    (errcode(ERRCODE_DATA_EXCEPTION),
-	     recorded ? errmsg("fhir_notify: change of \"%s\" recorded without patients: %s",
-	                       source_table, problem)
-	              : errmsg("fhir_notify: change of \"%s\" not recorded: %s", source_table, problem),
+	     recorded == RECORDED_WITHOUT_RESOURCE
+	         ? errmsg("fhir_notify: change of \"%s\" recorded without the resource, for the "
+	                  "patients of the previous version: %s",
+	                  source_table, problem)
+	     : recorded == RECORDED_PREVIOUS_UNKNOWN
+	         ? errmsg("fhir_notify: change of \"%s\" recorded without the patients of the previous "
+	                  "version: %s",
+	                  source_table, problem)
+	     : recorded
+	         ? errmsg("fhir_notify: change of \"%s\" recorded without patients: %s", source_table,
+	                  problem)
+	         : errmsg("fhir_notify: change of \"%s\" not recorded: %s", source_table, problem),
 	     suppressed_warnings > 0 ? errdetail("%d similar warnings were suppressed before this one.",
 	                                         suppressed_warnings)
 	                             : 0));
@@ -242,6 +258,19 @@ watched_table_name(Relation rel, Trigger *trigger, Oid *source_relid)
 	*source_relid = relid;
 	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 	                                  get_rel_name(relid));
+}
+
+/*
+ * Whether the schema still has the hfj_resource(res_id, fhir_id) that the
+ * hapi layout looks ids up in (checked when the table is first met).
+ */
+static bool
+hapi_resource_table_ok(Oid namespace)
+{
+	Oid relid = get_relname_relid("hfj_resource", namespace);
+
+	return relid != InvalidOid && get_attnum(relid, "res_id") != InvalidAttrNumber &&
+	       get_attnum(relid, "fhir_id") != InvalidAttrNumber;
 }
 
 /*
@@ -376,6 +405,12 @@ capture_target(TriggerData *trigdata)
 			target->problem =
 			    psprintf("column \"%s\" is of type %s now, not text",
 			             target->layout.resource_column, format_type_be(target->resource.type));
+		}
+		else if (target->layout.kind == LAYOUT_HAPI &&
+		         !hapi_resource_table_ok(RelationGetNamespace(rel)))
+		{
+			target->columns_ok = false;
+			target->problem = "table hfj_resource (res_id, fhir_id) of its schema is gone";
 		}
 		else if (target->layout.kind == LAYOUT_HAPI &&
 		         (target->lob.type != OIDOID ||
@@ -913,13 +948,28 @@ record_change(CaptureTarget *target, const char *action, RowImage *image, Patien
 }
 
 /*
- * Warns (rate-limited) about odd content of one side of a change.
+ * Whether a text layout's resource could not be read (not JSON, a large
+ * object gone): then who it belongs to now is unknown, not nobody.
+ */
+static bool
+unreadable(const CaptureTarget *target, const RowImage *image)
+{
+	return target->text_resource && image->resource == NULL && !image->deleted &&
+	       image->problem != NULL;
+}
+
+/*
+ * Warns (rate-limited) about odd content of one side of a change; creates
+ * says that no earlier version's patients would receive it.
  */
 static void
-warn_content(CaptureTarget *target, RowImage *image)
+warn_content(CaptureTarget *target, RowImage *image, bool creates)
 {
 	if (image->problem != NULL)
-		capture_warning(target->source_table, image->problem, image->usable);
+		capture_warning(target->source_table, image->problem,
+		                image->usable && unreadable(target, image) && !creates
+		                    ? RECORDED_WITHOUT_RESOURCE
+		                    : image->usable);
 }
 
 /*
@@ -982,17 +1032,6 @@ text_row_unchanged(CaptureTarget *target, HeapTuple old, HeapTuple new, TupleDes
 }
 
 /*
- * Whether a text layout's resource could not be read (not JSON, a large
- * object gone): then who it belongs to now is unknown, not nobody.
- */
-static bool
-unreadable(const CaptureTarget *target, const RowImage *image)
-{
-	return target->text_resource && image->resource == NULL && !image->deleted &&
-	       image->problem != NULL;
-}
-
-/*
  * A new version row of HAPI's hfj_res_ver: created (version 1, or after a
  * delete), updated (with a deleted row for the patients the previous
  * version belonged to and this one does not), or deleted (a DEL row, for
@@ -1006,12 +1045,11 @@ capture_hapi_version(CaptureTarget *target, HeapTuple tuple, TupleDesc desc)
 	PatientIds removed;
 
 	read_image(target, tuple, desc, &new, NULL, &previous);
-	warn_content(target, &new);
+	warn_content(target, &new, !(previous.usable && !previous.deleted));
 	if (!new.usable)
 		return;
 	if (previous.problem != NULL)
-		capture_warning(target->source_table, psprintf("previous version: %s", previous.problem),
-		                true);
+		capture_warning(target->source_table, previous.problem, RECORDED_PREVIOUS_UNKNOWN);
 
 	if (new.deleted)
 	{
@@ -1020,7 +1058,7 @@ capture_hapi_version(CaptureTarget *target, HeapTuple tuple, TupleDesc desc)
 		if (!previous.usable)
 			capture_warning(target->source_table,
 			                "the previous version of a deleted resource is not in hfj_res_ver",
-			                true);
+			                RECORDED_PREVIOUS_UNKNOWN);
 		record_change(target, "deleted", &new, previous.usable ? &previous.patients : &new.patients,
 		              false);
 		return;
@@ -1071,7 +1109,7 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 			return;
 		}
 		read_image(target, trigdata->tg_trigtuple, desc, &new, NULL, NULL);
-		warn_content(target, &new);
+		warn_content(target, &new, true);
 		if (new.usable && !new.deleted)
 			record_change(target, "created", &new, &new.patients, true);
 		return;
@@ -1083,7 +1121,7 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 		    unroutable_row(target, trigdata->tg_trigtuple, desc))
 			return;
 		read_image(target, trigdata->tg_trigtuple, desc, &old, NULL, NULL);
-		warn_content(target, &old);
+		warn_content(target, &old, true);
 		if (old.usable && !old.deleted)
 			record_change(target, "deleted", &old, &old.patients, false);
 		return;
@@ -1095,7 +1133,8 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 		return;
 	read_image(target, trigdata->tg_trigtuple, desc, &old, NULL, NULL);
 	read_image(target, trigdata->tg_newtuple, desc, &new, &old, NULL);
-	warn_content(target, &new); /* odd old content loses nothing */
+	/* Odd old content loses nothing. */
+	warn_content(target, &new, !(old.usable && !old.deleted));
 	if (!new.usable)
 		return;
 	if (!old.usable || (old.deleted && !new.deleted))

@@ -313,6 +313,9 @@ UPDATE hapi_plain.hfj_resource SET res_ver = 2 WHERE res_id = 1 AND res_ver = 1;
 INSERT INTO hapi_plain.hfj_res_ver VALUES (3, NULL, 1, 'Encounter', 3, 'DEL', NULL, NULL, '2025-10-06 00:02:00');
 UPDATE hapi_plain.hfj_resource SET res_ver = 3 WHERE res_id = 1 AND res_ver = 2;
 SELECT * FROM log;
+-- hfj_resource dropped after watch(): HAPI's writes go on, with a warning.
+DROP TABLE hapi_plain.hfj_resource CASCADE;
+INSERT INTO hapi_plain.hfj_res_ver VALUES (4, NULL, 1, 'Encounter', 4, 'JSON', '{}', NULL, '2025-10-06 00:03:00');
 
 -- Clean up.
 SELECT count(lo_unlink(oid)) FROM lobs;

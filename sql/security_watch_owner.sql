@@ -81,6 +81,20 @@ RESET ROLE;
 SELECT fhir_notify.watch('regress_app.not_owned');
 SELECT "table", layout FROM fhir_notify.watched ORDER BY 1;
 
+-- The event trigger of watch_medplum() calls watch() for a table created
+-- later; the check passes for the role that creates it (its owner, here the
+-- owner of the registered schema, as Medplum's migrations run).
+SET client_min_messages = warning;
+SELECT fhir_notify.watch_medplum('regress_app');
+RESET client_min_messages;
+SET ROLE regress_fhir_app_owner;
+CREATE TABLE regress_app."Observation" (id uuid PRIMARY KEY, content text NOT NULL,
+	"lastUpdated" timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false,
+	"projectId" uuid NOT NULL, __version integer NOT NULL, compartments uuid[] NOT NULL);
+RESET ROLE;
+SELECT "table", layout FROM fhir_notify.watched ORDER BY 1::text;
+SELECT fhir_notify.unwatch_medplum('regress_app');
+
 DROP SCHEMA regress_app CASCADE;
 -- (DROP EXTENSION leaves the schema it created, and grants on it.)
 REVOKE USAGE ON SCHEMA fhir_notify

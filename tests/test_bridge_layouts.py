@@ -9,6 +9,8 @@ real bridge delivers; nothing of either server is changed.
 
 import itertools
 import json
+import os
+import subprocess
 import uuid
 
 import pytest
@@ -211,3 +213,35 @@ def test_medplum_changes_reach_the_right_patient_rooms(bridge, conn):
 
         client_a.expect_no_message()
         client_b.expect_no_message()
+
+
+def test_medplum_watch_survives_dump_and_restore(tmp_path):
+    """pg_restore recreates the tables (the event trigger must not watch them
+    itself: their triggers come with the dump) and the watch works after."""
+    cluster = shared_cluster()
+    src, dst = "mp_src_" + uuid.uuid4().hex[:8], "mp_dst_" + uuid.uuid4().hex[:8]
+    cluster.execute(f'CREATE DATABASE "{src}"')
+    cluster.execute(f'CREATE DATABASE "{dst}"')
+    with cluster.connect(src) as c:
+        c.execute(MEDPLUM_TABLE.format("Observation"))
+        c.execute("CREATE EXTENSION fhir_notify")
+        c.execute("SELECT fhir_notify.watch_medplum('public')")
+    dump = tmp_path / "medplum.dump"
+    os.chmod(tmp_path, 0o777)
+    base = ["-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres"]
+    subprocess.run([os.path.join(cluster.bindir, "pg_dump"), *base, "-Fc", "-f", str(dump), src],
+                   check=True, capture_output=True, timeout=120)
+    restored = subprocess.run([os.path.join(cluster.bindir, "pg_restore"), *base, "--exit-on-error",
+                               "-d", dst, str(dump)], capture_output=True, text=True, timeout=120)
+    assert restored.returncode == 0, restored.stderr
+    patient = str(uuid.uuid4())
+    with cluster.connect(dst) as c:
+        assert c.execute("SELECT count(*) FROM fhir_notify.watched").fetchone()[0] == 1
+        medplum_write(c, "Observation", {"resourceType": "Observation", "id": str(uuid.uuid4()),
+                                         "meta": {"versionId": str(uuid.uuid4())},
+                                         "subject": {"reference": f"Patient/{patient}"}})
+        assert c.execute("SELECT action, patient_ids FROM fhir_notify.changes").fetchall() == \
+            [("created", [patient])]
+        # Tables added after the restore are still watched.
+        c.execute(MEDPLUM_TABLE.format("Flag"))
+        assert c.execute("SELECT count(*) FROM fhir_notify.watched").fetchone()[0] == 2
