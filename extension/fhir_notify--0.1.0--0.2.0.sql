@@ -279,8 +279,10 @@ BEGIN
 	WHERE t.created_at >= clock_timestamp() - keep;
 	keep_from := least(coalesce(keep_from, newest), newest);
 
-	-- Readers that lag past the limit and that the keep would prune past
-	-- are dropped (not waited for while they read: they are not lagging).
+	-- Readers that lag past the limit (the oldest tick they have not
+	-- confirmed and their last confirmation both older than it) and that
+	-- the keep would prune past are dropped (not waited for while they
+	-- read: they are not lagging).
 	IF max_lag IS NOT NULL THEN
 		UPDATE fhir_notify.reader_positions p SET dropped_at = clock_timestamp()
 		WHERE p.reader IN (
@@ -288,6 +290,7 @@ BEGIN
 			JOIN fhir_notify.ticks unread ON unread.tick_id = q.tick + 1
 			WHERE q.dropped_at IS NULL AND q.tick < keep_from
 			  AND unread.created_at < clock_timestamp() - max_lag
+			  AND q.confirmed_at < clock_timestamp() - max_lag
 			FOR UPDATE OF q SKIP LOCKED);
 	END IF;
 	SELECT least(keep_from, min(p.tick)) INTO keep_from

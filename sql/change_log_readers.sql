@@ -92,7 +92,11 @@ SELECT fhir_notify.prune('0 seconds') AS deleted;
 SELECT reader, state FROM fhir_notify.readers ORDER BY reader;
 -- past it (its unread ticks are two hours old): dropped
 UPDATE fhir_notify.ticks SET created_at = created_at - interval '2 hours';
+-- ticks unread for two hours, but the reader confirmed recently: not lagging
 SET fhir_notify.reader_max_lag = '1h';
+SELECT fhir_notify.prune('0 seconds') AS deleted;
+SELECT reader, state FROM fhir_notify.readers ORDER BY reader;
+UPDATE fhir_notify.reader_positions SET confirmed_at = confirmed_at - interval '2 hours';
 SELECT fhir_notify.reader_max_lag();
 SELECT fhir_notify.prune('0 seconds') AS deleted;
 SELECT reader, state, dropped_at IS NOT NULL AS dropped FROM fhir_notify.readers ORDER BY reader;
@@ -106,6 +110,7 @@ RESET fhir_notify.reader_max_lag;
 SELECT rd_write('c10');
 SELECT fhir_notify.tick();
 UPDATE fhir_notify.ticks SET created_at = created_at - interval '2 days';
+UPDATE fhir_notify.reader_positions SET confirmed_at = confirmed_at - interval '2 days';
 SELECT fhir_notify.prune('0 seconds') AS deleted;
 SELECT reader, state FROM fhir_notify.readers ORDER BY reader;
 UPDATE rd_at SET (epoch, tick) = (SELECT r.epoch, r.tick_id FROM fhir_notify.register_reader('bridge-1') r)
