@@ -28,6 +28,7 @@
 #include "client.h"
 #include "log.h"
 #include "message.h"
+#include "presence.h"
 #include "rooms.h"
 
 static void catch_up_start(subscription *sub);
@@ -114,6 +115,7 @@ subscription_close(subscription *sub)
 	}
 	for (int i = 0; i < sub->npatients; i++)
 		rooms_leave(sub->patient_ids[i], c);
+	presence_unsubscribed(sub);
 	authorize_cancel(sub->authorizing);
 	pg_request_cancel(sub->catch_up);
 	sub->authorizing = NULL;
@@ -226,6 +228,8 @@ client_wants_live(const client *c, const char *patient_id, const char *resource_
 static void
 fan_out_change(change *ch)
 {
+	/* a conflict warning goes out ahead of the update that caused it */
+	presence_on_change(ch);
 	for (int i = 0; i < ch->npatients; i++)
 	{
 		room *r = rooms_find(ch->patient_ids[i]);
@@ -516,6 +520,8 @@ authorized(subscription *sub, bool allowed)
 		go_live(sub);
 		return;
 	}
+	if (sub->presence)
+		presence_subscribed(sub); /* its first presence snapshot follows the confirmation */
 	if (sub->has_since)
 		catch_up_start(sub);
 	else
@@ -548,6 +554,7 @@ subscription_subscribe(client *c, subscribe_request *req)
 	sub->ntypes = req->ntypes;
 	sub->has_since = req->has_since;
 	sub->since = req->since;
+	sub->presence = req->presence;
 	memset(req, 0, sizeof(*req));
 	c->subs = xrealloc(c->subs, (size_t) (c->nsubs + 1) * sizeof(subscription *));
 	c->subs[c->nsubs++] = sub;
