@@ -50,6 +50,7 @@ typedef struct bridge_settings
 	char *presence_name_claim;  /* token claims giving the display name, role, fhirUser */
 	char *presence_role_claim;
 	char *presence_user_claim;
+	char *reader_name; /* registered reader name; default "fhir-notify-bridge@HOST:LISTEN" */
 	char *static_dir;
 	char *log_level;
 	char *config_file;
