@@ -111,8 +111,9 @@ connection_served(const client *c)
 
 		if (msg->kind != MESSAGE_UPDATE || msg->at.tick == 0)
 			continue;
-		before = msg->at.position > 0 ? (cursor){msg->at.tick, msg->at.position - 1}
-		                              : (cursor){msg->at.tick - 1, LLONG_MAX};
+		/* the same epoch: a log reset between two ticks is a resync, never a gap */
+		before = msg->at.position > 0 ? (cursor){msg->at.tick, msg->at.position - 1, msg->at.epoch}
+		                              : (cursor){msg->at.tick - 1, LLONG_MAX, msg->at.epoch};
 		if (cursor_compare(before, served) < 0)
 			served = before;
 	}
@@ -260,7 +261,7 @@ point_sid(int i, void *arg)
 }
 
 static char *
-bigint_array(saved_point *points, int n, bool ticks)
+bigint_array(saved_point *points, int n, int which)
 {
 	strbuf buf;
 
@@ -268,7 +269,9 @@ bigint_array(saved_point *points, int n, bool ticks)
 	strbuf_append(&buf, "{");
 	for (int i = 0; i < n; i++)
 		strbuf_appendf(&buf, "%s%lld", i > 0 ? "," : "",
-		               ticks ? points[i].at.tick : points[i].at.position);
+		               which == 0   ? points[i].at.tick
+		               : which == 1 ? points[i].at.position
+		                            : points[i].at.epoch);
 	strbuf_append(&buf, "}");
 	return buf.data;
 }
@@ -285,22 +288,24 @@ max_age_text(char *out, size_t outlen)
 
 /* The SQL and parameters that save points[0..n). */
 static void
-save_params(saved_point *points, int n, char *values[6], char *age, size_t agelen)
+save_params(saved_point *points, int n, char *values[7], char *age, size_t agelen)
 {
 	values[0] = text_array(n, point_user, points);
 	values[1] = text_array(n, point_patient, points);
 	values[2] = text_array(n, point_sid, points);
-	values[3] = bigint_array(points, n, true);
-	values[4] = bigint_array(points, n, false);
+	values[3] = bigint_array(points, n, 0);
+	values[4] = bigint_array(points, n, 1);
+	values[5] = bigint_array(points, n, 2);
 	max_age_text(age, agelen);
-	values[5] = age;
+	values[6] = age;
 }
 
 #define SAVE_SQL                                                                                   \
 	"SELECT fhir_notify.save_resume_points($1::text[], $2::text[], $3::text[], $4::bigint[], "     \
-	"$5::bigint[], $6::interval)"
+	"$5::bigint[], $6::bigint[], $7::interval)"
 #define FIND_SQL                                                                                   \
-	"SELECT ord, tick, \"position\" FROM fhir_notify.find_resume_points($1::text[], $2::text[], "  \
+	"SELECT ord, tick, \"position\", epoch FROM fhir_notify.find_resume_points($1::text[], "       \
+	"$2::text[], "                                                                                 \
 	"$3::text[], $4::interval)"
 
 /* Flattened (user, patient, id) of the lookups in flight, for the query. */
@@ -379,7 +384,7 @@ send_lookups(void)
 static bool
 send_saves(void)
 {
-	char *values[6];
+	char *values[7];
 	char age[64];
 	bool sent;
 	int n = npending < BATCH_MAX ? npending : BATCH_MAX;
@@ -390,8 +395,8 @@ send_saves(void)
 	npending -= n;
 	nsending = n;
 	save_params(sending, n, values, age, sizeof(age));
-	sent = pg_link_send(&link_, SAVE_SQL, 6, (const char *const *) values);
-	for (int i = 0; i < 5; i++)
+	sent = pg_link_send(&link_, SAVE_SQL, 7, (const char *const *) values);
+	for (int i = 0; i < 6; i++)
 		free(values[i]);
 	return sent;
 }
@@ -494,7 +499,8 @@ link_result(pg_link *link, const PGresult *res)
 	for (int r = 0; r < PQntuples(res); r++)
 	{
 		int ord = atoi(PQgetvalue(res, r, 0));
-		cursor at = {atoll(PQgetvalue(res, r, 1)), atoll(PQgetvalue(res, r, 2))};
+		cursor at = {atoll(PQgetvalue(res, r, 1)), atoll(PQgetvalue(res, r, 2)),
+		             atoll(PQgetvalue(res, r, 3))};
 		resume_lookup *l;
 
 		if (ord < 1 || ord > nin_flight || !(l = in_flight[ord - 1]))
@@ -703,20 +709,20 @@ save_at_shutdown(void)
 	}
 	while (npending > 0)
 	{
-		char *values[6];
+		char *values[7];
 		char age[64];
 		int n = npending < BATCH_MAX ? npending : BATCH_MAX;
 		PGresult *res;
 
 		save_params(pending, n, values, age, sizeof(age));
-		res = PQexecParams(conn, SAVE_SQL, 6, NULL, (const char *const *) values, NULL, NULL, 0);
+		res = PQexecParams(conn, SAVE_SQL, 7, NULL, (const char *const *) values, NULL, NULL, 0);
 		if (PQresultStatus(res) != PGRES_TUPLES_OK)
 			log_warning("resume points: could not save %d points at shutdown: %s", n,
 			            PQresultErrorMessage(res));
 		else
 			saved += n;
 		PQclear(res);
-		for (int i = 0; i < 5; i++)
+		for (int i = 0; i < 6; i++)
 			free(values[i]);
 		free_points(pending, n);
 		memmove(pending, pending + n, (size_t) (npending - n) * sizeof(saved_point));

@@ -566,7 +566,7 @@ authorized(subscription *sub, bool allowed)
 		presence_subscribed(sub); /* its first presence snapshot follows the confirmation */
 	if (sub->has_since)
 		catch_up_start(sub);
-	else if (resume_points_enabled() && the_bridge.last_tick > 0)
+	else if (resume_points_enabled() && the_bridge.last_tick > 0 && !sub->replaced_live)
 	{
 		/* no cursor: where was this user's subscription served to? */
 		sub->record_point = true;
@@ -672,6 +672,7 @@ subscription_subscribe(client *c, subscribe_request *req)
 {
 	subscription *existing = subscription_find(c, req->id);
 	subscription *sub;
+	bool replaced = existing != NULL;
 
 	if (existing && mergeable(existing, req))
 	{
@@ -691,6 +692,8 @@ subscription_subscribe(client *c, subscribe_request *req)
 	sub->ntypes = req->ntypes;
 	sub->has_since = req->has_since;
 	sub->since_from_client = req->has_since;
+	/* this connection got what the one it replaces took: no replay from its point */
+	sub->replaced_live = replaced;
 	sub->since = req->since;
 	sub->created_us = now_monotonic_us();
 	sub->presence = req->presence;

@@ -48,6 +48,7 @@ typedef struct subscription
 	/* resume points (resume_points.c), for subscriptions made without since */
 	bool since_from_client;             /* the client sent since (else the bridge chose it) */
 	bool record_point;                  /* its point is kept in the database */
+	bool replaced_live;                 /* it replaced one of its id on this connection */
 	bool quiet_catch_up;                /* a catch-up the client did not ask for: no caught_up */
 	struct resume_lookup *point_lookup; /* while looking its point up */
 	cursor confirmed_at;                /* the cursor its confirmation named */

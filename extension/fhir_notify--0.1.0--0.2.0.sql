@@ -887,6 +887,7 @@ CREATE TABLE fhir_notify.resume_points (
 	subscription_id text NOT NULL,
 	tick bigint NOT NULL,
 	"position" bigint NOT NULL,
+	epoch bigint NOT NULL, -- the cursor's epoch (fhir_notify.tick_epoch())
 	saved_at timestamptz NOT NULL,
 	PRIMARY KEY (user_id, patient_id, subscription_id)
 );
@@ -912,7 +913,8 @@ $$;
  * point) and forgets those not saved for max_age.
  */
 CREATE FUNCTION fhir_notify.save_resume_points(user_ids text[], patient_ids text[],
-	subscription_ids text[], ticks bigint[], positions bigint[], max_age interval)
+	subscription_ids text[], ticks bigint[], positions bigint[], epochs bigint[],
+	max_age interval)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -921,13 +923,14 @@ BEGIN
 	PERFORM fhir_notify.check_resume_caller();
 	DELETE FROM fhir_notify.resume_points WHERE saved_at < now() - max_age;
 	INSERT INTO fhir_notify.resume_points AS r
-		(user_id, patient_id, subscription_id, tick, "position", saved_at)
-	SELECT DISTINCT ON (k.u, k.p, k.s) k.u, k.p, k.s, k.t, k.pos, now()
-	FROM unnest(user_ids, patient_ids, subscription_ids, ticks, positions)
-		WITH ORDINALITY AS k(u, p, s, t, pos, ord)
+		(user_id, patient_id, subscription_id, tick, "position", epoch, saved_at)
+	SELECT DISTINCT ON (k.u, k.p, k.s) k.u, k.p, k.s, k.t, k.pos, k.e, now()
+	FROM unnest(user_ids, patient_ids, subscription_ids, ticks, positions, epochs)
+		WITH ORDINALITY AS k(u, p, s, t, pos, e, ord)
 	ORDER BY k.u, k.p, k.s, k.ord DESC
 	ON CONFLICT (user_id, patient_id, subscription_id) DO UPDATE
-		SET tick = excluded.tick, "position" = excluded."position", saved_at = excluded.saved_at;
+		SET tick = excluded.tick, "position" = excluded."position", epoch = excluded.epoch,
+			saved_at = excluded.saved_at;
 END
 $$;
 
@@ -937,14 +940,14 @@ $$;
  */
 CREATE FUNCTION fhir_notify.find_resume_points(user_ids text[], patient_ids text[],
 	subscription_ids text[], max_age interval)
-RETURNS TABLE (ord integer, tick bigint, "position" bigint)
+RETURNS TABLE (ord integer, tick bigint, "position" bigint, epoch bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM fhir_notify.check_resume_caller();
 	RETURN QUERY
-	SELECT k.ord::integer, r.tick, r."position"
+	SELECT k.ord::integer, r.tick, r."position", r.epoch
 	FROM unnest(user_ids, patient_ids, subscription_ids) WITH ORDINALITY AS k(u, p, s, ord)
 	JOIN fhir_notify.resume_points r
 		ON r.user_id = k.u AND r.patient_id = k.p AND r.subscription_id = k.s
@@ -955,5 +958,5 @@ $$;
 REVOKE ALL ON fhir_notify.resume_points FROM PUBLIC;
 REVOKE ALL ON FUNCTION fhir_notify.check_resume_caller() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION fhir_notify.save_resume_points(text[], text[], text[], bigint[], bigint[],
-	interval) TO PUBLIC;
+	bigint[], interval) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION fhir_notify.find_resume_points(text[], text[], text[], interval) TO PUBLIC;
