@@ -38,7 +38,13 @@ typedef struct bridge_settings
 	int poll_interval;
 	int resume_max_age;
 	int resume_max_changes;
-	int prune_keep; /* seconds; 0: the bridge does not prune */
+	int prune_keep;            /* seconds; 0: the bridge does not prune */
+	int presence_interval;     /* ms: a room's presence goes out at most this often */
+	int presence_ttl;          /* s: a silent bridge's presence rows expire after this */
+	int presence_max_list;     /* people listed per presence message */
+	char *presence_name_claim; /* token claims giving the display name, role, fhirUser */
+	char *presence_role_claim;
+	char *presence_user_claim;
 	char *static_dir;
 	char *log_level;
 	char *config_file;

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "pg.h"
 #include "pg_link.h"
+#include "presence.h"
 #include "prune.h"
 #include "rooms.h"
 #include "subscription.h"
@@ -278,6 +279,7 @@ main(int argc, char **argv)
 	pg_start(&subscription_feed);
 	authorize_start();
 	prune_start();
+	presence_start();
 	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
 
 	for (;;)
@@ -309,6 +311,7 @@ main(int argc, char **argv)
 	pg_stop();
 	authorize_stop();
 	prune_stop();
+	presence_stop();
 	lws_context_destroy(the_bridge.context);
 	ring_free();
 	rooms_free();

@@ -28,9 +28,28 @@
 #include "client.h"
 #include "log.h"
 #include "message.h"
+#include "presence.h"
 #include "rooms.h"
 
 static void catch_up_start(subscription *sub);
+
+/*
+ * The one place a subscription's state changes. The legal moves:
+ * AUTHORIZING -> CATCHING_UP, LIVE or CLOSED; CATCHING_UP -> LIVE or
+ * CLOSED; LIVE -> LIVE (a resync starts it again from now) or CLOSED.
+ * Going live sets the cursor it takes live changes from.
+ */
+static void
+set_state(subscription *sub, subscription_state to, cursor live_from)
+{
+	if (sub->state == SUB_CLOSED || (to == SUB_CATCHING_UP && sub->state != SUB_AUTHORIZING) ||
+	    to == SUB_AUTHORIZING)
+		log_warning("client %s: subscription state %d -> %d is not a move it makes",
+		            sub->client->id, (int) sub->state, (int) to);
+	sub->state = to;
+	if (to == SUB_LIVE)
+		sub->active_from = live_from;
+}
 
 /* See subscription.h. */
 bool
@@ -96,11 +115,12 @@ subscription_close(subscription *sub)
 	}
 	for (int i = 0; i < sub->npatients; i++)
 		rooms_leave(sub->patient_ids[i], c);
+	presence_unsubscribed(sub);
 	authorize_cancel(sub->authorizing);
 	pg_request_cancel(sub->catch_up);
 	sub->authorizing = NULL;
 	sub->catch_up = NULL;
-	sub->state = SUB_CLOSED;
+	set_state(sub, SUB_CLOSED, sub->active_from);
 	subscription_free(sub);
 }
 
@@ -108,8 +128,7 @@ subscription_close(subscription *sub)
 static void
 go_live(subscription *sub)
 {
-	sub->state = SUB_LIVE;
-	sub->active_from = bridge_current_cursor();
+	set_state(sub, SUB_LIVE, bridge_current_cursor());
 }
 
 /*
@@ -122,8 +141,7 @@ go_live_caught_up(subscription *sub)
 	char cursor_text[CURSOR_TEXT_LEN];
 	message *msg;
 
-	sub->state = SUB_LIVE;
-	sub->active_from = (cursor){sub->since.tick, sub->since.position + 1};
+	set_state(sub, SUB_LIVE, (cursor){sub->since.tick, sub->since.position + 1});
 	/*
 	 * Queued behind the replayed updates and, since the subscription only
 	 * now takes live updates, ahead of every live one: the client knows
@@ -210,6 +228,8 @@ client_wants_live(const client *c, const char *patient_id, const char *resource_
 static void
 fan_out_change(change *ch)
 {
+	/* a conflict warning goes out ahead of the update that caused it */
+	presence_on_change(ch);
 	for (int i = 0; i < ch->npatients; i++)
 	{
 		room *r = rooms_find(ch->patient_ids[i]);
@@ -441,7 +461,7 @@ static const catch_up_ops catch_up_callbacks = {catch_up_prepare, catch_up_done}
 static void
 catch_up_start(subscription *sub)
 {
-	sub->state = SUB_CATCHING_UP;
+	set_state(sub, SUB_CATCHING_UP, sub->active_from);
 	if (!resume_from_memory(sub))
 		sub->catch_up = pg_catch_up(&catch_up_callbacks, sub);
 }
@@ -491,10 +511,11 @@ authorized(subscription *sub, bool allowed)
 	if (sub->room)
 	{
 		/* a named room: nothing flows there yet, so it takes nothing */
-		sub->state = SUB_LIVE;
-		sub->active_from = bridge_current_cursor();
+		go_live(sub);
 		return;
 	}
+	if (sub->presence)
+		presence_subscribed(sub); /* its first presence snapshot follows the confirmation */
 	if (sub->has_since)
 		catch_up_start(sub);
 	else
@@ -527,6 +548,7 @@ subscription_subscribe(client *c, subscribe_request *req)
 	sub->ntypes = req->ntypes;
 	sub->has_since = req->has_since;
 	sub->since = req->since;
+	sub->presence = req->presence;
 	memset(req, 0, sizeof(*req));
 	c->subs = xrealloc(c->subs, (size_t) (c->nsubs + 1) * sizeof(subscription *));
 	c->subs[c->nsubs++] = sub;
