@@ -13,11 +13,11 @@
  * its previous one, at most once per fhir_notify.ticker_interval.
  *
  * While its previous NOTIFY is unanswered (nobody called fhir_notify.tick()
- * since: the readers have not started reading), the
- * worker holds the next one back, for up to fhir_notify.ticker_answer_timeout:
- * a reader that is busy reading takes a tick when it is done (the NOTIFYs
- * meanwhile would only be coalesced into that one follow-up read), and that
- * tick's snapshot has every commit made until then. Every commit is still
+ * since: the readers have not started reading), the worker holds the next
+ * one back, for up to fhir_notify.ticker_answer_timeout: a reader that is
+ * busy reading takes a tick when it is done (the NOTIFYs meanwhile would
+ * only be coalesced into that one follow-up read), and that tick's
+ * snapshot has every commit made until then. Every commit is still
  * followed by a NOTIFY sent after it became visible, only later: a reader
  * that never ticks (a LISTEN alone) hears one at least every
  * ticker_answer_timeout while commits come.

@@ -51,6 +51,25 @@ def write_condition(conn, fhir_id, patient="1"):
     )
 
 
+def start_writers(cluster, writers, per_writer):
+    """Threads that each commit per_writer Conditions w<n>-<000i>, one per
+    transaction; returns them, started, and the list their errors go to."""
+    errors = []
+
+    def write(n):
+        try:
+            with cluster.connect() as conn:
+                for i in range(per_writer):
+                    write_condition(conn, f"w{n}-{i:03d}", patient=str(i % 10))
+        except Exception as e:  # reported by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    return threads, errors
+
+
 class Listener:
     """A LISTENing connection that counts notifications on the doorbell channel."""
 
@@ -189,20 +208,8 @@ def test_concurrent_commits_share_ticks():
         wait_for_worker(cluster)
         listener = Listener(cluster)
         writers, per_writer = 4, 50
-        errors = []
-
-        def write(n):
-            try:
-                with cluster.connect() as conn:
-                    for i in range(per_writer):
-                        write_condition(conn, f"w{n}-{i}", patient=str(i % 10))
-            except Exception as e:  # reported below
-                errors.append(e)
-
         try:
-            threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
-            for t in threads:
-                t.start()
+            threads, errors = start_writers(cluster, writers, per_writer)
             for t in threads:
                 t.join(120)
             assert not errors
@@ -403,20 +410,8 @@ def test_busy_reader_reads_every_change_once_in_order():
         wait_for_worker(cluster)
         reader = Reader(cluster)
         writers, per_writer = 4, 60
-        errors = []
-
-        def write(n):
-            try:
-                with cluster.connect() as conn:
-                    for i in range(per_writer):
-                        write_condition(conn, f"w{n}-{i:03d}", patient=str(i % 10))
-            except Exception as e:  # reported below
-                errors.append(e)
-
         try:
-            threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
-            for t in threads:
-                t.start()
+            threads, errors = start_writers(cluster, writers, per_writer)
             rounds = 0
             deadline = time.monotonic() + 120
             while len(reader.read_ids) < writers * per_writer and time.monotonic() < deadline:
