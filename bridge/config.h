@@ -40,6 +40,7 @@ typedef struct bridge_settings
 	int resume_max_changes;
 	int prune_keep; /* seconds; 0: the bridge does not prune */
 	char *static_dir;
+	char *event_loop; /* auto, epoll or poll */
 	char *log_level;
 	char *config_file;
 } bridge_settings;
