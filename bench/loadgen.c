@@ -14,6 +14,10 @@
  *   DISCONNECTED {...}  catch-up mode: cursors saved, every client closed
  *   RESULT {...}        the measurements, last line before exit
  * SIGUSR1 starts the reconnect in catch-up mode; SIGINT/SIGTERM end the run.
+ *
+ * It runs lws on an epoll loop (libev, through lws's libev plugin) like the
+ * bridge, so that with a thousand connections the client's poll() over all
+ * of them is not what limits a measurement (--event-loop poll: lws's own).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ev.h>
 #include <jansson.h>
 #include <libwebsockets.h>
 
@@ -65,8 +70,9 @@ typedef struct client
 	bool done; /* has its expected updates (or a resync) */
 	uint32_t updates;
 	uint32_t resyncs;
-	char *cursor;  /* newest cursor seen, for since */
-	char *partial; /* a fragmented message being reassembled */
+	bool caught_up; /* a resumed subscription's caught_up arrived */
+	char *cursor;   /* newest cursor seen, for since */
+	char *partial;  /* a fragmented message being reassembled */
 	size_t partial_len;
 } client;
 
@@ -89,7 +95,9 @@ static struct
 	int concurrency;
 	int retries;
 	bool subscribe;
-	bool debug; /* $LOADGEN_DEBUG: every message and a heartbeat to stderr */
+	bool debug;           /* $LOADGEN_DEBUG: every message and a heartbeat to stderr */
+	bool use_poll;        /* --event-loop poll */
+	struct ev_loop *loop; /* the epoll loop, or NULL: lws's poll() loop */
 
 	/* state */
 	struct lws_context *context;
@@ -166,7 +174,9 @@ usage(FILE *out)
 	        "  --duration S        give up after S seconds once ready (default 60)\n"
 	        "  --expect K          updates each client must get before it is done\n"
 	        "  --concurrency C     handshakes in flight at once (default 200)\n"
-	        "  --retries R         reconnect attempts after a failed handshake (default 3)\n");
+	        "  --retries R         reconnect attempts after a failed handshake (default 3)\n"
+	        "  --event-loop L      epoll (default; poll if lws's libev plugin is missing) or "
+	        "poll\n");
 }
 
 /* Splits ws://host:port/path into the run's host, port and path. */
@@ -428,6 +438,13 @@ handle_control(client *c, const char *type, const char *buf, size_t len)
 	{
 		note_cursor(c, data);
 		client_ready(c);
+	}
+	else if (strcmp(type, "caught_up") == 0)
+	{
+		/* the replay is over: everything it missed has arrived (counted in delivered) */
+		c->caught_up = true;
+		note_cursor(c, data);
+		client_done(c);
 	}
 	else if (strcmp(type, "resync") == 0)
 	{
@@ -727,9 +744,15 @@ print_result(void)
 	{
 		uint64_t resyncs = 0;
 
+		uint64_t caught_up = 0;
+
 		for (int i = 0; i < run.nclients; i++)
+		{
 			resyncs += run.clients[i].resyncs;
+			caught_up += run.clients[i].caught_up;
+		}
 		json_object_set_new(r, "resyncs", json_integer(resyncs));
+		json_object_set_new(r, "caught_up", json_integer(caught_up));
 	}
 	if (run.nsamples)
 	{
@@ -802,6 +825,7 @@ start_reconnect(void)
 		c->attempts = 0;
 		c->updates = 0;
 		c->resyncs = 0;
+		c->caught_up = false;
 		c->want_close = false;
 	}
 	run.next_pending = 0;
@@ -887,6 +911,7 @@ parse_options(int argc, char **argv)
 	                                        {"expect", required_argument, NULL, 'e'},
 	                                        {"concurrency", required_argument, NULL, 'c'},
 	                                        {"retries", required_argument, NULL, 'r'},
+	                                        {"event-loop", required_argument, NULL, 'l'},
 	                                        {"help", no_argument, NULL, 'h'},
 	                                        {NULL, 0, NULL, 0}};
 	const char *mode_name = "latency";
@@ -933,6 +958,14 @@ parse_options(int argc, char **argv)
 				break;
 			case 'r':
 				run.retries = atoi(optarg);
+				break;
+			case 'l':
+				if (strcmp(optarg, "poll") != 0 && strcmp(optarg, "epoll") != 0)
+				{
+					fprintf(stderr, "loadgen: --event-loop is epoll or poll\n");
+					exit(2);
+				}
+				run.use_poll = strcmp(optarg, "poll") == 0;
 				break;
 			case 'h':
 				usage(stdout);
@@ -1000,7 +1033,26 @@ main(int argc, char **argv)
 	info.protocols = protocols;
 	info.fd_limit_per_thread = (unsigned) run.nclients + 64;
 	info.options = run.tls ? LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT : 0;
-	run.context = lws_create_context(&info);
+	if (!run.use_poll && (run.loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV)))
+	{
+		static void *foreign_loops[1];
+
+		foreign_loops[0] = run.loop;
+		info.foreign_loops = foreign_loops;
+		info.options |= LWS_SERVER_OPTION_LIBEV;
+		run.context = lws_create_context(&info);
+		if (!run.context)
+		{
+			fprintf(stderr, "loadgen: no epoll loop (lws's libev plugin, Debian package "
+			                "libwebsockets-evlib-ev, missing?): using poll()\n");
+			ev_loop_destroy(run.loop);
+			run.loop = NULL;
+			info.foreign_loops = NULL;
+			info.options &= ~(uint64_t) LWS_SERVER_OPTION_LIBEV;
+		}
+	}
+	if (!run.context)
+		run.context = lws_create_context(&info);
 	if (!run.context)
 	{
 		fprintf(stderr, "loadgen: cannot create the lws context (ulimit -n too low?)\n");
@@ -1008,9 +1060,15 @@ main(int argc, char **argv)
 	}
 	run.start_mono = now_mono_ns();
 	lws_sul_schedule(run.context, 0, &run.tick, service_tick, 1);
+	/* lws arms its libev timer after socket events: a first one for the tick */
+	lws_cancel_service(run.context);
 	while (!run.finished)
-		if (lws_service(run.context, 0) < 0)
+	{
+		if (run.loop)
+			ev_run(run.loop, EVRUN_ONCE);
+		else if (lws_service(run.context, 0) < 0)
 			break;
+	}
 	print_result();
 	/*
 	 * No lws_context_destroy(): it closes thousands of connections one
