@@ -106,7 +106,7 @@ change_log_relcache_callback(Datum arg, Oid relid)
  * Registers the setting and the invalidation callback.
  */
 void
-change_log_init(void)
+fhir_notify_change_log_init(void)
 {
 	DefineCustomBoolVariable(
 	    "fhir_notify.direct_insert", "Writes change-log rows without the executor when possible.",
@@ -379,7 +379,7 @@ append_spi(const ChangeRow *row)
  * owner (like SECURITY DEFINER), so the writing role needs no grant.
  */
 void
-change_log_append(const ChangeRow *row)
+fhir_notify_change_log_append(const ChangeRow *row)
 {
 	Oid save_userid;
 	int save_sec_context;

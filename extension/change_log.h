@@ -25,7 +25,7 @@ typedef struct ChangeRow
 	const char *source_table;
 } ChangeRow;
 
-extern void change_log_init(void);
-extern void change_log_append(const ChangeRow *row);
+extern void fhir_notify_change_log_init(void);
+extern void fhir_notify_change_log_append(const ChangeRow *row);
 
 #endif /* FHIR_NOTIFY_CHANGE_LOG_H */

@@ -3,7 +3,7 @@
  *	  Which patients a FHIR resource belongs to: the FHIR R4 Patient
  *	  compartment, read directly from the jsonb binary.
  *
- * The capture trigger calls compartment_patient_ids() for every write, so
+ * The capture trigger calls fhir_notify_compartment_patient_ids() for every write, so
  * this is a hot path: the compartment is a static table of type -> paths,
  * compiled once and searched by binary search; references are read in place
  * (reference.c) and only the final ids are copied. Nothing here throws on
@@ -88,7 +88,7 @@ typedef struct Collector
  * The FHIR R4 (4.0.1) Patient CompartmentDefinition joined with the search
  * parameter expressions (README.md, "Routing"); sql/routing_types.sql tests
  * every row. "[]" marks an array.
- * Patient additionally belongs to itself (see compartment_patient_ids).
+ * Patient additionally belongs to itself (see fhir_notify_compartment_patient_ids).
  */
 static const struct
 {
@@ -163,7 +163,7 @@ static const struct
     {"VisionPrescription", "patient"},
 };
 
-/* compartment_source compiled and sorted by type, by compartment_init(). */
+/* compartment_source compiled and sorted by type, by fhir_notify_compartment_init(). */
 static TypePaths compartment_types[lengthof(compartment_source)];
 static int compartment_type_count = 0;
 
@@ -369,7 +369,7 @@ assign_extra_links(const char *newval, void *extra)
  * Compiles the compartment table and registers the routing settings.
  */
 void
-compartment_init(void)
+fhir_notify_compartment_init(void)
 {
 	for (int i = 0; i < (int) lengthof(compartment_source); i++)
 		compile_type(i, &compartment_types[i]);
@@ -455,7 +455,7 @@ walk_value(const JsonbValue *value, const PathStep *steps, int step_count, Colle
 		return;
 	if (step_count > 0)
 		walk_object(value->val.binary.data, steps, step_count, out);
-	else if (reference_patient_id(value->val.binary.data, &id, &id_len))
+	else if (fhir_notify_reference_patient_id(value->val.binary.data, &id, &id_len))
 		collect(out, id, id_len);
 }
 
@@ -539,8 +539,8 @@ finish(Collector *out, PatientIds *result)
  * resource that is not an object, belongs to nobody.
  */
 void
-compartment_patient_ids(JsonbContainer *resource, const char *resource_type, const char *logical_id,
-                        PatientIds *result)
+fhir_notify_compartment_patient_ids(JsonbContainer *resource, const char *resource_type,
+                                    const char *logical_id, PatientIds *result)
 {
 	Collector out;
 	const char *type;
@@ -593,11 +593,11 @@ compartment_patient_ids(JsonbContainer *resource, const char *resource_type, con
 	{
 		if (logical_id != NULL)
 		{
-			if (patient_id_is_valid(logical_id, strlen(logical_id)))
+			if (fhir_notify_patient_id_is_valid(logical_id, strlen(logical_id)))
 				collect(&out, logical_id, strlen(logical_id));
 		}
 		else if (getKeyJsonValueFromContainer(resource, "id", 2, &v) && v.type == jbvString &&
-		         patient_id_is_valid(v.val.string.val, v.val.string.len))
+		         fhir_notify_patient_id_is_valid(v.val.string.val, v.val.string.len))
 			collect(&out, v.val.string.val, v.val.string.len);
 	}
 
@@ -627,7 +627,7 @@ patient_refs(PG_FUNCTION_ARGS)
 	Jsonb *resource = PG_GETARG_JSONB_P(0);
 	PatientIds ids;
 
-	compartment_patient_ids(&resource->root, NULL, NULL, &ids);
+	fhir_notify_compartment_patient_ids(&resource->root, NULL, NULL, &ids);
 	PG_RETURN_ARRAYTYPE_P(ids_to_text_array(&ids));
 }
 
@@ -653,6 +653,6 @@ patient_refs_typed(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 		logical_id = text_to_cstring(PG_GETARG_TEXT_PP(2));
 
-	compartment_patient_ids(&resource->root, resource_type, logical_id, &ids);
+	fhir_notify_compartment_patient_ids(&resource->root, resource_type, logical_id, &ids);
 	PG_RETURN_ARRAYTYPE_P(ids_to_text_array(&ids));
 }

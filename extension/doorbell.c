@@ -3,7 +3,7 @@
  *	  The doorbell: one tiny NOTIFY per committing transaction that captured
  *	  a change, never the resource itself.
  *
- * The trigger calls doorbell_ring() for every captured change; that only
+ * The trigger calls fhir_notify_doorbell_ring() for every captured change; that only
  * sets a flag. The NOTIFY itself is queued once, just before commit, from a
  * transaction callback: NOTIFY is transactional, so a rolled-back
  * transaction rings nothing, and a transaction that is PREPAREd (two-phase
@@ -48,7 +48,7 @@ static bool doorbell_pending = false;
 static bool
 check_doorbell(int *newval, void **extra, GucSource source)
 {
-	if (*newval == DOORBELL_TICKER && !ticker_available())
+	if (*newval == DOORBELL_TICKER && !fhir_notify_ticker_available())
 	{
 		GUC_check_errdetail("The ticker needs fhir_notify loaded at server start.");
 		GUC_check_errhint("Set shared_preload_libraries = 'fhir_notify' and restart the server, "
@@ -95,7 +95,7 @@ doorbell_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 			if (doorbell_mode == DOORBELL_TICKER)
-				ticker_ring();
+				fhir_notify_ticker_ring();
 			doorbell_pending = false;
 			break;
 		case XACT_EVENT_ABORT:
@@ -112,7 +112,7 @@ doorbell_xact_callback(XactEvent event, void *arg)
  * Registers the doorbell settings and the commit callback.
  */
 void
-doorbell_init(void)
+fhir_notify_doorbell_init(void)
 {
 	DefineCustomStringVariable(
 	    "fhir_notify.channel", "The NOTIFY channel of the doorbell.",
@@ -132,7 +132,7 @@ doorbell_init(void)
  * Called for every captured change; rings at most once per transaction.
  */
 void
-doorbell_ring(void)
+fhir_notify_doorbell_ring(void)
 {
 	doorbell_pending = true;
 }

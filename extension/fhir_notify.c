@@ -21,11 +21,11 @@ void _PG_init(void);
 void
 _PG_init(void)
 {
-	compartment_init();
-	capture_init();
-	doorbell_init();
+	fhir_notify_compartment_init();
+	fhir_notify_capture_init();
+	fhir_notify_doorbell_init();
 	if (process_shared_preload_libraries_in_progress)
-		ticker_init();
+		fhir_notify_ticker_init();
 
 	MarkGUCPrefixReserved("fhir_notify");
 }

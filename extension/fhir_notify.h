@@ -27,35 +27,35 @@ typedef struct PatientIds
 } PatientIds;
 
 /* compartment.c */
-extern void compartment_init(void);
-extern void compartment_patient_ids(JsonbContainer *resource, const char *resource_type,
-                                    const char *logical_id, PatientIds *result);
+extern void fhir_notify_compartment_init(void);
+extern void fhir_notify_compartment_patient_ids(JsonbContainer *resource, const char *resource_type,
+                                                const char *logical_id, PatientIds *result);
 
 /* reference.c: one Reference element -> Patient id (pointing into the jsonb) */
 #define PATIENT_ID_MAX_LEN 64
-extern bool patient_id_is_valid(const char *id, int len);
-extern bool reference_patient_id(JsonbContainer *element, const char **id, int *id_len);
+extern bool fhir_notify_patient_id_is_valid(const char *id, int len);
+extern bool fhir_notify_reference_patient_id(JsonbContainer *element, const char **id, int *id_len);
 
 /* trigger.c */
-extern void capture_init(void);
+extern void fhir_notify_capture_init(void);
 
 /* doorbell.c */
-extern void doorbell_init(void);
-extern void doorbell_ring(void);
+extern void fhir_notify_doorbell_init(void);
+extern void fhir_notify_doorbell_ring(void);
 
 /* ticker.c */
-extern void ticker_init(void);
+extern void fhir_notify_ticker_init(void);
 
 /*
  * Whether fhir_notify.doorbell = 'ticker' can work in this server. Called by
- * the setting's check hook, also while _PG_init runs, before ticker_init().
+ * the setting's check hook, also while _PG_init runs, before fhir_notify_ticker_init().
  */
-extern bool ticker_available(void);
+extern bool fhir_notify_ticker_available(void);
 
 /*
  * Wakes the ticker: called once after a transaction that captured changes
  * committed, in ticker mode. Must not raise an error.
  */
-extern void ticker_ring(void);
+extern void fhir_notify_ticker_ring(void);
 
 #endif /* FHIR_NOTIFY_H */

@@ -17,6 +17,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -177,15 +178,86 @@ static const char *const fhir_types[] = {
     "VisionPrescription",
 };
 
-/* The option keys watch() accepts, for the error message. */
-#define KNOWN_OPTIONS                                                                              \
-	"resource, type, id, version, deleted, deleted_value, type_name, record_unrouted"
+/*
+ * The options of a layout: the keys watch()'s options object accepts, and
+ * the "key=value" trigger arguments that carry the resolved layout to the
+ * capture trigger (after "layout=<kind>", in this order). One row per Layout
+ * field; a new option is a new row here and a new field in Layout.
+ */
+typedef enum LayoutOptionType
+{
+	OPTION_COLUMN, /* a column name (char *); JSON null: the layout has none */
+	OPTION_TEXT,   /* a value (char *); JSON null: none */
+	OPTION_BOOL    /* true or false (bool); always written to the arguments */
+} LayoutOptionType;
+
+typedef struct LayoutOption
+{
+	const char *key;
+	LayoutOptionType type;
+	bool required; /* JSON null is refused: the layout cannot do without it */
+	size_t offset; /* of the field in Layout */
+} LayoutOption;
+
+#define L(field) offsetof(Layout, field)
+
+static const LayoutOption layout_options[] = {
+    {"resource", OPTION_COLUMN, true, L(resource_column)},
+    {"type", OPTION_COLUMN, false, L(type_column)},
+    {"id", OPTION_COLUMN, false, L(id_column)},
+    {"version", OPTION_COLUMN, false, L(version_column)},
+    {"deleted", OPTION_COLUMN, false, L(deleted_column)},
+    {"deleted_value", OPTION_TEXT, false, L(deleted_value)},
+    {"type_name", OPTION_TEXT, false, L(type_name)},
+    {"record_unrouted", OPTION_BOOL, false, L(record_unrouted)},
+};
+
+#undef L
+
+/* "layout=<kind>" and one argument per option must fit in LAYOUT_MAX_ARGS. */
+StaticAssertDecl(lengthof(layout_options) + 1 <= LAYOUT_MAX_ARGS,
+                 "LAYOUT_MAX_ARGS is too small for the layout options");
+
+static char **
+option_string(Layout *layout, const LayoutOption *option)
+{
+	Assert(option->type != OPTION_BOOL);
+	return (char **) ((char *) layout + option->offset);
+}
+
+static bool *
+option_bool(Layout *layout, const LayoutOption *option)
+{
+	Assert(option->type == OPTION_BOOL);
+	return (bool *) ((char *) layout + option->offset);
+}
+
+static const LayoutOption *
+find_option(const char *key)
+{
+	for (size_t i = 0; i < lengthof(layout_options); i++)
+		if (strcmp(layout_options[i].key, key) == 0)
+			return &layout_options[i];
+	return NULL;
+}
+
+/* "resource, type, ...": the option keys watch() accepts, for error messages. */
+static char *
+known_options(void)
+{
+	StringInfoData keys;
+
+	initStringInfo(&keys);
+	for (size_t i = 0; i < lengthof(layout_options); i++)
+		appendStringInfo(&keys, "%s%s", i > 0 ? ", " : "", layout_options[i].key);
+	return keys.data;
+}
 
 /*
  * The name of a layout as users write it.
  */
 const char *
-layout_kind_name(LayoutKind kind)
+fhir_notify_layout_kind_name(LayoutKind kind)
 {
 	switch (kind)
 	{
@@ -204,7 +276,7 @@ layout_kind_name(LayoutKind kind)
  * medicationrequest -> MedicationRequest), or NULL when none.
  */
 const char *
-layout_fhir_type_name(const char *name)
+fhir_notify_layout_fhir_type_name(const char *name)
 {
 	for (size_t i = 0; i < lengthof(fhir_types); i++)
 		if (pg_strcasecmp(fhir_types[i], name) == 0)
@@ -287,7 +359,7 @@ apply_options(Jsonb *options, Layout *layout, bool *deleted_value_given)
 	it = JsonbIteratorInit(&options->root);
 	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE)
 	{
-		char **target = NULL;
+		const LayoutOption *option;
 
 		if (token == WJB_KEY)
 		{
@@ -297,41 +369,25 @@ apply_options(Jsonb *options, Layout *layout, bool *deleted_value_given)
 		if (token != WJB_VALUE)
 			continue;
 
-		if (strcmp(key, "record_unrouted") == 0)
-		{
-			if (value.type != jbvBool)
-				ereport(ERROR,
-				        (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				         errmsg("watch() option \"record_unrouted\" must be true or false")));
-			layout->record_unrouted = value.val.boolean;
-			continue;
-		}
-		if (strcmp(key, "resource") == 0)
-			target = &layout->resource_column;
-		else if (strcmp(key, "type") == 0)
-			target = &layout->type_column;
-		else if (strcmp(key, "id") == 0)
-			target = &layout->id_column;
-		else if (strcmp(key, "version") == 0)
-			target = &layout->version_column;
-		else if (strcmp(key, "deleted") == 0)
-			target = &layout->deleted_column;
-		else if (strcmp(key, "deleted_value") == 0)
-		{
-			target = &layout->deleted_value;
-			*deleted_value_given = true;
-		}
-		else if (strcmp(key, "type_name") == 0)
-			target = &layout->type_name;
-		else
+		option = find_option(key);
+		if (option == NULL)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			                errmsg("unknown watch() option \"%s\"", key),
-			                errdetail("Known options are " KNOWN_OPTIONS ".")));
+			                errdetail("Known options are %s.", known_options())));
+		if (option->offset == offsetof(Layout, deleted_value))
+			*deleted_value_given = true;
 
-		if (value.type == jbvNull && strcmp(key, "resource") != 0)
-			*target = NULL; /* null: this layout has no such column */
+		if (option->type == OPTION_BOOL)
+		{
+			if (value.type != jbvBool)
+				ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				                errmsg("watch() option \"%s\" must be true or false", key)));
+			*option_bool(layout, option) = value.val.boolean;
+		}
+		else if (value.type == jbvNull && !option->required)
+			*option_string(layout, option) = NULL; /* null: this layout has no such column */
 		else if (value.type == jbvString && value.val.string.len > 0)
-			*target = pnstrdup(value.val.string.val, value.val.string.len);
+			*option_string(layout, option) = pnstrdup(value.val.string.val, value.val.string.len);
 		else
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			                errmsg("watch() option \"%s\" must be a column name", key),
@@ -349,8 +405,8 @@ missing_column(Relation rel, const Layout *layout, const char *option, const cha
 	ereport(ERROR,
 	        (errcode(ERRCODE_UNDEFINED_COLUMN),
 	         errmsg("table \"%s\" has no column \"%s\"", RelationGetRelationName(rel), column),
-	         errdetail("The %s layout expects %s in column \"%s\".", layout_kind_name(layout->kind),
-	                   what, column),
+	         errdetail("The %s layout expects %s in column \"%s\".",
+	                   fhir_notify_layout_kind_name(layout->kind), what, column),
 	         errhint("Pass options => '{\"%s\": \"column_name\"}' to name the column that "
 	                 "holds it.",
 	                 option)));
@@ -427,7 +483,7 @@ check_columns(Relation rel, Layout *layout, bool deleted_value_given)
 
 	if (layout->type_name != NULL)
 	{
-		const char *canonical = layout_fhir_type_name(layout->type_name);
+		const char *canonical = fhir_notify_layout_fhir_type_name(layout->type_name);
 
 		if (canonical == NULL || strcmp(canonical, layout->type_name) != 0)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -479,7 +535,7 @@ recognise_layout(Relation rel)
  * what was expected when the table does not fit.
  */
 void
-layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *layout)
+fhir_notify_layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *layout)
 {
 	bool automatic = false;
 	bool deleted_value_given;
@@ -538,7 +594,7 @@ layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *la
 	/* One table per type: the type comes from the table's name. */
 	if (layout->kind == LAYOUT_FHIRBASE && layout->type_column == NULL && layout->type_name == NULL)
 	{
-		const char *type_name = layout_fhir_type_name(RelationGetRelationName(rel));
+		const char *type_name = fhir_notify_layout_fhir_type_name(RelationGetRelationName(rel));
 
 		if (type_name == NULL)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -554,7 +610,7 @@ layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *la
 
 	if (automatic)
 		ereport(NOTICE, (errmsg("table \"%s\" uses the %s layout", RelationGetRelationName(rel),
-		                        layout_kind_name(layout->kind)),
+		                        fhir_notify_layout_kind_name(layout->kind)),
 		                 errdetail("The resource is in column \"%s\".", layout->resource_column)));
 }
 
@@ -573,29 +629,31 @@ add_arg(char **args, int nargs, const char *key, const char *value)
  * Writes the layout as trigger arguments; returns how many.
  */
 int
-layout_to_args(const Layout *layout, char **args)
+fhir_notify_layout_to_args(const Layout *layout, char **args)
 {
 	int nargs = 0;
 
-	nargs = add_arg(args, nargs, "layout", layout_kind_name(layout->kind));
-	nargs = add_arg(args, nargs, "resource", layout->resource_column);
-	nargs = add_arg(args, nargs, "type", layout->type_column);
-	nargs = add_arg(args, nargs, "id", layout->id_column);
-	nargs = add_arg(args, nargs, "version", layout->version_column);
-	nargs = add_arg(args, nargs, "deleted", layout->deleted_column);
-	nargs = add_arg(args, nargs, "deleted_value", layout->deleted_value);
-	nargs = add_arg(args, nargs, "type_name", layout->type_name);
-	nargs = add_arg(args, nargs, "record_unrouted", layout->record_unrouted ? "true" : "false");
+	nargs = add_arg(args, nargs, "layout", fhir_notify_layout_kind_name(layout->kind));
+	for (size_t i = 0; i < lengthof(layout_options); i++)
+	{
+		const LayoutOption *option = &layout_options[i];
+
+		if (option->type == OPTION_BOOL)
+			nargs = add_arg(args, nargs, option->key,
+			                *option_bool((Layout *) layout, option) ? "true" : "false");
+		else
+			nargs = add_arg(args, nargs, option->key, *option_string((Layout *) layout, option));
+	}
 	Assert(nargs <= LAYOUT_MAX_ARGS);
 	return nargs;
 }
 
 /*
- * Reads trigger arguments written by layout_to_args() back into a layout,
+ * Reads trigger arguments written by fhir_notify_layout_to_args() back into a layout,
  * in the current memory context. Column types are not checked here.
  */
 void
-layout_from_args(int nargs, char **args, Layout *layout)
+fhir_notify_layout_from_args(int nargs, char **args, Layout *layout)
 {
 	memset(layout, 0, sizeof(*layout));
 	layout->kind = LAYOUT_JSONB;
@@ -604,6 +662,7 @@ layout_from_args(int nargs, char **args, Layout *layout)
 		char *equals = strchr(args[i], '=');
 		char *key;
 		char *value;
+		const LayoutOption *option;
 
 		if (equals == NULL)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -616,22 +675,12 @@ layout_from_args(int nargs, char **args, Layout *layout)
 			layout->kind = strcmp(value, "wintehr") == 0    ? LAYOUT_WINTEHR
 			               : strcmp(value, "fhirbase") == 0 ? LAYOUT_FHIRBASE
 			                                                : LAYOUT_JSONB;
-		else if (strcmp(key, "resource") == 0)
-			layout->resource_column = value;
-		else if (strcmp(key, "type") == 0)
-			layout->type_column = value;
-		else if (strcmp(key, "id") == 0)
-			layout->id_column = value;
-		else if (strcmp(key, "version") == 0)
-			layout->version_column = value;
-		else if (strcmp(key, "deleted") == 0)
-			layout->deleted_column = value;
-		else if (strcmp(key, "deleted_value") == 0)
-			layout->deleted_value = value;
-		else if (strcmp(key, "type_name") == 0)
-			layout->type_name = value;
-		else if (strcmp(key, "record_unrouted") == 0)
-			layout->record_unrouted = strcmp(value, "true") == 0;
+		else if ((option = find_option(key)) == NULL)
+			continue; /* written by a later version: ignored, as before */
+		else if (option->type == OPTION_BOOL)
+			*option_bool(layout, option) = strcmp(value, "true") == 0;
+		else
+			*option_string(layout, option) = value;
 	}
 	if (layout->deleted_column != NULL)
 		layout->deleted_kind = layout->deleted_value != NULL ? DELETED_STATUS : DELETED_BOOLEAN;
@@ -673,8 +722,8 @@ fhir_notify_resolve_layout(PG_FUNCTION_ARGS)
 		                errmsg("table \"%s\" belongs to fhir_notify and cannot be watched",
 		                       RelationGetRelationName(rel))));
 
-	layout_resolve(rel, layout_name, options, &layout);
-	nargs = layout_to_args(&layout, args);
+	fhir_notify_layout_resolve(rel, layout_name, options, &layout);
+	nargs = fhir_notify_layout_to_args(&layout, args);
 	table_close(rel, AccessShareLock);
 
 	for (int i = 0; i < nargs; i++)

@@ -43,13 +43,14 @@ typedef struct Layout
 	bool record_unrouted; /* record changes that belong to no patient */
 } Layout;
 
-extern const char *layout_kind_name(LayoutKind kind);
-extern void layout_resolve(Relation rel, const char *layout_name, Jsonb *options, Layout *layout);
-extern int layout_to_args(const Layout *layout, char **args);
-extern void layout_from_args(int nargs, char **args, Layout *layout);
-extern const char *layout_fhir_type_name(const char *name);
+extern const char *fhir_notify_layout_kind_name(LayoutKind kind);
+extern void fhir_notify_layout_resolve(Relation rel, const char *layout_name, Jsonb *options,
+                                       Layout *layout);
+extern int fhir_notify_layout_to_args(const Layout *layout, char **args);
+extern void fhir_notify_layout_from_args(int nargs, char **args, Layout *layout);
+extern const char *fhir_notify_layout_fhir_type_name(const char *name);
 
-/* Most trigger arguments layout_to_args() produces. */
+/* Most trigger arguments fhir_notify_layout_to_args() produces. */
 #define LAYOUT_MAX_ARGS 10
 
 #endif /* FHIR_NOTIFY_LAYOUT_H */

@@ -52,7 +52,7 @@ string_member(JsonbContainer *object, const char *key, const char **value, int *
  * Everything else is refused so that no odd string ever becomes a room name.
  */
 bool
-patient_id_is_valid(const char *id, int len)
+fhir_notify_patient_id_is_valid(const char *id, int len)
 {
 	if (len < 1 || len > PATIENT_ID_MAX_LEN)
 		return false;
@@ -98,7 +98,7 @@ reference_string_patient_id(const char *ref, int len, bool typed_patient, const 
 			return false;
 		*id = ref + strlen(URN_UUID);
 		*id_len = len - strlen(URN_UUID);
-		return patient_id_is_valid(*id, *id_len);
+		return fhir_notify_patient_id_is_valid(*id, *id_len);
 	}
 
 	/* Conditional references need a search, fragments point inside a resource. */
@@ -128,7 +128,7 @@ reference_string_patient_id(const char *ref, int len, bool typed_patient, const 
 
 	*id = ref + id_start;
 	*id_len = id_end - id_start;
-	return patient_id_is_valid(*id, *id_len);
+	return fhir_notify_patient_id_is_valid(*id, *id_len);
 }
 
 /*
@@ -137,7 +137,7 @@ reference_string_patient_id(const char *ref, int len, bool typed_patient, const 
  * nothing rather than an error: routing must never fail a clinical write.
  */
 bool
-reference_patient_id(JsonbContainer *element, const char **id, int *id_len)
+fhir_notify_reference_patient_id(JsonbContainer *element, const char **id, int *id_len)
 {
 	JsonbValue v;
 	bool typed_patient = false;
@@ -165,7 +165,7 @@ reference_patient_id(JsonbContainer *element, const char **id, int *id_len)
 	/* The Aidbox / fhirbase form: {"resourceType": "Patient", "id": "123"} */
 	if (string_member(element, "resourceType", &s, &len) && span_equals(s, len, PATIENT_TYPE) &&
 	    string_member(element, "id", id, id_len))
-		return patient_id_is_valid(*id, *id_len);
+		return fhir_notify_patient_id_is_valid(*id, *id_len);
 
 	return false;
 }

@@ -13,7 +13,7 @@
  * its previous one, at most once per fhir_notify.ticker_interval.
  *
  * Needs shared_preload_libraries: without it there is no shared memory and
- * no worker, ticker_available() is false and the doorbell setting refuses
+ * no worker, fhir_notify_ticker_available() is false and the doorbell setting refuses
  * the ticker.
  */
 #include "postgres.h"
@@ -81,7 +81,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-PGDLLEXPORT void ticker_main(Datum main_arg);
+PGDLLEXPORT void fhir_notify_ticker_main(Datum main_arg);
 
 /*
  * Asks for the shared memory of the ticker (PG15 and later).
@@ -125,7 +125,7 @@ ticker_shmem_startup(void)
  * shared_preload_libraries is being processed.
  */
 void
-ticker_init(void)
+fhir_notify_ticker_init(void)
 {
 	BackgroundWorker worker;
 
@@ -154,7 +154,7 @@ ticker_init(void)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = TICKER_RESTART_SECONDS;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "fhir_notify");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "ticker_main");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "fhir_notify_ticker_main");
 	snprintf(worker.bgw_name, BGW_MAXLEN, TICKER_WORKER_TYPE);
 	snprintf(worker.bgw_type, BGW_MAXLEN, TICKER_WORKER_TYPE);
 	RegisterBackgroundWorker(&worker);
@@ -168,7 +168,7 @@ ticker_init(void)
  * postgresql.conf is accepted.
  */
 bool
-ticker_available(void)
+fhir_notify_ticker_available(void)
 {
 	return ticker_shared != NULL || process_shared_preload_libraries_in_progress;
 }
@@ -181,7 +181,7 @@ ticker_available(void)
  * spinlock and an atomic add, cheap enough for every commit.
  */
 void
-ticker_ring(void)
+fhir_notify_ticker_ring(void)
 {
 	Latch *latch;
 
@@ -233,7 +233,7 @@ ticker_detach(int code, Datum arg)
  * the previous one.
  */
 void
-ticker_main(Datum main_arg)
+fhir_notify_ticker_main(Datum main_arg)
 {
 	TimestampTz last_notify = 0;
 

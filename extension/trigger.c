@@ -133,7 +133,7 @@ capture_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
  * Registers the capture settings.
  */
 void
-capture_init(void)
+fhir_notify_capture_init(void)
 {
 	DefineCustomStringVariable(
 	    "fhir_notify.actor", "Who makes the changes of this session or transaction.",
@@ -149,7 +149,7 @@ capture_init(void)
 	                        NULL, NULL);
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
 	CacheRegisterSyscacheCallback(NAMESPACEOID, capture_namespace_callback, (Datum) 0);
-	change_log_init();
+	fhir_notify_change_log_init();
 }
 
 /*
@@ -290,7 +290,7 @@ capture_target(TriggerData *trigdata)
 		                                        ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(target->context);
 	target->relid = RelationGetRelid(rel);
-	layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
+	fhir_notify_layout_from_args(trigger->tgnargs, trigger->tgargs, &target->layout);
 	target->source_table = watched_table_name(rel, trigger, &target->source_relid);
 	columns[0].name = target->layout.resource_column;
 	columns[0].column = &target->resource;
@@ -469,7 +469,8 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 	    strcmp(before->id, image->id) == 0)
 		image->patients = before->patients;
 	else if (image->is_object)
-		compartment_patient_ids(&image->resource->root, image->type, image->id, &image->patients);
+		fhir_notify_compartment_patient_ids(&image->resource->root, image->type, image->id,
+		                                    &image->patients);
 }
 
 /*
@@ -620,9 +621,9 @@ record_change(CaptureTarget *target, const char *action, RowImage *image, Patien
 	}
 	row.actor = current_actor();
 	row.source_table = target->source_table;
-	change_log_append(&row);
+	fhir_notify_change_log_append(&row);
 
-	doorbell_ring();
+	fhir_notify_doorbell_ring();
 }
 
 /*
