@@ -3,6 +3,7 @@
 #   make            build the extension and the bridge
 #   make install    install both (the extension into PostgreSQL's directories)
 #   make check      every test, on throwaway clusters (installs build deps first)
+#   make installcheck  the SQL suites against an installed, running server
 #   make demo       the live chart-review demo on a throwaway database
 #   make bench      the benchmarks (BENCH_QUICK=1 for a short run)
 #   make format     clang-format every C file; make format-check verifies
@@ -44,6 +45,12 @@ deps:
 check: deps
 	$(MAKE) all
 	scripts/check
+
+# The regression and isolation suites against the running server that PGHOST,
+# PGPORT and PGUSER name, which has this build installed (see
+# extension/extension.mk for what it needs). `make check` needs no server.
+installcheck:
+	$(EXTENSION_MAKE) installcheck
 
 demo: deps
 	$(MAKE) all

@@ -6,20 +6,31 @@
  *	  answers are cached for --authorize-cache-seconds. An error counts as
  *	  "no": the bridge fails closed.
  */
+#include "authorize.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 #include "bridge.h"
-#include "client.h"
 #include "log.h"
-#include "pg.h"
 #include "pg_link.h"
 
 #define CACHE_SIZE 4096
 
+struct authorize_request
+{
+	authorize_done_fn done;
+	void *arg;
+	int pending;    /* checks still queued or in flight */
+	bool denied;    /* an answer said no */
+	bool cancelled; /* freed once its last check is answered or dropped */
+	bool orphaned;  /* the authorizer stopped: freed by authorize_cancel, never answered */
+};
+
+/* One question to the database: may user see patient_id? */
 typedef struct check
 {
-	subscription *sub; /* NULL once cancelled */
+	authorize_request *req;
 	char *user;
 	char *patient_id;
 	struct check *next;
@@ -56,6 +67,34 @@ check_free(check *ch)
 	free(ch->user);
 	free(ch->patient_id);
 	free(ch);
+}
+
+/*
+ * One answer (or, with answered false, a check dropped) for req; the last
+ * one calls back unless the request was cancelled, and frees it.
+ */
+static void
+request_settle(authorize_request *req, bool answered, bool allowed)
+{
+	if (answered && !allowed)
+		req->denied = true;
+	if (--req->pending > 0)
+		return;
+	if (!req->cancelled)
+		req->done(req->arg, !req->denied);
+	free(req);
+}
+
+/* At stop: a check dropped; the requester still holds its handle. */
+static void
+request_orphan(authorize_request *req)
+{
+	if (--req->pending > 0)
+		return;
+	if (req->cancelled)
+		free(req);
+	else
+		req->orphaned = true;
 }
 
 static cached_answer *
@@ -100,8 +139,9 @@ kick(void)
 		queue_head = ch->next;
 		if (!queue_head)
 			queue_tail = NULL;
-		if (!ch->sub)
+		if (ch->req->cancelled)
 		{
+			request_settle(ch->req, false, false);
 			check_free(ch);
 			continue;
 		}
@@ -114,59 +154,56 @@ kick(void)
 	}
 }
 
-/* One answer for sub; the last one lets the subscription proceed. */
-static void
-answer(subscription *sub, bool allowed)
+/* See authorize.h. */
+authorize_request *
+authorize_patients(const char *user, char *const *patient_ids, int npatients,
+                   authorize_done_fn done, void *arg, bool *allowed)
 {
-	if (!allowed)
-		sub->forbidden = true;
-	if (--sub->pending_authorizations == 0)
-		subscribe_authorized(sub);
-}
+	authorize_request *req = xcalloc(1, sizeof(authorize_request));
 
-/* See pg.h. */
-void
-authorize_subscription(subscription *sub)
-{
-	const char *user = sub->client->grant.subject ? sub->client->grant.subject : "";
-
-	sub->pending_authorizations = 1; /* held until every check is queued */
-	for (int i = 0; i < sub->npatients; i++)
+	req->done = done;
+	req->arg = arg;
+	for (int i = 0; i < npatients; i++)
 	{
-		cached_answer *a = cache_find(user, sub->patient_ids[i]);
+		cached_answer *a = cache_find(user, patient_ids[i]);
 		check *ch;
 
 		if (a)
 		{
-			sub->forbidden = sub->forbidden || !a->allowed;
+			req->denied = req->denied || !a->allowed;
 			continue;
 		}
 		ch = xcalloc(1, sizeof(check));
-		ch->sub = sub;
+		ch->req = req;
 		ch->user = xstrdup(user);
-		ch->patient_id = xstrdup(sub->patient_ids[i]);
+		ch->patient_id = xstrdup(patient_ids[i]);
 		if (queue_tail)
 			queue_tail->next = ch;
 		else
 			queue_head = ch;
 		queue_tail = ch;
-		sub->pending_authorizations++;
+		req->pending++;
 	}
-	answer(sub, true);
+	if (req->pending == 0)
+	{
+		*allowed = !req->denied;
+		free(req);
+		return NULL;
+	}
 	kick();
+	return req;
 }
 
-/* See pg.h. */
+/* See authorize.h. */
 void
-authorize_cancel_for_subscription(subscription *sub)
+authorize_cancel(authorize_request *req)
 {
-	for (check *ch = queue_head; ch; ch = ch->next)
-	{
-		if (ch->sub == sub)
-			ch->sub = NULL;
-	}
-	if (in_flight && in_flight->sub == sub)
-		in_flight->sub = NULL;
+	if (!req)
+		return;
+	if (req->orphaned)
+		free(req);
+	else
+		req->cancelled = true;
 }
 
 static void
@@ -198,8 +235,7 @@ authorize_query_done(pg_link *link)
 	if (ch)
 	{
 		cache_store(ch->user, ch->patient_id, in_flight_answer);
-		if (ch->sub)
-			answer(ch->sub, in_flight_answer);
+		request_settle(ch->req, true, in_flight_answer);
 		check_free(ch);
 	}
 	kick();
@@ -224,7 +260,7 @@ authorize_notify(pg_link *link, const PGnotify *notify)
 {
 }
 
-/* See pg.h. */
+/* See authorize.h. */
 void
 authorize_start(void)
 {
@@ -234,7 +270,7 @@ authorize_start(void)
 	pg_link_start(&authorizer);
 }
 
-/* See pg.h. */
+/* See authorize.h. */
 void
 authorize_stop(void)
 {
@@ -243,10 +279,13 @@ authorize_stop(void)
 	{
 		check *next = queue_head->next;
 
+		request_orphan(queue_head->req);
 		check_free(queue_head);
 		queue_head = next;
 	}
 	queue_tail = NULL;
+	if (in_flight)
+		request_orphan(in_flight->req);
 	check_free(in_flight);
 	in_flight = NULL;
 	for (int i = 0; i < CACHE_SIZE; i++)

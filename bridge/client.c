@@ -1,17 +1,17 @@
 /*
  * client.c
- *	  Client send queues, subscriptions and delivery of changes to them.
+ *	  Client connections: send queues, flow control and deadlines.
  */
 #include "client.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "bridge.h"
 #include "log.h"
 #include "metrics.h"
-#include "pg.h"
-#include "rooms.h"
 
 static void
 queue_push(client *c, message *msg)
@@ -71,49 +71,33 @@ client_drop_queued_updates(client *c)
 }
 
 /* See client.h. */
-void
+bool
 client_send_update(client *c, message *msg, bool catch_up)
 {
 	if (!catch_up && c->queued_updates >= the_bridge.settings.send_queue_limit &&
 	    (now_monotonic_us() - c->last_progress_us > STALLED_CLIENT_US ||
 	     c->queued_updates >= (long long) the_bridge.settings.send_queue_limit * QUEUE_HARD_FACTOR))
 	{
-		char cursor_text[CURSOR_TEXT_LEN];
+		bool tell = !c->resync_queued;
 
 		the_metrics.queue_drops++; /* this one */
 		client_drop_queued_updates(c);
-		bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
-		if (!c->resync_queued)
+		if (tell)
 			log_warning("client %s: not keeping up with %d queued updates, dropped them and asked "
 			            "for a resync",
 			            c->id, the_bridge.settings.send_queue_limit);
 		/*
 		 * A resync still queued covers this drop too: the client reloads
 		 * only after reading it. Once one has been written, a new drop
-		 * needs a new resync. Its cursor is at or before every dropped
-		 * change, so a client resuming from it misses nothing.
+		 * needs a new resync.
 		 */
-		for (int i = 0; i < c->nsubs && !c->resync_queued; i++)
-		{
-			subscription *sub = c->subs[i];
-
-			if (!sub->active)
-				continue;
-			for (int j = 0; j < sub->npatients; j++)
-			{
-				message *resync =
-				    message_resync(sub->patient_ids[j], sub->id, "queue_overflow", cursor_text);
-
-				client_send(c, resync);
-				message_unref(resync);
-			}
-		}
 		c->resync_queued = true;
 		if (!c->stuck_since_us)
 			c->stuck_since_us = now_monotonic_us();
-		return;
+		return tell;
 	}
 	client_send(c, msg);
+	return false;
 }
 
 /* See client.h. */
@@ -122,6 +106,22 @@ client_send_error(client *c, const char *code, const char *text, const char *sub
 {
 	message *msg = message_error(code, text, subscription_id);
 
+	client_send(c, msg);
+	message_unref(msg);
+}
+
+/* See client.h. */
+void
+client_send_json(client *c, json_t *object)
+{
+	char *text = json_dumps(object, JSON_COMPACT);
+	message *msg;
+
+	json_decref(object);
+	if (!text)
+		return;
+	msg = message_new(MESSAGE_CONTROL, text, strlen(text));
+	free(text);
 	client_send(c, msg);
 	message_unref(msg);
 }
@@ -360,128 +360,9 @@ clients_sweep(void)
 }
 
 /* See client.h. */
-bool
-subscription_matches(const subscription *sub, const char *patient_id, const char *resource_type)
-{
-	bool patient = false;
-
-	if (sub->room)
-		return false;
-	for (int i = 0; i < sub->npatients && !patient; i++)
-		patient = strcmp(sub->patient_ids[i], patient_id) == 0;
-	if (!patient)
-		return false;
-	if (sub->ntypes == 0)
-		return true;
-	for (int i = 0; i < sub->ntypes; i++)
-	{
-		if (strcmp(sub->types[i], resource_type) == 0)
-			return true;
-	}
-	return false;
-}
-
-/* See client.h. */
-subscription *
-client_find_subscription(client *c, const char *id)
-{
-	for (int i = 0; i < c->nsubs; i++)
-	{
-		if (strcmp(c->subs[i]->id, id) == 0)
-			return c->subs[i];
-	}
-	return NULL;
-}
-
-/* See client.h. */
-void
-subscription_free(subscription *sub)
-{
-	for (int i = 0; i < sub->npatients; i++)
-		free(sub->patient_ids[i]);
-	for (int i = 0; i < sub->ntypes; i++)
-		free(sub->types[i]);
-	free(sub->patient_ids);
-	free(sub->types);
-	free(sub->room);
-	free(sub->id);
-	free(sub);
-}
-
-/* Leaves sub's rooms, cancels its pending work and frees it. */
-void
-client_remove_subscription(client *c, subscription *sub)
-{
-	for (int i = 0; i < c->nsubs; i++)
-	{
-		if (c->subs[i] != sub)
-			continue;
-		memmove(&c->subs[i], &c->subs[i + 1], (size_t) (c->nsubs - i - 1) * sizeof(subscription *));
-		c->nsubs--;
-		break;
-	}
-	for (int i = 0; i < sub->npatients; i++)
-		rooms_leave(sub->patient_ids[i], c);
-	pg_cancel_for_subscription(sub);
-	authorize_cancel_for_subscription(sub);
-	subscription_free(sub);
-}
-
-/* See client.h. */
-void
-subscription_activate(subscription *sub)
-{
-	sub->active = true;
-	sub->active_from = bridge_current_cursor();
-}
-
-/* See client.h. */
-void
-subscription_activate_caught_up(subscription *sub)
-{
-	char cursor_text[CURSOR_TEXT_LEN];
-	message *msg;
-
-	sub->active = true;
-	sub->active_from = (cursor){sub->since.tick, sub->since.position + 1};
-	/*
-	 * Queued behind the replayed updates and, since the subscription only
-	 * now takes live updates, ahead of every live one: the client knows
-	 * exactly when it has caught up instead of guessing from a pause.
-	 */
-	cursor_format(sub->replayed > 0 ? sub->replayed_last : sub->since, cursor_text,
-	              sizeof(cursor_text));
-	msg = message_caught_up(sub->id, cursor_text, sub->replayed);
-	client_send(sub->client, msg);
-	message_unref(msg);
-}
-
-/* See client.h. */
-void
-subscription_resync(subscription *sub, const char *reason)
-{
-	char cursor_text[CURSOR_TEXT_LEN];
-
-	bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
-	log_info("client %s: subscription resync (%s)", sub->client->id, reason);
-	for (int i = 0; i < sub->npatients; i++)
-	{
-		message *msg = message_resync(sub->patient_ids[i], sub->id, reason, cursor_text);
-
-		client_send(sub->client, msg);
-		message_unref(msg);
-	}
-	subscription_activate(sub);
-}
-
-/* Frees everything the client holds; called when its connection is gone. */
 void
 client_release(client *c)
 {
-	while (c->nsubs > 0)
-		client_remove_subscription(c, c->subs[c->nsubs - 1]);
-	free(c->subs);
-	c->subs = NULL;
 	for (int i = 0; i < c->queue_len; i++)
 		message_unref(c->queue[(c->queue_head + i) % c->queue_cap]);
 	free(c->queue);
@@ -501,74 +382,4 @@ client_release(client *c)
 		c->next->prev = c->prev;
 	c->prev = c->next = NULL;
 	the_bridge.nclients--;
-}
-
-/* Whether c takes this change for this patient live, through any active subscription. */
-static bool
-client_wants_live(const client *c, const char *patient_id, const char *resource_type)
-{
-	bool wanted = false;
-
-	for (int i = 0; i < c->nsubs && !wanted; i++)
-		wanted = c->subs[i]->active && subscription_matches(c->subs[i], patient_id, resource_type);
-	return wanted && auth_grant_allows(&c->grant, patient_id, resource_type);
-}
-
-/* See client.h. */
-void
-deliver_change(change *ch)
-{
-	for (int i = 0; i < ch->npatients; i++)
-	{
-		room *r = rooms_find(ch->patient_ids[i]);
-
-		if (!r)
-			continue;
-		for (int m = 0; m < r->nmembers; m++)
-		{
-			client *c = r->members[m];
-
-			if (!c->authenticated || c->close_code)
-				continue;
-			if (client_wants_live(c, ch->patient_ids[i], ch->resource_type))
-				client_send_update(c, ch->messages[i], false);
-		}
-	}
-}
-
-/* See client.h. */
-int
-deliver_catch_up(subscription *sub, change *ch, bool count_only)
-{
-	client *c = sub->client;
-	int sent = 0;
-
-	for (int i = 0; i < ch->npatients; i++)
-	{
-		const char *pid = ch->patient_ids[i];
-		bool had_it = false;
-
-		if (!subscription_matches(sub, pid, ch->resource_type) ||
-		    !auth_grant_allows(&c->grant, pid, ch->resource_type))
-			continue;
-		/* one copy per client: skip what another subscription delivered live */
-		for (int s = 0; s < c->nsubs && !had_it; s++)
-		{
-			subscription *other = c->subs[s];
-
-			had_it = other != sub && other->active &&
-			         cursor_compare(ch->at, other->active_from) >= 0 &&
-			         subscription_matches(other, pid, ch->resource_type);
-		}
-		if (had_it)
-			continue;
-		if (!count_only)
-		{
-			client_send_update(c, ch->messages[i], true);
-			sub->replayed++;
-			sub->replayed_last = ch->at;
-		}
-		sent++;
-	}
-	return sent;
 }

@@ -1,13 +1,14 @@
 /*
  * client.h
- *	  A WebSocket client: its token's rights, its subscriptions, and its
- *	  bounded send queue.
+ *	  A WebSocket client: its connection, its token's rights, its bounded
+ *	  send queue and flow control. Its subscriptions are subscription.c's.
  */
 #ifndef BRIDGE_CLIENT_H
 #define BRIDGE_CLIENT_H
 
 #include <stdbool.h>
 
+#include <jansson.h>
 #include <libwebsockets.h>
 
 #include "auth.h"
@@ -15,26 +16,7 @@
 #include "message.h"
 #include "util.h"
 
-struct client;
-
-typedef struct subscription
-{
-	struct client *client;
-	char *id;
-	char **patient_ids;
-	int npatients;
-	char **types; /* empty: every type the token allows */
-	int ntypes;
-	char *room;         /* a named room (nothing flows there yet) */
-	bool active;        /* receives live updates */
-	cursor active_from; /* every change it takes from this cursor on reached the client */
-	bool has_since;
-	cursor since;
-	int replayed;               /* updates sent by its catch-up so far */
-	cursor replayed_last;       /* the cursor of the last of them */
-	int pending_authorizations; /* --authorize-sql answers still awaited */
-	bool forbidden;             /* an --authorize-sql answer said no */
-} subscription;
+struct subscription;
 
 typedef struct client
 {
@@ -47,7 +29,7 @@ typedef struct client
 	long long connected_us;
 	long long expires_us; /* token expiry (wall clock), 0 if none */
 
-	subscription **subs;
+	struct subscription **subs; /* owned by subscription.c */
 	int nsubs;
 
 	message **queue; /* circular */
@@ -86,13 +68,17 @@ typedef struct client
 /* Queues msg (taking a reference) and asks for a writeable callback. */
 void client_send(client *c, message *msg);
 /*
- * Queues an update; past --send-queue-limit the queue is dropped and the
- * client told to resync. catch_up: part of a bounded resume, not limited.
+ * Queues an update; past --send-queue-limit the queued updates are dropped
+ * instead, and true is returned when the client must now be told to resync
+ * (no resync of an earlier drop is still queued). catch_up: part of a
+ * bounded resume, not limited.
  */
-void client_send_update(client *c, message *msg, bool catch_up);
+bool client_send_update(client *c, message *msg, bool catch_up);
 /* Drops the queued updates (control messages stay), counting them as drops. */
 void client_drop_queued_updates(client *c);
 void client_send_error(client *c, const char *code, const char *text, const char *subscription_id);
+/* Queues object (a reply, taking its reference) as compact JSON. */
+void client_send_json(client *c, json_t *object);
 /* Flushes what is queued, then closes with code. */
 void client_close(client *c, int code, const char *reason);
 /* Writes queued messages (one write); called in LWS_CALLBACK_SERVER_WRITEABLE. */
@@ -130,31 +116,10 @@ int client_timer_fired(client *c);
  * read from until half of them are written.
  */
 #define MAX_UNREAD_REPLIES 1024
+/*
+ * Frees everything the connection holds (its subscriptions must be gone:
+ * subscriptions_client_closed); called when it is closed.
+ */
 void client_release(client *c);
-
-/* Whether sub takes resource_type changes of patient_id (ignoring whether it is active). */
-bool subscription_matches(const subscription *sub, const char *patient_id,
-                          const char *resource_type);
-subscription *client_find_subscription(client *c, const char *id);
-void subscription_free(subscription *sub);
-void client_remove_subscription(client *c, subscription *sub);
-/* Starts live delivery for sub from the current cursor. */
-void subscription_activate(subscription *sub);
-/*
- * Starts live delivery for sub after a complete catch-up from sub->since,
- * and queues the caught_up message that ends the replay for the client.
- */
-void subscription_activate_caught_up(subscription *sub);
-/* Sends a resync for every patient of sub and activates it. */
-void subscription_resync(subscription *sub, const char *reason);
-
-/* Fans a freshly read change out to the clients in its patients' rooms. */
-void deliver_change(change *c);
-/*
- * Sends the part of change c that subscription sub takes, during its
- * catch-up; skips what the client already got live from another
- * subscription. Returns the number of messages sent.
- */
-int deliver_catch_up(subscription *sub, change *c, bool count_only);
 
 #endif /* BRIDGE_CLIENT_H */

@@ -17,6 +17,7 @@
 #include <libwebsockets.h>
 
 #include "auth.h"
+#include "authorize.h"
 #include "bridge.h"
 #include "change.h"
 #include "client.h"
@@ -26,6 +27,7 @@
 #include "pg_link.h"
 #include "prune.h"
 #include "rooms.h"
+#include "subscription.h"
 #include "ws.h"
 
 /* Recent changes kept for resuming clients (at least --resume-max-changes). */
@@ -361,7 +363,7 @@ main(int argc, char **argv)
 	ring_init(the_bridge.settings.resume_max_changes > RING_MIN_CAPACITY
 	              ? the_bridge.settings.resume_max_changes
 	              : RING_MIN_CAPACITY);
-	pg_start();
+	pg_start(&subscription_feed);
 	authorize_start();
 	prune_start();
 	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);

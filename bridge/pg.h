@@ -1,52 +1,77 @@
 /*
  * pg.h
- *	  The database side: the change log reader (LISTEN, tick, read, fan
- *	  out), catch-up reads for resuming subscriptions, and --authorize-sql
- *	  checks, each on an asynchronous libpq connection whose socket is
- *	  polled by the lws loop.
+ *	  The change log reader: LISTEN for the doorbell, tick and read the log
+ *	  after the last tick fanned out, hand each change to the reader's
+ *	  consumer; and, on the same connection, catch-up reads for whoever
+ *	  asks (a request with callbacks, cancellable). It knows nothing of
+ *	  clients or subscriptions. Its socket is polled by the lws loop
+ *	  (pg_link.h).
  */
 #ifndef BRIDGE_PG_H
 #define BRIDGE_PG_H
 
 #include <stdbool.h>
 
-#include "client.h"
+#include "change.h"
+#include "util.h"
+
+/* What the reader tells its consumer. */
+typedef struct reader_events
+{
+	/* A change read from the log, already in the ring; called in log order. */
+	void (*change)(change *c);
+	/* The log went back in time (recreated, restored): every cursor handed out is void. */
+	void (*log_reset)(void);
+} reader_events;
 
 /* Starts connecting; everything else follows from the lws loop. */
-void pg_start(void);
+void pg_start(const reader_events *events);
 void pg_stop(void);
 /* Reads the change log soon (the doorbell rang, or the safety poll). */
 void pg_request_fetch(void);
 
-/*
- * Queues a read of the changes after sub->since for sub from the database;
- * resume_database_done() continues when it is answered.
- */
-void pg_queue_resume(subscription *sub);
-/* Forgets queued work for sub (unsubscribed or its client left). */
-void pg_cancel_for_subscription(subscription *sub);
+/* A catch-up read: the changes after since of some patients. */
+typedef struct catch_up_query
+{
+	cursor since;
+	char *const *patient_ids;
+	int npatients;
+	char *const *types; /* none: every type */
+	int ntypes;
+	int limit;        /* rows at most */
+	bool oldest_only; /* only ask for the oldest readable tick (the ring has the changes) */
+} catch_up_query;
+
+typedef struct catch_up_answer
+{
+	bool failed;         /* the read failed: nothing else is set */
+	long long oldest;    /* the oldest readable tick (0: none) */
+	long long upto_tick; /* the read covered the log up to this tick */
+	bool oldest_only;    /* as asked */
+	change **changes;    /* in log order; the reader drops them after the callback */
+	int nchanges;
+} catch_up_answer;
+
+typedef struct pg_request pg_request;
+
+typedef struct catch_up_ops
+{
+	/*
+	 * The reader's turn for this request came, after a read of the log up
+	 * to now: fill in q and return true to read, or false when the
+	 * requester settled it without the database (the request is over).
+	 */
+	bool (*prepare)(void *arg, catch_up_query *q);
+	/* The answer; the request is over (its handle freed after this returns). */
+	void (*done)(void *arg, const catch_up_answer *answer);
+} catch_up_ops;
 
 /*
- * Asks --authorize-sql whether the client's user may see each patient of
- * sub (answers are cached); subscribe_authorized() continues.
+ * Queues a catch-up read; the log is read up to now first. Returns the
+ * handle to cancel it with until prepare() said false or done() ran.
  */
-void authorize_subscription(subscription *sub);
-void authorize_cancel_for_subscription(subscription *sub);
-void authorize_start(void);
-void authorize_stop(void);
-
-/* Continuations, in ws.c / resume.c. */
-void subscribe_authorized(subscription *sub);
-void resume_start(subscription *sub);
-/* Settles a resume that needs no database (a cursor from the future); false: ask the database. */
-bool resume_from_memory(subscription *sub);
-/*
- * The database's answer to a catch-up read (first column: the oldest
- * readable tick; with from_ring only that, the changes coming from the ring).
- */
-void resume_database_done(subscription *sub, const PGresult *res, long long upto_tick,
-                          bool from_ring);
-/* Whether the ring holds every change after sub's cursor. */
-bool resume_ring_covers(const subscription *sub);
+pg_request *pg_catch_up(const catch_up_ops *ops, void *arg);
+/* Forgets the request: none of its callbacks runs after this. */
+void pg_request_cancel(pg_request *req);
 
 #endif /* BRIDGE_PG_H */

@@ -1,7 +1,8 @@
 /*
  * ws.c
  *	  WebSocket protocol handlers: authentication, subscribe, unsubscribe,
- *	  ping; see docs/protocol.md for the contract.
+ *	  ping; see docs/protocol.md for the contract. Messages are parsed and
+ *	  validated here; what a subscription then does is subscription.c's.
  */
 #include "ws.h"
 
@@ -18,27 +19,11 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
-#include "pg.h"
-#include "rooms.h"
+#include "subscription.h"
 
 #define MAX_PATIENTS_PER_SUBSCRIPTION 1000
 #define MAX_TYPES_PER_SUBSCRIPTION    200
 #define MAX_ID_LENGTH                 128
-
-static void
-send_json(client *c, json_t *object)
-{
-	char *text = json_dumps(object, JSON_COMPACT);
-	message *msg;
-
-	json_decref(object);
-	if (!text)
-		return;
-	msg = message_new(MESSAGE_CONTROL, text, strlen(text));
-	free(text);
-	client_send(c, msg);
-	message_unref(msg);
-}
 
 static json_t *
 now_timestamp(void)
@@ -64,9 +49,9 @@ send_welcome(client *c)
 
 	if (!json_object_get(user, "sub") && c->grant.subject)
 		json_object_set_new(user, "sub", json_string(c->grant.subject));
-	send_json(c, json_pack("{s:s, s:{s:s, s:o, s:o, s:s}}", "type", "welcome", "data", "client_id",
-	                       c->id, "user", user, "cursor", current_cursor_json(), "server",
-	                       "fhir-notify-bridge/" BRIDGE_VERSION));
+	client_send_json(c, json_pack("{s:s, s:{s:s, s:o, s:o, s:s}}", "type", "welcome", "data",
+	                              "client_id", c->id, "user", user, "cursor", current_cursor_json(),
+	                              "server", "fhir-notify-bridge/" BRIDGE_VERSION));
 }
 
 /*
@@ -267,54 +252,6 @@ free_strings(char **list, int n)
 	free(list);
 }
 
-static json_t *
-strings_json(char **list, int n)
-{
-	json_t *array = json_array();
-
-	for (int i = 0; i < n; i++)
-		json_array_append_new(array, json_string(list[i]));
-	return array;
-}
-
-/* See pg.h: the subscription passed every check; confirm it and start delivery. */
-void
-subscribe_authorized(subscription *sub)
-{
-	client *c = sub->client;
-	json_t *data;
-	char since_text[CURSOR_TEXT_LEN];
-
-	if (sub->forbidden)
-	{
-		client_send_error(c, "FORBIDDEN", "not allowed to see one of these patients", sub->id);
-		client_remove_subscription(c, sub);
-		return;
-	}
-	data = json_pack("{s:s, s:s}", "action", "created", "subscription_id", sub->id);
-	if (sub->room)
-		json_object_set_new(data, "room", json_string(sub->room));
-	else
-	{
-		json_object_set_new(data, "patient_ids", strings_json(sub->patient_ids, sub->npatients));
-		json_object_set_new(data, "resource_types", strings_json(sub->types, sub->ntypes));
-		if (sub->has_since)
-		{
-			cursor_format(sub->since, since_text, sizeof(since_text));
-			json_object_set_new(data, "cursor", json_string(since_text));
-		}
-		else
-			json_object_set_new(data, "cursor", current_cursor_json());
-	}
-	send_json(c, json_pack("{s:s, s:o}", "type", "subscription", "data", data));
-	if (sub->room)
-		return;
-	if (sub->has_since)
-		resume_start(sub);
-	else
-		subscription_activate(sub);
-}
-
 static void
 handle_subscribe(client *c, json_t *root)
 {
@@ -323,7 +260,7 @@ handle_subscribe(client *c, json_t *root)
 	const char *problem;
 	char **patients = NULL, **types = NULL;
 	int npatients = 0, ntypes = 0;
-	subscription *existing, *sub;
+	subscribe_request req = {0};
 	cursor since = {0, 0};
 	json_t *since_json;
 
@@ -388,36 +325,22 @@ handle_subscribe(client *c, json_t *root)
 			}
 		}
 	}
-	existing = client_find_subscription(c, sid);
-	if (!existing && c->nsubs >= the_bridge.settings.max_subscriptions)
+	if (!subscription_find(c, sid) && c->nsubs >= the_bridge.settings.max_subscriptions)
 	{
 		client_send_error(c, "LIMIT_EXCEEDED", "too many subscriptions on this connection", sid);
 		free_strings(patients, npatients);
 		free_strings(types, ntypes);
 		return;
 	}
-	if (existing)
-		client_remove_subscription(c, existing);
-
-	sub = xcalloc(1, sizeof(subscription));
-	sub->client = c;
-	sub->id = xstrdup(sid);
-	sub->room = xstrdup(room_name);
-	sub->patient_ids = patients;
-	sub->npatients = npatients;
-	sub->types = types;
-	sub->ntypes = ntypes;
-	sub->has_since = since_text != NULL;
-	sub->since = since;
-	c->subs = xrealloc(c->subs, (size_t) (c->nsubs + 1) * sizeof(subscription *));
-	c->subs[c->nsubs++] = sub;
-	for (int i = 0; i < npatients; i++)
-		rooms_join(patients[i], c);
-	log_debug("client %s: subscribing %s to %d patients", c->id, sid, npatients);
-	if (the_bridge.settings.authorize_sql && npatients > 0)
-		authorize_subscription(sub);
-	else
-		subscribe_authorized(sub);
+	req.id = xstrdup(sid);
+	req.room = xstrdup(room_name);
+	req.patient_ids = patients;
+	req.npatients = npatients;
+	req.types = types;
+	req.ntypes = ntypes;
+	req.has_since = since_text != NULL;
+	req.since = since;
+	subscription_subscribe(c, &req);
 }
 
 static void
@@ -425,18 +348,15 @@ handle_unsubscribe(client *c, json_t *root)
 {
 	json_t *data = json_object_get(root, "data");
 	const char *sid = json_string_value(json_object_get(data, "subscription_id"));
-	subscription *sub;
 
 	if (!sid)
 	{
 		client_send_error(c, "BAD_REQUEST", "unsubscribe needs data.subscription_id", NULL);
 		return;
 	}
-	sub = client_find_subscription(c, sid);
-	if (sub)
-		client_remove_subscription(c, sub);
-	send_json(c, json_pack("{s:s, s:{s:s, s:s}}", "type", "subscription", "data", "action",
-	                       "removed", "subscription_id", sid));
+	subscription_unsubscribe(c, sid);
+	client_send_json(c, json_pack("{s:s, s:{s:s, s:s}}", "type", "subscription", "data", "action",
+	                              "removed", "subscription_id", sid));
 }
 
 /* Dispatches one complete text message from a client. */
@@ -467,8 +387,8 @@ handle_message(client *c, const char *text, size_t len)
 			client_send_error(c, "BAD_REQUEST", "authenticate needs a token", NULL);
 		else if (authenticate(c, token))
 		{
-			send_json(c,
-			          json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
+			client_send_json(
+			    c, json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
 			if (first)
 				send_welcome(c);
 		}
@@ -476,7 +396,7 @@ handle_message(client *c, const char *text, size_t len)
 	else if (!c->authenticated)
 		client_send_error(c, "AUTH_REQUIRED", "authenticate first", NULL);
 	else if (strcmp(type, "ping") == 0)
-		send_json(c, json_pack("{s:s, s:o}", "type", "pong", "timestamp", now_timestamp()));
+		client_send_json(c, json_pack("{s:s, s:o}", "type", "pong", "timestamp", now_timestamp()));
 	else if (strcmp(type, "pong") == 0)
 		;
 	else if (strcmp(type, "subscribe") == 0)
@@ -582,6 +502,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			if (c && c->established)
 			{
 				log_info("client %s: disconnected", c->id);
+				subscriptions_client_closed(c);
 				client_release(c);
 				c->established = false;
 			}

@@ -1,17 +1,20 @@
 #!/usr/bin/python3
 """A STAND-IN for the EHR backend, for the demo only.
 
-It plays the part of WintEHR's FHIR backend: it serves the chart-review page,
+It plays the part of the EHR's FHIR backend: it serves the chart-review page,
 issues the demo users' JSON Web Tokens (HS256, SMART scope user/*.read) and
-writes FHIR resources into fhir.resources exactly as WintEHR did (a version
-row, a history row, soft delete), naming the user in each transaction with
+writes FHIR resources the way the FHIR server of DEMO_LAYOUT does
+(demo/stores.py): WintEHR's fhir.resources (a version row, a history row,
+soft delete; the default), HAPI FHIR JPA's hfj_resource/hfj_res_ver, or
+Medplum's per-type tables, naming the user in each transaction with
 SET LOCAL fhir_notify.actor. It knows nothing about fhir_notify otherwise:
 the real backend needs no change, the extension's trigger sees its writes.
 
 Not for production: no passwords, no FHIR search, no validation beyond what
 keeps the demo's data sane.
 
-Environment: DEMO_DB (libpq conninfo), DEMO_JWT_SECRET_FILE, DEMO_BRIDGE_PORT.
+Environment: DEMO_DB (libpq conninfo), DEMO_JWT_SECRET_FILE, DEMO_BRIDGE_PORT,
+DEMO_LAYOUT (wintehr, hapi or medplum).
 """
 
 import argparse
@@ -34,7 +37,7 @@ TOP = os.path.dirname(DEMO_DIR)
 WEB_DIR = os.path.join(DEMO_DIR, "web")
 CLIENT_FILE = os.path.join(TOP, "clients", "js", "fhir-notify-client.mjs")
 sys.path.insert(0, DEMO_DIR)
-import sampledata  # noqa: E402
+import stores  # noqa: E402
 
 USERS = {
     "nurse.jones": {"name": "Nurse Jones", "role": "nurse", "title": "Registered nurse"},
@@ -44,7 +47,6 @@ TOKEN_LIFETIME = 8 * 3600
 WRITABLE_TYPES = ("AllergyIntolerance", "Condition", "Observation")
 CHART_TYPES = ("AllergyIntolerance", "Condition", "MedicationRequest", "Observation")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
-PATIENT_OF = ("(r.resource->'subject'->>'reference' = %(ref)s OR r.resource->'patient'->>'reference' = %(ref)s)")
 
 
 class HttpError(Exception):
@@ -69,47 +71,41 @@ def row_entry(row):
 
 
 class Backend:
-    """The database side: reads a chart, writes resources like WintEHR."""
+    """The database side: reads a chart, writes resources the way the FHIR
+    server of DEMO_LAYOUT does (demo/stores.py)."""
 
-    def __init__(self, conninfo):
+    def __init__(self, conninfo, layout=None):
         self.conninfo = conninfo
+        self.store = stores.store(layout)
 
     def connect(self):
         return psycopg.connect(self.conninfo, autocommit=False, connect_timeout=10)
 
     def patients(self):
         with self.connect() as conn:
-            rows = conn.execute(
-                "SELECT resource FROM fhir.resources WHERE resource_type = 'Patient' AND NOT coalesce(deleted, false) "
-                "ORDER BY resource->'name'->0->>'family'").fetchall()
-        return [r[0] for r in rows]
+            return self.store.patients(conn)
 
     def chart(self, patient_id):
         with self.connect() as conn:
-            row = conn.execute(
-                "SELECT resource FROM fhir.resources WHERE resource_type = 'Patient' AND fhir_id = %s "
-                "AND NOT coalesce(deleted, false)", (patient_id,)).fetchone()
-            if row is None:
+            patient = self.store.patient(conn, patient_id)
+            if patient is None:
                 raise HttpError(HTTPStatus.NOT_FOUND, f"no patient {patient_id}")
-            rows = conn.execute(
-                "SELECT r.resource_type, r.fhir_id, r.version_id, r.last_updated, r.resource "
-                "FROM fhir.resources r WHERE r.resource_type = ANY(%(types)s) AND NOT coalesce(r.deleted, false) "
-                "AND " + PATIENT_OF + " ORDER BY r.last_updated DESC",
-                {"types": list(CHART_TYPES), "ref": f"Patient/{patient_id}"}).fetchall()
-        return {"patient": row[0], "resources": [row_entry(r) for r in rows]}
+            rows = self.store.chart(conn, patient_id, CHART_TYPES)
+        return {"patient": patient, "resources": [row_entry(r) for r in rows]}
 
     def _transaction(self, conn, actor):
-        # Who made the change, for the change log: fhir_notify reads this
-        # setting in its trigger. Transaction-local, like SET LOCAL.
+        # The server's own start of a write transaction (Medplum's REPEATABLE
+        # READ), then who made the change, for the change log: fhir_notify
+        # reads this setting in its trigger. Transaction-local, like SET LOCAL.
+        self.store.begin(conn)
         conn.execute("SELECT pg_catalog.set_config('fhir_notify.actor', %s, true)", (actor,))
 
     def _check_patient(self, conn, resource):
-        ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
-        if not ref.startswith("Patient/"):
+        patient = stores.patient_of(resource)
+        if patient is None:
             raise HttpError(HTTPStatus.BAD_REQUEST, "the resource needs a subject or patient reference Patient/<id>")
-        if conn.execute("SELECT 1 FROM fhir.resources WHERE resource_type = 'Patient' AND fhir_id = %s "
-                        "AND NOT coalesce(deleted, false)", (ref[8:],)).fetchone() is None:
-            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, f"no patient {ref[8:]}")
+        if self.store.patient(conn, patient) is None:
+            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, f"no patient {patient}")
 
     def create(self, resource_type, resource, actor):
         resource = dict(resource)
@@ -117,43 +113,26 @@ class Backend:
         if not ID_PATTERN.match(resource["id"]):
             raise HttpError(HTTPStatus.BAD_REQUEST, "bad resource id")
         with self.connect() as conn:
-            self._check_patient(conn, resource)
             self._transaction(conn, actor)
-            if conn.execute("SELECT 1 FROM fhir.resources WHERE resource_type = %s AND fhir_id = %s",
-                            (resource_type, resource["id"])).fetchone():
+            self._check_patient(conn, resource)
+            if self.store.exists(conn, resource_type, resource["id"]):
                 raise HttpError(HTTPStatus.CONFLICT, f"{resource_type}/{resource['id']} exists")
-            sampledata.insert_resource(conn, resource)
-        return resource
+            return self.store.create(conn, resource)
 
     def update(self, resource_type, fhir_id, resource, actor):
         with self.connect() as conn:
-            self._check_patient(conn, resource)
             self._transaction(conn, actor)
-            row = conn.execute(
-                "SELECT id, version_id FROM fhir.resources WHERE resource_type = %s AND fhir_id = %s "
-                "AND NOT coalesce(deleted, false) FOR UPDATE", (resource_type, fhir_id)).fetchone()
-            if row is None:
+            self._check_patient(conn, resource)
+            resource = self.store.update(conn, resource_type, fhir_id, resource)
+            if resource is None:
                 raise HttpError(HTTPStatus.NOT_FOUND, f"no {resource_type}/{fhir_id}")
-            version = row[1] + 1
-            resource = dict(resource, id=fhir_id)
-            resource["meta"] = dict(resource.get("meta") or {}, versionId=str(version), lastUpdated=sampledata.now_iso())
-            conn.execute("UPDATE fhir.resources SET version_id = %s, last_updated = now(), resource = %s WHERE id = %s",
-                         (version, json.dumps(resource), row[0]))
-            conn.execute("INSERT INTO fhir.resource_history (resource_id, version_id, operation, resource) "
-                         "VALUES (%s, %s, 'update', %s)", (row[0], version, json.dumps(resource)))
-        return resource
+            return resource
 
     def delete(self, resource_type, fhir_id, actor):
         with self.connect() as conn:
             self._transaction(conn, actor)
-            row = conn.execute(
-                "UPDATE fhir.resources SET deleted = true, version_id = version_id + 1, last_updated = now() "
-                "WHERE resource_type = %s AND fhir_id = %s AND NOT coalesce(deleted, false) "
-                "RETURNING id, version_id, resource", (resource_type, fhir_id)).fetchone()
-            if row is None:
+            if not self.store.delete(conn, resource_type, fhir_id):
                 raise HttpError(HTTPStatus.NOT_FOUND, f"no {resource_type}/{fhir_id}")
-            conn.execute("INSERT INTO fhir.resource_history (resource_id, version_id, operation, resource) "
-                         "VALUES (%s, %s, 'delete', %s)", (row[0], row[1], json.dumps(row[2])))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -305,7 +284,7 @@ def main():
     args = parser.parse_args()
     with open(os.environ["DEMO_JWT_SECRET_FILE"]) as f:
         Handler.secret = f.read().rstrip("\n")
-    Handler.backend = Backend(os.environ["DEMO_DB"])
+    Handler.backend = Backend(os.environ["DEMO_DB"], os.environ.get("DEMO_LAYOUT"))
     Handler.bridge_port = int(os.environ["DEMO_BRIDGE_PORT"])
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True

@@ -1,11 +1,12 @@
 """Starts and stops everything the demo needs; used by demo/run and the tests.
 
 A Demo is: a database (a throwaway cluster from tests/pgcluster.py, or an
-existing one given by DEMO_DB), the WintEHR table fhir.resources loaded with
-the vendored Synthea sample, the fhir_notify extension watching it, a
-fhir-notify-bridge with a freshly generated HS256 secret, and the stand-in
-EHR backend (demo/backend.py) that serves the page and writes resources the
-way WintEHR did. Everything runs as child processes that stop with stop().
+existing one given by DEMO_DB), the tables of the FHIR server DEMO_LAYOUT
+names (WintEHR's fhir.resources by default, HAPI FHIR JPA's or Medplum's:
+demo/stores.py) loaded with the vendored Synthea sample, the fhir_notify
+extension watching them, a fhir-notify-bridge with a freshly generated HS256
+secret, and the stand-in EHR backend (demo/backend.py) that serves the page
+and writes resources the way that server does. Everything runs as child processes that stop with stop().
 """
 
 import json
@@ -25,33 +26,11 @@ sys.path.insert(0, DEMO_DIR)
 
 import pgcluster  # noqa: E402
 import sampledata  # noqa: E402
+import stores  # noqa: E402
 
 # FHIR_NOTIFY_BRIDGE: another build of the bridge (e.g. an installed one).
 BRIDGE = os.environ.get("FHIR_NOTIFY_BRIDGE") or os.path.join(TOP, "bridge", "fhir-notify-bridge")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-
-SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS fhir;
-CREATE TABLE IF NOT EXISTS fhir.resources (
-    id bigserial PRIMARY KEY,
-    resource_type varchar NOT NULL,
-    fhir_id varchar NOT NULL,
-    version_id int NOT NULL DEFAULT 1,
-    last_updated timestamptz NOT NULL DEFAULT now(),
-    deleted boolean DEFAULT false,
-    resource jsonb NOT NULL,
-    UNIQUE (resource_type, fhir_id)
-);
-CREATE TABLE IF NOT EXISTS fhir.resource_history (
-    id bigserial PRIMARY KEY,
-    resource_id bigint REFERENCES fhir.resources(id),
-    version_id int,
-    operation varchar,
-    resource jsonb,
-    created_at timestamp DEFAULT now()
-);
-"""
-
 
 def wait_for_port(port, timeout, proc=None, what="process"):
     """Waits until something accepts TCP connections on 127.0.0.1:port."""
@@ -83,8 +62,9 @@ def stop_process(proc, timeout=10):
 class Demo:
     """One running demo. start() brings it up, stop() takes it all down."""
 
-    def __init__(self, db=None, port=None, bridge_port=None, quiet=False, bridge_args=()):
+    def __init__(self, db=None, port=None, bridge_port=None, quiet=False, bridge_args=(), layout=None):
         self.db = db
+        self.store = stores.store(layout)
         self.bridge_args = list(bridge_args)
         self.port = port or pgcluster.free_port()
         self.bridge_port = bridge_port or pgcluster.free_port()
@@ -140,27 +120,22 @@ class Demo:
         self.start_backend()
 
     def setup_database(self):
-        """Creates the table and the extension if missing and loads the sample if empty."""
+        """Creates the FHIR server's tables and the extension if missing, loads
+        the sample if there are no patients, and watches the tables."""
         import psycopg
+        store = self.store
         with psycopg.connect(self.db, autocommit=True) as conn:
-            conn.execute(SCHEMA_SQL)
-            count = conn.execute("SELECT count(*) FROM fhir.resources WHERE resource_type = 'Patient'").fetchone()[0]
-            if count == 0:
-                self.say("loading the Synthea sample into fhir.resources")
+            store.create_tables(conn)
+            if store.patient_count(conn) == 0:
+                self.say(f"loading the Synthea sample into {store.tables} ({store.name} layout)")
                 with conn.transaction():
-                    sampledata.load(conn)
+                    stores.load(conn, store)
             try:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS fhir_notify")
             except psycopg.Error as e:
                 raise RuntimeError(f"cannot create extension fhir_notify in {self.db}: {e}".strip()) from e
-            watched = conn.execute(
-                "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
-                "JOIN pg_namespace n ON n.oid = p.pronamespace "
-                "WHERE t.tgrelid = 'fhir.resources'::regclass AND n.nspname = 'fhir_notify'"
-            ).fetchone()[0]
-            if watched == 0:
-                self.say("watching fhir.resources with fhir_notify")
-                conn.execute("SELECT fhir_notify.watch('fhir.resources')")
+            if store.watch(conn):
+                self.say(f"watching {store.watched} with fhir_notify")
 
     def start_bridge(self):
         argv = [BRIDGE, "--db", self.db, "--listen", f"127.0.0.1:{self.bridge_port}",
@@ -185,7 +160,7 @@ class Demo:
 
     def start_backend(self):
         env = dict(os.environ, DEMO_DB=self.db, DEMO_JWT_SECRET_FILE=self.secret_file,
-                   DEMO_BRIDGE_PORT=str(self.bridge_port))
+                   DEMO_BRIDGE_PORT=str(self.bridge_port), DEMO_LAYOUT=self.store.name)
         argv = [PYTHON, os.path.join(DEMO_DIR, "backend.py"), "--port", str(self.port)]
         self.say(f"starting the stand-in EHR backend on port {self.port}")
         log = open(self.backend_log, "ab")

@@ -100,14 +100,3 @@ def insert_resource(conn, resource, operation="create"):
         (row[0], operation, json.dumps(resource)),
     )
     return resource
-
-
-def load(conn):
-    """Loads the sample and the generated vital signs into fhir.resources."""
-    sample = resources()
-    for resource in sample:
-        insert_resource(conn, resource)
-    for resource in sample:
-        if resource["resourceType"] == "Patient":
-            for obs in generated_vitals(resource["id"]):
-                insert_resource(conn, obs)

@@ -412,6 +412,29 @@ find_type(const char *type, int type_len)
 }
 
 /*
+ * Whether a resource of this type can belong to a patient at all: a
+ * Patient, a type of the compartment, or one of fhir_notify.extra_links.
+ * The capture trigger skips reading resources of other types when their
+ * changes would not be recorded anyway.
+ */
+bool
+fhir_notify_compartment_type_routed(const char *type)
+{
+	int type_len = strlen(type);
+
+	if (type_len == 7 && memcmp(type, "Patient", 7) == 0)
+		return true;
+	if (find_type(type, type_len) != NULL)
+		return true;
+	if (extra_links != NULL)
+		for (int i = 0; i < extra_links->count; i++)
+			if (span_compare(type, type_len, extra_links->links[i].type,
+			                 extra_links->links[i].type_len) == 0)
+				return true;
+	return false;
+}
+
+/*
  * Adds one id; a repeat of the previous id (a common case) is dropped here.
  */
 static void

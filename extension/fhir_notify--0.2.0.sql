@@ -291,6 +291,14 @@ CREATE FUNCTION fhir_notify.resolve_layout(tbl regclass, layout text, options js
 RETURNS text[]
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'fhir_notify_resolve_layout';
 
+/*
+ * Raises "must be owner of table" unless the calling session's role has the
+ * privileges of tbl's owner (ownership.c). watch() and unwatch() run as the
+ * extension's owner, so they check for their caller.
+ */
+CREATE FUNCTION fhir_notify.check_table_owner(tbl regclass) RETURNS void
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'fhir_notify_check_table_owner';
+
 /* Drops the capture triggers of tbl that exist. */
 CREATE FUNCTION fhir_notify.drop_triggers(tbl regclass) RETURNS void
 LANGUAGE plpgsql
@@ -311,15 +319,18 @@ END
 $$;
 
 /*
- * Starts capturing the changes of tbl. layout is 'auto', 'wintehr', 'jsonb'
- * or 'fhirbase'; options name columns ({"resource": "content", "type": ...,
+ * Starts capturing the changes of tbl. layout is 'auto', 'wintehr', 'jsonb',
+ * 'fhirbase', 'hapi' or 'medplum'; options name columns ({"resource": "content", "type": ...,
  * "id": ..., "version": ..., "deleted": ...}) and {"record_unrouted": true}
  * records changes that belong to no patient. Watching again replaces.
+ * SECURITY DEFINER, so that a role granted EXECUTE on it (and USAGE on the
+ * schema) can watch the tables it owns, and only those, without any right
+ * on the trigger function or watched_tables.
  */
 CREATE FUNCTION fhir_notify.watch(tbl regclass, layout text DEFAULT 'auto',
                                   options jsonb DEFAULT '{}')
 RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -329,6 +340,7 @@ BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'cannot watch a NULL table';
 	END IF;
+	PERFORM fhir_notify.check_table_owner(tbl);
 	arguments := fhir_notify.resolve_layout(tbl, coalesce(layout, 'auto'),
 	                                        coalesce(options, '{}'));
 	SELECT string_agg(quote_literal(a), ', ' ORDER BY n) INTO argument_list
@@ -353,16 +365,200 @@ BEGIN
 END
 $$;
 
-/* Stops capturing the changes of tbl. Not watched: nothing to do. */
+/*
+ * Stops capturing the changes of tbl. Not watched: nothing to do. Like
+ * watch(), for tbl's owner and superusers.
+ */
 CREATE FUNCTION fhir_notify.unwatch(tbl regclass) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM fhir_notify.check_table_owner(tbl);
 	PERFORM fhir_notify.drop_triggers(tbl);
 	DELETE FROM fhir_notify.watched_tables w WHERE w.relation = tbl;
 END
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Medplum: every resource table of a schema, and those added later
+-- ---------------------------------------------------------------------------
+
+-- The schemas fhir_notify.watch_medplum() watches. Resource tables created
+-- (or altered into shape) there later are watched by the event trigger
+-- fhir_notify_watch_new_tables.
+CREATE TABLE fhir_notify.watched_schemas (
+	schema_name regnamespace PRIMARY KEY,
+	layout text NOT NULL,
+	options jsonb NOT NULL,
+	since timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+
+COMMENT ON TABLE fhir_notify.watched_schemas IS
+	'The schemas whose resource tables fhir_notify.watch_medplum() watches, new ones included';
+
+SELECT pg_catalog.pg_extension_config_dump('fhir_notify.watched_schemas', '');
+
+/*
+ * Whether tbl is one of Medplum's resource tables: named like a resource
+ * type, with content text, id, deleted boolean, compartments and
+ * "lastUpdated" (its _History and lookup tables are not).
+ */
+CREATE FUNCTION fhir_notify.is_medplum_table(tbl regclass) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition
+	   AND c.relname ~ '^[A-Z][A-Za-z0-9]*$'
+	   AND (SELECT count(*) FROM pg_attribute a
+	        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+	          AND ((a.attname = 'content' AND a.atttypid IN ('text'::regtype, 'varchar'::regtype))
+	               OR (a.attname = 'deleted' AND a.atttypid = 'boolean'::regtype)
+	               OR a.attname IN ('id', 'compartments', 'lastUpdated'))) = 5
+	FROM pg_class c WHERE c.oid = tbl
+$$;
+
+/*
+ * Watches every Medplum resource table of a schema with the medplum layout,
+ * and registers the schema so that tables Medplum's migrations add later
+ * are watched when they are created. Safe to run again: tables already
+ * watched with the same options are left alone (no trigger is replaced).
+ * Returns how many resource tables of the schema are watched.
+ */
+CREATE FUNCTION fhir_notify.watch_medplum(schema_name regnamespace DEFAULT 'public',
+                                          options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	tbl regclass;
+	watched integer := 0;
+	added integer := 0;
+BEGIN
+	IF schema_name IS NULL THEN
+		RAISE EXCEPTION 'cannot watch a NULL schema';
+	END IF;
+	options := coalesce(options, '{}');
+	INSERT INTO fhir_notify.watched_schemas AS s (schema_name, layout, options)
+	VALUES (schema_name, 'medplum', options)
+	ON CONFLICT ON CONSTRAINT watched_schemas_pkey DO UPDATE
+		SET options = excluded.options,
+		    since = CASE WHEN s.options = excluded.options THEN s.since ELSE excluded.since END;
+	FOR tbl IN
+		SELECT c.oid::regclass FROM pg_class c
+		WHERE c.relnamespace = schema_name AND fhir_notify.is_medplum_table(c.oid)
+		ORDER BY c.relname
+	LOOP
+		watched := watched + 1;
+		CONTINUE WHEN EXISTS (
+			SELECT 1 FROM fhir_notify.watched w
+			JOIN fhir_notify.watched_tables t ON t.relation = w."table"
+			WHERE w."table" = tbl AND w.layout = 'medplum' AND w.options = options
+			  AND t.trigger_arguments = fhir_notify.resolve_layout(tbl, 'medplum', options));
+		PERFORM fhir_notify.watch(tbl, 'medplum', options);
+		added := added + 1;
+	END LOOP;
+	RAISE NOTICE 'schema % has % Medplum resource tables, all watched (% newly)',
+		schema_name, watched, added;
+	RETURN watched;
+END
+$$;
+
+/*
+ * Stops watching the Medplum resource tables of a schema and forgets the
+ * schema. Returns how many tables were unwatched.
+ */
+CREATE FUNCTION fhir_notify.unwatch_medplum(schema_name regnamespace DEFAULT 'public')
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	tbl regclass;
+	unwatched integer := 0;
+BEGIN
+	DELETE FROM fhir_notify.watched_schemas s WHERE s.schema_name = unwatch_medplum.schema_name;
+	FOR tbl IN
+		SELECT w.relation FROM fhir_notify.watched_tables w
+		JOIN pg_class c ON c.oid = w.relation
+		WHERE c.relnamespace = unwatch_medplum.schema_name AND w.layout = 'medplum'
+	LOOP
+		PERFORM fhir_notify.unwatch(tbl);
+		unwatched := unwatched + 1;
+	END LOOP;
+	RETURN unwatched;
+END
+$$;
+
+/*
+ * The event trigger's function: watches a Medplum resource table created
+ * or altered in a schema watch_medplum() registered, when its owner is the
+ * owner of the resource tables already watched there (or of the schema),
+ * so that no other role can make a table whose rows reach patient rooms.
+ * Runs as the extension's owner; never fails the DDL (a migration of the
+ * FHIR server): problems are warnings.
+ */
+CREATE FUNCTION fhir_notify.watch_new_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	command record;
+	registration record;
+	owner oid;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM fhir_notify.watched_schemas) THEN
+		RETURN;
+	END IF;
+	FOR command IN
+		SELECT DISTINCT d.objid FROM pg_event_trigger_ddl_commands() d
+		WHERE d.object_type = 'table' AND d.classid = 'pg_class'::regclass
+	LOOP
+		SELECT s.*, c.relowner, n.nspowner INTO registration
+		FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN fhir_notify.watched_schemas s ON s.schema_name = c.relnamespace
+		WHERE c.oid = command.objid;
+		CONTINUE WHEN NOT FOUND;
+		-- Recorded as watched: also while pg_restore recreates the table, before
+		-- its trigger (dumped with it) is restored.
+		CONTINUE WHEN EXISTS (SELECT 1 FROM fhir_notify.watched_tables w
+		                      WHERE w.relation = command.objid);
+		CONTINUE WHEN NOT fhir_notify.is_medplum_table(command.objid);
+		owner := registration.relowner;
+		IF NOT (owner = registration.nspowner
+		        OR (registration.nspowner = 'pg_database_owner'::regrole
+		            AND owner = (SELECT datdba FROM pg_database WHERE datname = current_database()))
+		        OR EXISTS (SELECT 1 FROM fhir_notify.watched_tables w
+		                   JOIN pg_class c ON c.oid = w.relation
+		                   WHERE c.relnamespace = registration.schema_name
+		                     AND w.layout = 'medplum' AND c.relowner = owner)) THEN
+			RAISE WARNING 'fhir_notify: new table % is not watched: its owner % owns neither the '
+				'schema nor the resource tables watched there', command.objid::regclass,
+				owner::regrole
+				USING HINT = format('SELECT fhir_notify.watch(%L, ''medplum'') watches it.',
+				                    command.objid::regclass);
+			CONTINUE;
+		END IF;
+		BEGIN
+			PERFORM fhir_notify.watch(command.objid::regclass, 'medplum', registration.options);
+		EXCEPTION WHEN OTHERS THEN
+			RAISE WARNING 'fhir_notify: new table % is not watched: %', command.objid::regclass,
+				SQLERRM;
+		END;
+	END LOOP;
+EXCEPTION WHEN OTHERS THEN
+	RAISE WARNING 'fhir_notify: new tables not checked for watching: %', SQLERRM;
+END
+$$;
+
+CREATE EVENT TRIGGER fhir_notify_watch_new_tables ON ddl_command_end
+	WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+	EXECUTE FUNCTION fhir_notify.watch_new_tables();
 
 -- ---------------------------------------------------------------------------
 -- Doorbell and ticker (doorbell.c, ticker.c)

@@ -12,6 +12,15 @@
 
 PG_MODULE_MAGIC;
 
+/*
+ * MarkGUCPrefixReserved() is new in PostgreSQL 15; before it,
+ * EmitWarningsOnPlaceholders() warns about (but keeps) placeholders under
+ * the prefix, such as a misspelt fhir_notify.* setting.
+ */
+#if PG_VERSION_NUM < 150000
+#define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
+#endif
+
 void _PG_init(void);
 
 /*

@@ -8,8 +8,11 @@
  *	  reference.c     the Patient id in one Reference element
  *	  layout.c        where a watched table keeps type, id, version, deleted
  *	  trigger.c       the capture trigger: writes the change log
+ *	  json_text.c     resources kept as JSON text or gzip, read without errors
+ *	  hapi.c          the hapi layout's lookups in hfj_resource and large objects
  *	  doorbell.c      the NOTIFY doorbell rung once per committing transaction
  *	  ticker.c        the background worker that rings for everybody (ticker mode)
+ *	  ownership.c     who may watch a table (its owner, through watch())
  */
 #ifndef FHIR_NOTIFY_H
 #define FHIR_NOTIFY_H
@@ -30,6 +33,7 @@ typedef struct PatientIds
 extern void fhir_notify_compartment_init(void);
 extern void fhir_notify_compartment_patient_ids(JsonbContainer *resource, const char *resource_type,
                                                 const char *logical_id, PatientIds *result);
+extern bool fhir_notify_compartment_type_routed(const char *type);
 
 /* reference.c: one Reference element -> Patient id (pointing into the jsonb) */
 #define PATIENT_ID_MAX_LEN 64

@@ -4,10 +4,13 @@
  *	  recognising the layout of a table at watch() time, checking its
  *	  columns, and carrying the result in the capture trigger's arguments.
  *
- * Three layouts (see README): wintehr (fhir.resources with a soft-delete
- * flag), jsonb (any table with a jsonb resource column) and fhirbase (one
- * table per resource type, id and txid in columns). Every configuration
- * error is raised here, at watch() time, never on a clinical write.
+ * Five layouts (see README): wintehr (fhir.resources with a soft-delete
+ * flag), jsonb (any table with a jsonb resource column), fhirbase (one
+ * table per resource type, id and txid in columns), hapi (HAPI FHIR JPA's
+ * hfj_res_ver: one row per version, the JSON as text, the id in
+ * hfj_resource) and medplum (one table per type, the JSON as text in
+ * "content"). Every configuration error is raised here, at watch() time,
+ * never on a clinical write.
  */
 #include "postgres.h"
 
@@ -267,8 +270,59 @@ fhir_notify_layout_kind_name(LayoutKind kind)
 			return "jsonb";
 		case LAYOUT_FHIRBASE:
 			return "fhirbase";
+		case LAYOUT_HAPI:
+			return "hapi";
+		case LAYOUT_MEDPLUM:
+			return "medplum";
 	}
 	return "unknown";
+}
+
+/*
+ * The layout a name (as fhir_notify_layout_kind_name() writes it) stands for; false
+ * when none ('auto' is none).
+ */
+bool
+fhir_notify_layout_kind_from_name(const char *name, LayoutKind *kind)
+{
+	static const LayoutKind kinds[] = {LAYOUT_WINTEHR, LAYOUT_JSONB, LAYOUT_FHIRBASE, LAYOUT_HAPI,
+	                                   LAYOUT_MEDPLUM};
+
+	for (size_t i = 0; i < lengthof(kinds); i++)
+		if (strcmp(name, fhir_notify_layout_kind_name(kinds[i])) == 0)
+		{
+			*kind = kinds[i];
+			return true;
+		}
+	return false;
+}
+
+/*
+ * Whether a layout keeps the resource as JSON text (parsed by the trigger)
+ * rather than jsonb.
+ */
+bool
+fhir_notify_layout_text_resource(LayoutKind kind)
+{
+	return kind == LAYOUT_HAPI || kind == LAYOUT_MEDPLUM;
+}
+
+/*
+ * Whether name can be a resource type of Medplum's (R4 and its own, like
+ * Project or Bot): a capitalised identifier of letters and digits.
+ */
+static bool
+plausible_type_name(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len == 0 || len >= 64 || name[0] < 'A' || name[0] > 'Z')
+		return false;
+	for (size_t i = 1; i < len; i++)
+		if (!((name[i] >= 'A' && name[i] <= 'Z') || (name[i] >= 'a' && name[i] <= 'z') ||
+		      (name[i] >= '0' && name[i] <= '9')))
+			return false;
+	return true;
 }
 
 /*
@@ -434,7 +488,16 @@ check_columns(Relation rel, Layout *layout, bool deleted_value_given)
 	type = column_type(rel, layout->resource_column);
 	if (type == InvalidOid)
 		missing_column(rel, layout, "resource", layout->resource_column, "the resource JSON");
-	if (type != JSONBOID)
+	if (fhir_notify_layout_text_resource(layout->kind))
+	{
+		if (type != TEXTOID && type != VARCHAROID)
+			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+			                errmsg("column \"%s\" of table \"%s\" is of type %s, not text",
+			                       layout->resource_column, relname, format_type_be(type)),
+			                errdetail("The %s layout reads the resource as JSON text.",
+			                          fhir_notify_layout_kind_name(layout->kind))));
+	}
+	else if (type != JSONBOID)
 		ereport(ERROR,
 		        (errcode(ERRCODE_DATATYPE_MISMATCH),
 		         errmsg("column \"%s\" of table \"%s\" is of type %s, not jsonb",
@@ -481,7 +544,15 @@ check_columns(Relation rel, Layout *layout, bool deleted_value_given)
 	if (layout->deleted_kind != DELETED_STATUS)
 		layout->deleted_value = NULL;
 
-	if (layout->type_name != NULL)
+	if (layout->type_name != NULL && layout->kind == LAYOUT_MEDPLUM)
+	{
+		if (!plausible_type_name(layout->type_name))
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			                errmsg("\"%s\" is not a resource type name", layout->type_name),
+			                errdetail("The medplum layout takes the type from the table's name."),
+			                errhint("Pass options => '{\"type_name\": \"Observation\"}'.")));
+	}
+	else if (layout->type_name != NULL)
 	{
 		const char *canonical = fhir_notify_layout_fhir_type_name(layout->type_name);
 
@@ -493,12 +564,103 @@ check_columns(Relation rel, Layout *layout, bool deleted_value_given)
 }
 
 /*
+ * Whether the table looks like HAPI FHIR JPA's version table hfj_res_ver.
+ */
+static bool
+looks_like_hapi_versions(Relation rel)
+{
+	return column_type(rel, "res_id") != InvalidOid && column_type(rel, "res_ver") != InvalidOid &&
+	       column_type(rel, "res_type") != InvalidOid &&
+	       column_type(rel, "res_encoding") != InvalidOid &&
+	       column_type(rel, "res_text_vc") != InvalidOid;
+}
+
+/*
+ * Whether the table looks like one of Medplum's resource tables: content
+ * text, deleted, compartments and "lastUpdated" (its _History tables have
+ * neither deleted nor compartments).
+ */
+static bool
+looks_like_medplum(Relation rel)
+{
+	Oid content = column_type(rel, "content");
+
+	return (content == TEXTOID || content == VARCHAROID) && column_type(rel, "id") != InvalidOid &&
+	       column_type(rel, "deleted") == BOOLOID &&
+	       column_type(rel, "compartments") != InvalidOid &&
+	       column_type(rel, "lastUpdated") != InvalidOid;
+}
+
+/*
+ * Checks what the hapi layout needs besides the columns every layout has:
+ * the version row's res_id, res_encoding, res_text and res_updated, and a
+ * table hfj_resource(res_id, fhir_id) in the same schema.
+ */
+static void
+check_hapi(Relation rel, Layout *layout)
+{
+	static const struct
+	{
+		const char *column;
+		const char *what;
+	} needed[] = {
+	    {"res_id", "the internal id of the resource"},
+	    {"res_encoding", "the encoding of the body (JSON, JSONC, DEL, ESR)"},
+	    {"res_text", "the large object of a JSONC body"},
+	    {"res_updated", "the time of the version"},
+	};
+	Oid namespace = RelationGetNamespace(rel);
+	Oid resource_table = get_relname_relid("hfj_resource", namespace);
+
+	for (size_t i = 0; i < lengthof(needed); i++)
+		if (column_type(rel, needed[i].column) == InvalidOid)
+			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+			                errmsg("table \"%s\" has no column \"%s\"",
+			                       RelationGetRelationName(rel), needed[i].column),
+			                errdetail("The hapi layout expects %s in column \"%s\" of HAPI's "
+			                          "version table.",
+			                          needed[i].what, needed[i].column)));
+	if (resource_table == InvalidOid)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+		                errmsg("schema \"%s\" has no table \"hfj_resource\"",
+		                       get_namespace_name(namespace)),
+		                errdetail("The hapi layout takes the logical id from hfj_resource.fhir_id, "
+		                          "in the schema of the watched version table.")));
+	if (get_attnum(resource_table, "res_id") == InvalidAttrNumber ||
+	    get_attnum(resource_table, "fhir_id") == InvalidAttrNumber ||
+	    (column_type(rel, "partition_id") != InvalidOid &&
+	     get_attnum(resource_table, "partition_id") == InvalidAttrNumber))
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+		                errmsg("table \"hfj_resource\" lacks res_id, fhir_id or partition_id"),
+		                errdetail("The hapi layout looks the logical id up by res_id.")));
+	if (layout->id_column != NULL || layout->deleted_column != NULL)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("the hapi layout takes the id from hfj_resource and deletes from "
+		                       "res_encoding"),
+		                errhint("Leave out the options \"id\" and \"deleted\".")));
+}
+
+/*
  * The layout a table's columns look like, for layout 'auto'.
  */
 static LayoutKind
 recognise_layout(Relation rel)
 {
 	int jsonb_columns;
+
+	if (looks_like_hapi_versions(rel))
+		return LAYOUT_HAPI;
+	if (column_type(rel, "res_id") != InvalidOid && column_type(rel, "fhir_id") != InvalidOid &&
+	    column_type(rel, "res_type") != InvalidOid && column_type(rel, "res_ver") != InvalidOid)
+		ereport(
+		    ERROR,
+		    (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		     errmsg("table \"%s\" is HAPI FHIR JPA's resource table", RelationGetRelationName(rel)),
+		     errdetail("HAPI writes every version of a resource as a row of hfj_res_ver; that "
+		               "table is the one to watch."),
+		     errhint("SELECT fhir_notify.watch('hfj_res_ver');")));
+	if (looks_like_medplum(rel))
+		return LAYOUT_MEDPLUM;
 
 	if (column_type(rel, "resource") == JSONBOID &&
 	    column_type(rel, "resource_type") != InvalidOid &&
@@ -547,16 +709,11 @@ fhir_notify_layout_resolve(Relation rel, const char *layout_name, Jsonb *options
 		automatic = true;
 		layout->kind = recognise_layout(rel);
 	}
-	else if (strcmp(layout_name, "wintehr") == 0)
-		layout->kind = LAYOUT_WINTEHR;
-	else if (strcmp(layout_name, "jsonb") == 0)
-		layout->kind = LAYOUT_JSONB;
-	else if (strcmp(layout_name, "fhirbase") == 0)
-		layout->kind = LAYOUT_FHIRBASE;
-	else
+	else if (!fhir_notify_layout_kind_from_name(layout_name, &layout->kind))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 		                errmsg("unknown layout \"%s\"", layout_name),
-		                errhint("Known layouts are auto, wintehr, jsonb and fhirbase.")));
+		                errhint("Known layouts are auto, wintehr, jsonb, fhirbase, hapi and "
+		                        "medplum.")));
 
 	switch (layout->kind)
 	{
@@ -578,6 +735,19 @@ fhir_notify_layout_resolve(Relation rel, const char *layout_name, Jsonb *options
 			break;
 		case LAYOUT_JSONB:
 			layout->resource_column = guess_resource_column(rel, &jsonb_columns);
+			break;
+		case LAYOUT_HAPI:
+			/* The id is looked up in hfj_resource, deletes are res_encoding DEL. */
+			layout->resource_column = pstrdup("res_text_vc");
+			layout->type_column = pstrdup("res_type");
+			layout->version_column = pstrdup("res_ver");
+			break;
+		case LAYOUT_MEDPLUM:
+			/* The version is meta.versionId of the content. */
+			layout->resource_column = pstrdup("content");
+			layout->id_column = pstrdup("id");
+			layout->deleted_column = pstrdup("deleted");
+			layout->type_name = pstrdup(RelationGetRelationName(rel));
 			break;
 	}
 
@@ -607,8 +777,25 @@ fhir_notify_layout_resolve(Relation rel, const char *layout_name, Jsonb *options
 	}
 
 	check_columns(rel, layout, deleted_value_given);
+	if (layout->kind == LAYOUT_HAPI)
+		check_hapi(rel, layout);
 
-	if (automatic)
+	if (automatic && layout->kind == LAYOUT_HAPI)
+		ereport(NOTICE,
+		        (errmsg("table \"%s\" uses the hapi layout (HAPI FHIR JPA)",
+		                RelationGetRelationName(rel)),
+		         errdetail("Every inserted version is a change: the body from res_text_vc (or the "
+		                   "gzip large object res_text), the id from hfj_resource.fhir_id.")));
+	else if (automatic && layout->kind == LAYOUT_MEDPLUM)
+		ereport(
+		    NOTICE,
+		    (errmsg("table \"%s\" uses the medplum layout (Medplum)", RelationGetRelationName(rel)),
+		     errdetail("The resource is the JSON text in column \"content\", of type %s.",
+		               layout->type_name),
+		     errhint("SELECT fhir_notify.watch_medplum('%s') watches every resource table of "
+		             "the schema, and those added later.",
+		             get_namespace_name(RelationGetNamespace(rel)))));
+	else if (automatic)
 		ereport(NOTICE, (errmsg("table \"%s\" uses the %s layout", RelationGetRelationName(rel),
 		                        fhir_notify_layout_kind_name(layout->kind)),
 		                 errdetail("The resource is in column \"%s\".", layout->resource_column)));
@@ -672,9 +859,10 @@ fhir_notify_layout_from_args(int nargs, char **args, Layout *layout)
 		value = pstrdup(equals + 1);
 
 		if (strcmp(key, "layout") == 0)
-			layout->kind = strcmp(value, "wintehr") == 0    ? LAYOUT_WINTEHR
-			               : strcmp(value, "fhirbase") == 0 ? LAYOUT_FHIRBASE
-			                                                : LAYOUT_JSONB;
+		{
+			if (!fhir_notify_layout_kind_from_name(value, &layout->kind))
+				layout->kind = LAYOUT_JSONB;
+		}
 		else if ((option = find_option(key)) == NULL)
 			continue; /* written by a later version: ignored, as before */
 		else if (option->type == OPTION_BOOL)

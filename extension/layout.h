@@ -17,7 +17,9 @@ typedef enum LayoutKind
 {
 	LAYOUT_WINTEHR,
 	LAYOUT_JSONB,
-	LAYOUT_FHIRBASE
+	LAYOUT_FHIRBASE,
+	LAYOUT_HAPI,   /* HAPI FHIR JPA: hfj_res_ver, one row per version, JSON as text */
+	LAYOUT_MEDPLUM /* Medplum: one table per type, JSON as text in "content" */
 } LayoutKind;
 
 /* How the deleted column says a resource is deleted. */
@@ -32,7 +34,7 @@ typedef enum DeletedKind
 typedef struct Layout
 {
 	LayoutKind kind;
-	char *resource_column; /* jsonb column, always set */
+	char *resource_column; /* jsonb column (text for hapi and medplum), always set */
 	char *type_column;     /* resource type; else type_name, else JSON resourceType */
 	char *id_column;       /* logical id; else JSON id */
 	char *version_column;  /* version; else JSON meta.versionId */
@@ -44,6 +46,8 @@ typedef struct Layout
 } Layout;
 
 extern const char *fhir_notify_layout_kind_name(LayoutKind kind);
+extern bool fhir_notify_layout_kind_from_name(const char *name, LayoutKind *kind);
+extern bool fhir_notify_layout_text_resource(LayoutKind kind);
 extern void fhir_notify_layout_resolve(Relation rel, const char *layout_name, Jsonb *options,
                                        Layout *layout);
 extern int fhir_notify_layout_to_args(const Layout *layout, char **args);

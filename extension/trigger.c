@@ -38,6 +38,8 @@
 
 #include "fhir_notify.h"
 #include "change_log.h"
+#include "hapi.h"
+#include "json_text.h"
 #include "layout.h"
 
 PG_FUNCTION_INFO_V1(fhir_notify_capture);
@@ -75,6 +77,14 @@ typedef struct CaptureTarget
 	CaptureColumn id;
 	CaptureColumn version;
 	CaptureColumn deleted;
+	bool text_resource; /* the resource column is JSON text (hapi, medplum) */
+	/* hapi: the other columns of hfj_res_ver it reads, and its lookups */
+	CaptureColumn encoding;  /* res_encoding */
+	CaptureColumn lob;       /* res_text */
+	CaptureColumn res_id;    /* res_id */
+	CaptureColumn partition; /* partition_id, attnum 0 when absent */
+	CaptureColumn updated;   /* res_updated */
+	HapiTables hapi;
 } CaptureTarget;
 
 /* One side (OLD or NEW) of a change, read from the row. */
@@ -83,7 +93,9 @@ typedef struct RowImage
 	bool usable;        /* type and id known: the change can be recorded */
 	bool deleted;       /* the row marks the resource deleted */
 	Jsonb *resource;    /* NULL when the column is NULL */
-	Datum raw_resource; /* the column as stored, maybe toasted */
+	Datum raw_resource; /* the jsonb to log: the column as stored (maybe toasted), or parsed */
+	Datum stored;       /* the resource column as stored, 0 when NULL */
+	int64 res_id;       /* hapi: the internal id */
 	bool is_object;     /* resource is a JSON object, so it can be routed */
 	char *type;
 	char *id;
@@ -96,6 +108,13 @@ static HTAB *capture_targets = NULL;
 static MemoryContext capture_cache_context = NULL;
 static MemoryContext capture_row_context = NULL;
 static int capture_depth = 0;
+
+/*
+ * What capture_warning() says became of the change: not recorded (false),
+ * recorded without patients (true), or as below.
+ */
+#define RECORDED_WITHOUT_RESOURCE 2 /* an unreadable new version of a text layout */
+#define RECORDED_PREVIOUS_UNKNOWN 3 /* hapi: the previous version cannot be read */
 
 /* Rate limit of content warnings. */
 static TimestampTz last_warning = 0;
@@ -115,7 +134,8 @@ capture_relcache_callback(Datum arg, Oid relid)
 		return;
 	hash_seq_init(&status, capture_targets);
 	while ((target = hash_seq_search(&status)) != NULL)
-		if (relid == InvalidOid || target->relid == relid || target->source_relid == relid)
+		if (relid == InvalidOid || target->relid == relid || target->source_relid == relid ||
+		    (target->hapi.resource.relid != InvalidOid && target->hapi.resource.relid == relid))
 			target->valid = false;
 }
 
@@ -158,7 +178,7 @@ fhir_notify_capture_init(void)
  * left out since the last one. Never an error: the clinical write goes on.
  */
 static void
-capture_warning(const char *source_table, const char *problem, bool recorded)
+capture_warning(const char *source_table, const char *problem, int recorded)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
@@ -171,9 +191,18 @@ capture_warning(const char *source_table, const char *problem, bool recorded)
 	ereport(
 	    WARNING,
 	    (errcode(ERRCODE_DATA_EXCEPTION),
-	     recorded ? errmsg("fhir_notify: change of \"%s\" recorded without patients: %s",
-	                       source_table, problem)
-	              : errmsg("fhir_notify: change of \"%s\" not recorded: %s", source_table, problem),
+	     recorded == RECORDED_WITHOUT_RESOURCE
+	         ? errmsg("fhir_notify: change of \"%s\" recorded without the resource, for the "
+	                  "patients of the previous version: %s",
+	                  source_table, problem)
+	     : recorded == RECORDED_PREVIOUS_UNKNOWN
+	         ? errmsg("fhir_notify: change of \"%s\" recorded without the patients of the previous "
+	                  "version: %s",
+	                  source_table, problem)
+	     : recorded
+	         ? errmsg("fhir_notify: change of \"%s\" recorded without patients: %s", source_table,
+	                  problem)
+	         : errmsg("fhir_notify: change of \"%s\" not recorded: %s", source_table, problem),
 	     suppressed_warnings > 0 ? errdetail("%d similar warnings were suppressed before this one.",
 	                                         suppressed_warnings)
 	                             : 0));
@@ -232,6 +261,19 @@ watched_table_name(Relation rel, Trigger *trigger, Oid *source_relid)
 }
 
 /*
+ * Whether the schema still has the hfj_resource(res_id, fhir_id) that the
+ * hapi layout looks ids up in (checked when the table is first met).
+ */
+static bool
+hapi_resource_table_ok(Oid namespace)
+{
+	Oid relid = get_relname_relid("hfj_resource", namespace);
+
+	return relid != InvalidOid && get_attnum(relid, "res_id") != InvalidAttrNumber &&
+	       get_attnum(relid, "fhir_id") != InvalidAttrNumber;
+}
+
+/*
  * The cached description of the table a trigger fires on, (re)built from the
  * trigger's arguments and the relation's columns when missing or stale.
  */
@@ -248,7 +290,8 @@ capture_target(TriggerData *trigdata)
 	{
 		const char *name;
 		CaptureColumn *column;
-	} columns[5];
+	} columns[10];
+	int ncolumns = 5;
 
 	if (capture_targets == NULL)
 	{
@@ -273,6 +316,7 @@ capture_target(TriggerData *trigdata)
 		target->source_relid = InvalidOid;
 		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
 		                                        ALLOCSET_SMALL_SIZES);
+		memset(&target->hapi, 0, sizeof(target->hapi));
 	}
 	if (target->valid)
 		return target;
@@ -284,7 +328,12 @@ capture_target(TriggerData *trigdata)
 	 * reading; then the old memory is left to the cache context instead.
 	 */
 	if (capture_depth == 0)
+	{
 		MemoryContextReset(target->context);
+		for (int i = 0; i < (int) lengthof(target->hapi.plans); i++)
+			if (target->hapi.plans[i] != NULL)
+				SPI_freeplan(target->hapi.plans[i]);
+	}
 	else
 		target->context = AllocSetContextCreate(capture_cache_context, "fhir_notify watched table",
 		                                        ALLOCSET_SMALL_SIZES);
@@ -302,9 +351,36 @@ capture_target(TriggerData *trigdata)
 	columns[3].column = &target->version;
 	columns[4].name = target->layout.deleted_column;
 	columns[4].column = &target->deleted;
+	target->text_resource = fhir_notify_layout_text_resource(target->layout.kind);
+	memset(&target->hapi, 0, sizeof(target->hapi));
+	memset(&target->encoding, 0, sizeof(target->encoding));
+	memset(&target->lob, 0, sizeof(target->lob));
+	memset(&target->res_id, 0, sizeof(target->res_id));
+	memset(&target->partition, 0, sizeof(target->partition));
+	memset(&target->updated, 0, sizeof(target->updated));
+	if (target->layout.kind == LAYOUT_HAPI)
+	{
+		columns[5].name = "res_encoding";
+		columns[5].column = &target->encoding;
+		columns[6].name = "res_text";
+		columns[6].column = &target->lob;
+		columns[7].name = "res_id";
+		columns[7].column = &target->res_id;
+		columns[8].name = "res_updated";
+		columns[8].column = &target->updated;
+		ncolumns = 9;
+		/* partition_id is optional. */
+		resolve_column(desc, "partition_id", &target->partition, target->context);
+		target->hapi.version_table = quote_qualified_identifier(
+		    get_namespace_name(RelationGetNamespace(rel)), RelationGetRelationName(rel));
+		target->hapi.resource_table = quote_qualified_identifier(
+		    get_namespace_name(RelationGetNamespace(rel)), "hfj_resource");
+		target->hapi.owner = rel->rd_rel->relowner;
+		target->hapi.version_relid = RelationGetRelid(rel);
+	}
 	target->columns_ok = true;
 	target->problem = NULL;
-	for (int i = 0; i < (int) lengthof(columns) && target->columns_ok; i++)
+	for (int i = 0; i < ncolumns && target->columns_ok; i++)
 		if (!resolve_column(desc, columns[i].name, columns[i].column, target->context))
 		{
 			target->columns_ok = false;
@@ -321,6 +397,34 @@ capture_target(TriggerData *trigdata)
 	 * or text column as jsonb, or a text column as boolean, would read
 	 * garbage (and crashed the server).
 	 */
+	else if (target->columns_ok && target->text_resource)
+	{
+		if (!target->resource.is_text)
+		{
+			target->columns_ok = false;
+			target->problem =
+			    psprintf("column \"%s\" is of type %s now, not text",
+			             target->layout.resource_column, format_type_be(target->resource.type));
+		}
+		else if (target->layout.kind == LAYOUT_HAPI &&
+		         !hapi_resource_table_ok(RelationGetNamespace(rel)))
+		{
+			target->columns_ok = false;
+			target->problem = "table hfj_resource (res_id, fhir_id) of its schema is gone";
+		}
+		else if (target->layout.kind == LAYOUT_HAPI &&
+		         (target->lob.type != OIDOID ||
+		          (target->res_id.type != INT8OID && target->res_id.type != INT4OID) ||
+		          (target->version.type != INT8OID && target->version.type != INT4OID) ||
+		          (target->partition.attnum != 0 && target->partition.type != INT4OID) ||
+		          target->updated.type != TIMESTAMPOID))
+		{
+			target->columns_ok = false;
+			target->problem = "the columns of hfj_res_ver are not of HAPI's types (res_id and "
+			                  "res_ver bigint, res_text oid, res_updated timestamp, partition_id "
+			                  "integer)";
+		}
+	}
 	else if (target->columns_ok && target->resource.type != JSONBOID)
 	{
 		target->columns_ok = false;
@@ -328,9 +432,9 @@ capture_target(TriggerData *trigdata)
 		    psprintf("column \"%s\" is of type %s now, not jsonb", target->layout.resource_column,
 		             format_type_be(target->resource.type));
 	}
-	else if (target->columns_ok && target->deleted.attnum != 0 &&
-	         (target->layout.deleted_kind == DELETED_BOOLEAN ? target->deleted.type != BOOLOID
-	                                                         : target->deleted.type == BOOLOID))
+	if (target->columns_ok && target->deleted.attnum != 0 &&
+	    (target->layout.deleted_kind == DELETED_BOOLEAN ? target->deleted.type != BOOLOID
+	                                                    : target->deleted.type == BOOLOID))
 	{
 		target->columns_ok = false;
 		target->problem =
@@ -392,47 +496,13 @@ json_version(JsonbContainer *object)
 }
 
 /*
- * Reads one side of a change from tuple: resource, type, id, version,
- * deleted state, and the patients it belongs to. Odd content is noted in
- * image->problem; image->usable is false when the change cannot be
- * recorded at all (no type or no id).
+ * Reads the deleted flag of a row.
  */
 static void
-read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image,
-           const RowImage *before)
+read_deleted(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image)
 {
 	bool isnull;
 	Datum value;
-	bool same_json = false;
-
-	memset(image, 0, sizeof(*image));
-
-	value = heap_getattr(tuple, target->resource.attnum, desc, &isnull);
-	image->raw_resource = isnull ? (Datum) 0 : value;
-	/* An UPDATE that left the JSON alone stores the same bytes (or toast pointer). */
-	if (!isnull && before != NULL && before->resource != NULL &&
-	    datumIsEqual(value, before->raw_resource, false, -1))
-		same_json = true;
-	if (!isnull)
-	{
-		image->resource = same_json ? before->resource : DatumGetJsonbP(value);
-		image->is_object =
-		    JB_ROOT_IS_OBJECT(image->resource) && !JB_ROOT_IS_SCALAR(image->resource);
-	}
-
-	image->type = column_text(tuple, desc, &target->type);
-	if (image->type == NULL && target->layout.type_name != NULL)
-		image->type = target->layout.type_name;
-	if (image->type == NULL && image->is_object)
-		image->type = json_string(&image->resource->root, "resourceType");
-
-	image->id = column_text(tuple, desc, &target->id);
-	if (image->id == NULL && image->is_object)
-		image->id = json_string(&image->resource->root, "id");
-
-	image->version = column_text(tuple, desc, &target->version);
-	if (image->version == NULL && image->is_object)
-		image->version = json_version(&image->resource->root);
 
 	if (target->deleted.attnum != 0 && target->layout.deleted_kind == DELETED_BOOLEAN)
 	{
@@ -453,9 +523,256 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 		}
 		image->deleted = status != NULL && strcmp(status, target->layout.deleted_value) == 0;
 	}
+}
+
+/*
+ * Makes image's resource from JSON text (parsed once, with inject's
+ * members added); a text that is no JSON is noted in image->problem.
+ */
+static void
+parse_resource(RowImage *image, const char *text, int len, const JsonInject *inject)
+{
+	Jsonb *parsed;
+	const char *problem;
+
+	if (!fhir_notify_json_parse(text, len, inject, &parsed, &problem))
+	{
+		image->problem = problem;
+		return;
+	}
+	image->resource = parsed;
+	image->raw_resource = JsonbPGetDatum(parsed);
+	image->is_object = JB_ROOT_IS_OBJECT(parsed) && !JB_ROOT_IS_SCALAR(parsed);
+}
+
+/*
+ * Reads the resource column: jsonb as stored, or JSON text parsed. Returns
+ * whether the column holds exactly what before's did (then before's
+ * resource is reused, not read again).
+ */
+static bool
+read_resource(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image,
+              const RowImage *before, const JsonInject *inject)
+{
+	bool isnull;
+	Datum value = heap_getattr(tuple, target->resource.attnum, desc, &isnull);
+
+	if (isnull)
+		return false;
+	image->stored = value;
+	/* An UPDATE that left the JSON alone stores the same bytes (or toast pointer). */
+	if (before != NULL && before->resource != NULL &&
+	    datumIsEqual(value, before->stored, false, -1))
+	{
+		image->resource = before->resource;
+		image->raw_resource = before->raw_resource;
+		image->is_object = before->is_object;
+		return true;
+	}
+	if (target->text_resource)
+	{
+		char *json = TextDatumGetCString(value);
+
+		parse_resource(image, json, strlen(json), inject);
+		return false;
+	}
+	image->raw_resource = value;
+	image->resource = DatumGetJsonbP(value);
+	image->is_object = JB_ROOT_IS_OBJECT(image->resource) && !JB_ROOT_IS_SCALAR(image->resource);
+	return false;
+}
+
+/* An integer column (bigint or integer) of tuple; false when NULL. */
+static bool
+column_int64(HeapTuple tuple, TupleDesc desc, CaptureColumn *column, int64 *result)
+{
+	bool isnull;
+	Datum value;
+
+	if (column->attnum == 0)
+		return false;
+	value = heap_getattr(tuple, column->attnum, desc, &isnull);
+	if (isnull)
+		return false;
+	*result = column->type == INT8OID ? DatumGetInt64(value) : DatumGetInt32(value);
+	return true;
+}
+
+/*
+ * The body of a HAPI version row by its res_encoding: JSON text, gzip JSON
+ * in a large object (JSONC), a delete (DEL), or kept outside (ESR).
+ */
+static void
+read_hapi_body(CaptureTarget *target, RowImage *image, const char *encoding, const char *json,
+               Oid lob, const JsonInject *inject)
+{
+	if (encoding == NULL)
+		image->problem = "res_encoding is NULL";
+	else if (strcmp(encoding, "DEL") == 0)
+		image->deleted = true;
+	else if (strcmp(encoding, "JSON") == 0)
+	{
+		if (json != NULL)
+			parse_resource(image, json, strlen(json), inject);
+	}
+	else if (strcmp(encoding, "JSONC") == 0)
+	{
+		char *compressed;
+		size_t compressed_len;
+		char *json;
+		size_t json_len;
+
+		if (lob == InvalidOid)
+			image->problem = "the JSONC body has no large object (res_text is NULL)";
+		else if (!fhir_notify_hapi_read_lob(&target->hapi, lob, &compressed, &compressed_len,
+		                                    &image->problem))
+			;
+		else if (!fhir_notify_gunzip(compressed, compressed_len, &json, &json_len, &image->problem))
+			;
+		else
+			parse_resource(image, json, json_len, inject);
+	}
+	else if (strcmp(encoding, "ESR") == 0)
+		image->problem = "the body is stored outside the database (res_encoding ESR)";
+	else
+		image->problem = psprintf("unknown res_encoding \"%s\"", encoding);
+}
+
+/*
+ * Reads a version row of hfj_res_ver: type, version and body from its
+ * columns, the logical id from hfj_resource (reused from before when it is
+ * the same resource), and, when previous is not NULL and this is not the
+ * first version, the previous version with the patients it belonged to.
+ */
+static void
+read_hapi(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image,
+          const RowImage *before, RowImage *previous)
+{
+	int64 version = 0;
+	int64 previous_version = 0;
+	int64 partition_id = 0;
+	bool has_partition;
+	bool isnull;
+	Datum value;
+	char *encoding;
+	Oid lob = InvalidOid;
+	HapiVersion prior;
+	JsonInject inject;
+
+	if (previous != NULL)
+		memset(previous, 0, sizeof(*previous));
+	if (!column_int64(tuple, desc, &target->res_id, &image->res_id))
+	{
+		image->problem = "res_id is NULL";
+		return;
+	}
+	if (column_int64(tuple, desc, &target->version, &version))
+		image->version = psprintf(INT64_FORMAT, version);
+	has_partition = column_int64(tuple, desc, &target->partition, &partition_id);
+	encoding = column_text(tuple, desc, &target->encoding);
+
+	/*
+	 * The previous version matters only for the patients it belonged to:
+	 * not for a first version, nor for a type that belongs to nobody.
+	 */
+	if (previous != NULL && version > 1 && image->type != NULL &&
+	    fhir_notify_compartment_type_routed(image->type))
+		previous_version = version - 1;
+
+	memset(&prior, 0, sizeof(prior));
+	if (before != NULL && before->usable && before->res_id == image->res_id)
+		image->id = before->id;
+	else if (!fhir_notify_hapi_lookup(&target->hapi, image->res_id, has_partition,
+	                                  (int32) partition_id, previous_version, &image->id, &prior))
+		image->problem =
+		    psprintf("hfj_resource has no row with res_id " INT64_FORMAT, image->res_id);
+	if (image->id == NULL)
+		return;
+
+	/* What a FHIR read returns: id, meta.versionId and meta.lastUpdated. */
+	inject.id = image->id;
+	inject.version_id = image->version;
+	inject.last_updated = NULL;
+	value = heap_getattr(tuple, target->updated.attnum, desc, &isnull);
+	if (!isnull)
+		inject.last_updated = fhir_notify_hapi_instant(DatumGetTimestamp(value));
+
+	/*
+	 * Each side is parsed with its own id, version and time (no reuse of
+	 * before's: in-place rewrites of version rows are rare).
+	 */
+	if (encoding != NULL && strcmp(encoding, "JSON") == 0)
+	{
+		read_resource(target, tuple, desc, image, NULL, &inject);
+		if (image->resource == NULL && image->problem == NULL)
+			image->problem = "the JSON body (res_text_vc) is NULL";
+	}
+	else
+	{
+		value = heap_getattr(tuple, target->lob.attnum, desc, &isnull);
+		if (!isnull)
+			lob = DatumGetObjectId(value);
+		read_hapi_body(target, image, encoding, NULL, lob, &inject);
+	}
+
+	if (previous != NULL && prior.found)
+	{
+		previous->type = image->type;
+		previous->id = image->id;
+		previous->res_id = image->res_id;
+		previous->version = psprintf(INT64_FORMAT, version - 1);
+		read_hapi_body(target, previous, prior.encoding, prior.text, prior.lob, NULL);
+		previous->usable = true;
+		if (previous->is_object)
+			fhir_notify_compartment_patient_ids(&previous->resource->root, previous->type,
+			                                    previous->id, &previous->patients);
+	}
+}
+
+/*
+ * Reads one side of a change from tuple: resource, type, id, version,
+ * deleted state, and the patients it belongs to. Odd content is noted in
+ * image->problem; image->usable is false when the change cannot be
+ * recorded at all (no type or no id). For the hapi layout, previous (when
+ * not NULL) gets the previous version.
+ */
+static void
+read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *image,
+           const RowImage *before, RowImage *previous)
+{
+	bool same_json = false;
+
+	memset(image, 0, sizeof(*image));
+	read_deleted(target, tuple, desc, image);
+
+	image->type = column_text(tuple, desc, &target->type);
+	if (image->type == NULL && target->layout.type_name != NULL)
+		image->type = target->layout.type_name;
+
+	if (target->layout.kind == LAYOUT_HAPI)
+		read_hapi(target, tuple, desc, image, before, previous);
+	else
+	{
+		/* A deleted row's text may be no JSON at all (Medplum writes ''). */
+		if (!(target->text_resource && image->deleted))
+			same_json = read_resource(target, tuple, desc, image, before, NULL);
+
+		if (image->type == NULL && image->is_object)
+			image->type = json_string(&image->resource->root, "resourceType");
+
+		image->id = column_text(tuple, desc, &target->id);
+		if (image->id == NULL && image->is_object)
+			image->id = json_string(&image->resource->root, "id");
+
+		image->version = column_text(tuple, desc, &target->version);
+		if (image->version == NULL && image->is_object)
+			image->version = json_version(&image->resource->root);
+	}
 
 	image->usable = image->type != NULL && image->id != NULL;
-	if (image->resource == NULL && !image->deleted)
+	if (image->problem != NULL)
+		;
+	else if (image->resource == NULL && !image->deleted)
 		image->problem = "the resource is NULL";
 	else if (image->resource != NULL && !image->is_object)
 		image->problem = "the resource is not a JSON object";
@@ -476,14 +793,18 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 /*
  * Whether two versions of a resource are the same: same version and equal
  * JSON (jsonb equality, so key order and number formatting do not count).
+ * Medplum's meta.versionId is new on every write: the same one is the same
+ * version, whatever a reindex rewrote.
  */
 static bool
-same_content(RowImage *old, RowImage *new)
+same_content(CaptureTarget *target, RowImage *old, RowImage *new)
 {
 	if ((old->version == NULL) != (new->version == NULL))
 		return false;
 	if (old->version != NULL && strcmp(old->version, new->version) != 0)
 		return false;
+	if (old->version != NULL && target->layout.kind == LAYOUT_MEDPLUM)
+		return true;
 	if (old->resource == NULL || new->resource == NULL)
 		return old->resource == new->resource;
 	if (VARSIZE(old->resource) == VARSIZE(new->resource) &&
@@ -627,13 +948,142 @@ record_change(CaptureTarget *target, const char *action, RowImage *image, Patien
 }
 
 /*
- * Warns (rate-limited) about odd content of one side of a change.
+ * Whether a text layout's resource could not be read (not JSON, a large
+ * object gone): then who it belongs to now is unknown, not nobody.
+ */
+static bool
+unreadable(const CaptureTarget *target, const RowImage *image)
+{
+	return target->text_resource && image->resource == NULL && !image->deleted &&
+	       image->problem != NULL;
+}
+
+/*
+ * Warns (rate-limited) about odd content of one side of a change; creates
+ * says that no earlier version's patients would receive it.
  */
 static void
-warn_content(CaptureTarget *target, RowImage *image)
+warn_content(CaptureTarget *target, RowImage *image, bool creates)
 {
 	if (image->problem != NULL)
-		capture_warning(target->source_table, image->problem, image->usable);
+		capture_warning(target->source_table, image->problem,
+		                image->usable && unreadable(target, image) && !creates
+		                    ? RECORDED_WITHOUT_RESOURCE
+		                    : image->usable);
+}
+
+/*
+ * Whether a row of a text layout can be left unread: its type, known
+ * without the JSON, belongs to no patient, and the table does not record
+ * unrouted changes. Parsing a Medplum Login or a HAPI Practitioner would
+ * only find nobody to tell.
+ */
+static bool
+unroutable_row(CaptureTarget *target, HeapTuple tuple, TupleDesc desc)
+{
+	char *type;
+
+	if (!target->text_resource || target->layout.record_unrouted)
+		return false;
+	type = column_text(tuple, desc, &target->type);
+	if (type == NULL)
+		type = target->layout.type_name;
+	return type != NULL && !fhir_notify_compartment_type_routed(type);
+}
+
+/* Whether a column holds the same bytes in two rows (both NULL counts). */
+static bool
+same_column(HeapTuple a, HeapTuple b, TupleDesc desc, CaptureColumn *column)
+{
+	Form_pg_attribute attr;
+	bool a_null;
+	bool b_null;
+	Datum a_value;
+	Datum b_value;
+
+	if (column->attnum == 0)
+		return true;
+	attr = TupleDescAttr(desc, column->attnum - 1);
+	a_value = heap_getattr(a, column->attnum, desc, &a_null);
+	b_value = heap_getattr(b, column->attnum, desc, &b_null);
+	if (a_null || b_null)
+		return a_null == b_null;
+	return datumIsEqual(a_value, b_value, attr->attbyval, attr->attlen);
+}
+
+/*
+ * Whether an UPDATE of a text layout left every column the layout reads as
+ * it was (a Medplum reindex, a HAPI row touched in place): then nothing is
+ * parsed and nothing changed.
+ */
+static bool
+text_row_unchanged(CaptureTarget *target, HeapTuple old, HeapTuple new, TupleDesc desc)
+{
+	CaptureColumn *columns[] = {
+	    &target->resource, &target->type, &target->id,     &target->version,   &target->deleted,
+	    &target->encoding, &target->lob,  &target->res_id, &target->partition, &target->updated};
+
+	if (!target->text_resource)
+		return false;
+	for (int i = 0; i < (int) lengthof(columns); i++)
+		if (!same_column(old, new, desc, columns[i]))
+			return false;
+	return true;
+}
+
+/*
+ * A new version row of HAPI's hfj_res_ver: created (version 1, or after a
+ * delete), updated (with a deleted row for the patients the previous
+ * version belonged to and this one does not), or deleted (a DEL row, for
+ * the previous version's patients).
+ */
+static void
+capture_hapi_version(CaptureTarget *target, HeapTuple tuple, TupleDesc desc)
+{
+	RowImage new;
+	RowImage previous;
+	PatientIds removed;
+
+	read_image(target, tuple, desc, &new, NULL, &previous);
+	warn_content(target, &new, !(previous.usable && !previous.deleted));
+	if (!new.usable)
+		return;
+	if (previous.problem != NULL)
+		capture_warning(target->source_table, previous.problem, RECORDED_PREVIOUS_UNKNOWN);
+
+	if (new.deleted)
+	{
+		if (previous.usable && previous.deleted)
+			return; /* deleted already */
+		if (!previous.usable)
+			capture_warning(target->source_table,
+			                "the previous version of a deleted resource is not in hfj_res_ver",
+			                RECORDED_PREVIOUS_UNKNOWN);
+		record_change(target, "deleted", &new, previous.usable ? &previous.patients : &new.patients,
+		              false);
+		return;
+	}
+	if (!previous.usable)
+	{
+		record_change(target, strcmp(new.version, "1") == 0 ? "created" : "updated", &new,
+		              &new.patients, true);
+		return;
+	}
+	if (previous.deleted)
+	{
+		record_change(target, "created", &new, &new.patients, true); /* re-created */
+		return;
+	}
+	if (unreadable(target, &new))
+	{
+		/* Nothing known of the new version: its patients are told to read it. */
+		record_change(target, "updated", &new, &previous.patients, false);
+		return;
+	}
+	removed = patients_removed(&previous.patients, &new.patients);
+	if (removed.count > 0)
+		record_change(target, "deleted", &new, &removed, false);
+	record_change(target, "updated", &new, &new.patients, true);
 }
 
 /*
@@ -651,24 +1101,40 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
-		read_image(target, trigdata->tg_trigtuple, desc, &new, NULL);
-		warn_content(target, &new);
+		if (unroutable_row(target, trigdata->tg_trigtuple, desc))
+			return;
+		if (target->layout.kind == LAYOUT_HAPI)
+		{
+			capture_hapi_version(target, trigdata->tg_trigtuple, desc);
+			return;
+		}
+		read_image(target, trigdata->tg_trigtuple, desc, &new, NULL, NULL);
+		warn_content(target, &new, true);
 		if (new.usable && !new.deleted)
 			record_change(target, "created", &new, &new.patients, true);
 		return;
 	}
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 	{
-		read_image(target, trigdata->tg_trigtuple, desc, &old, NULL);
-		warn_content(target, &old);
+		/* HAPI deletes version rows only to expunge history: no change. */
+		if (target->layout.kind == LAYOUT_HAPI ||
+		    unroutable_row(target, trigdata->tg_trigtuple, desc))
+			return;
+		read_image(target, trigdata->tg_trigtuple, desc, &old, NULL, NULL);
+		warn_content(target, &old, true);
 		if (old.usable && !old.deleted)
 			record_change(target, "deleted", &old, &old.patients, false);
 		return;
 	}
 
-	read_image(target, trigdata->tg_trigtuple, desc, &old, NULL);
-	read_image(target, trigdata->tg_newtuple, desc, &new, &old);
-	warn_content(target, &new); /* odd old content loses nothing */
+	if (text_row_unchanged(target, trigdata->tg_trigtuple, trigdata->tg_newtuple, desc) ||
+	    (unroutable_row(target, trigdata->tg_trigtuple, desc) &&
+	     unroutable_row(target, trigdata->tg_newtuple, desc)))
+		return;
+	read_image(target, trigdata->tg_trigtuple, desc, &old, NULL, NULL);
+	read_image(target, trigdata->tg_newtuple, desc, &new, &old, NULL);
+	/* Odd old content loses nothing. */
+	warn_content(target, &new, !(old.usable && !old.deleted));
 	if (!new.usable)
 		return;
 	if (!old.usable || (old.deleted && !new.deleted))
@@ -693,8 +1159,14 @@ capture_row(CaptureTarget *target, TriggerData *trigdata)
 		record_change(target, "created", &new, &new.patients, true);
 		return;
 	}
-	if (same_content(&old, &new))
+	if (same_content(target, &old, &new))
 		return;
+	if (unreadable(target, &new))
+	{
+		/* Nothing known of the new version: its patients are told to read it. */
+		record_change(target, "updated", &new, &old.patients, false);
+		return;
+	}
 
 	removed = patients_removed(&old.patients, &new.patients);
 	if (removed.count > 0)

@@ -36,7 +36,7 @@ SELECT fhir_notify.watch('two_json', 'jsonb', '{"resource": "b", "colour": "blue
 SELECT fhir_notify.watch('two_json', 'jsonb', '{"resource": 7}');
 SELECT fhir_notify.watch('two_json', 'jsonb', '["b"]');
 SELECT fhir_notify.watch('two_json', 'jsonb', '{"resource": "b", "record_unrouted": "yes"}');
-SELECT fhir_notify.watch('two_json', 'hapi');
+SELECT fhir_notify.watch('two_json', 'mongodb');
 SELECT fhir_notify.watch('two_json', 'jsonb', '{"resource": "b", "type_name": "Bogus"}');
 
 -- Only tables, and not the extension's own.

@@ -287,6 +287,17 @@ async function openChart(patientId) {
   window.scrollTo(0, 0);
 }
 
+/*
+ * A resource version as a number that grows with every write: WintEHR and
+ * HAPI number their versions; Medplum's are UUIDs, so there the time of the
+ * write (meta.lastUpdated, or the change's time) orders them.
+ */
+function versionOf(versionId, at) {
+  if (versionId != null && versionId !== "" && Number.isFinite(Number(versionId))) return Number(versionId);
+  const time = Date.parse(at ?? "");
+  return Number.isFinite(time) ? time : 0;
+}
+
 async function loadChart(patientId) {
   const chart = await api("GET", `/api/patients/${encodeURIComponent(patientId)}/chart`);
   if (app.patientId !== patientId) return;
@@ -296,7 +307,7 @@ async function loadChart(patientId) {
     `Born ${p.birthDate ?? "?"} · ${p.gender ?? ""} · id ${p.id}`;
   for (const entry of chart.resources) {
     const key = `${entry.resource_type}/${entry.id}`;
-    const version = Number(entry.version_id);
+    const version = versionOf(entry.version_id, entry.resource?.meta?.lastUpdated ?? entry.last_updated);
     if ((app.tombstones.get(key) ?? 0) >= version) continue;
     const known = app.store.get(key);
     if (known && known.version >= version) continue;
@@ -312,7 +323,8 @@ function onUpdate(data) {
   app.stats.updates += 1;
   if (data.patient_id !== app.patientId || !CHART_TYPES.includes(data.resource_type)) return;
   const key = `${data.resource_type}/${data.resource_id}`;
-  const version = Number(data.version_id ?? data.resource?.meta?.versionId ?? 0);
+  const version = versionOf(data.version_id ?? data.resource?.meta?.versionId,
+    data.resource?.meta?.lastUpdated ?? data.changed_at);
   const known = app.store.get(key);
   const deletedAt = app.tombstones.get(key) ?? 0;
   if ((known && known.version >= version) || deletedAt >= version) {
@@ -560,13 +572,13 @@ function applyOwnWrite(resource) {
   // Show our own write at once; the bridge's copy of it has the same
   // version and is then ignored.
   const key = `${resource.resourceType}/${resource.id}`;
-  const version = Number(resource.meta?.versionId ?? 0);
+  const version = versionOf(resource.meta?.versionId, resource.meta?.lastUpdated);
   const known = app.store.get(key);
   if (known && known.version >= version) return;
   app.store.set(key, { version, resource, actor: app.user.username, at: resource.meta?.lastUpdated });
   renderRow(key, true);
   logActivity(
-    { action: version > 1 ? "updated" : "created", resource_type: resource.resourceType, actor: app.user.username },
+    { action: known ? "updated" : "created", resource_type: resource.resourceType, actor: app.user.username },
     resource,
   );
 }

@@ -1,0 +1,3 @@
+-- fhir_notify watching every Medplum resource table of the schema (and those
+-- its migrations add later), as a Medplum operator does.
+SELECT fhir_notify.watch_medplum('medplum');
