@@ -6,6 +6,7 @@
 #   make installcheck  the SQL suites against an installed, running server
 #   make demo       the live chart-review demo on a throwaway database
 #   make bench      the benchmarks (BENCH_QUICK=1 for a short run)
+#   make fuzz       fuzz the bridge's parsers, FUZZ_SECONDS (60) per target (fuzz/Makefile)
 #   make format     clang-format every C file; make format-check verifies
 #
 # The extension itself is a PGXS module described in extension/extension.mk;
@@ -16,9 +17,10 @@ PG_CONFIG ?= pg_config
 EXTENSION_MAKE = $(MAKE) --no-print-directory -f extension/extension.mk PG_CONFIG=$(PG_CONFIG)
 BRIDGE_MAKE = $(MAKE) --no-print-directory -C bridge
 
-C_SOURCES = $(wildcard extension/*.c extension/*.h bridge/*.c bridge/*.h bench/*.c bench/*.h)
+C_SOURCES = $(wildcard extension/*.c extension/*.h bridge/*.c bridge/*.h bench/*.c bench/*.h \
+	fuzz/*.c fuzz/*.h)
 
-.PHONY: all extension bridge install uninstall check installcheck demo bench \
+.PHONY: all extension bridge install uninstall check installcheck demo bench fuzz \
 	format format-check clean deps
 
 all: extension bridge
@@ -60,6 +62,9 @@ bench: deps
 	$(MAKE) all
 	bench/run
 
+fuzz: deps
+	$(MAKE) --no-print-directory -C fuzz run
+
 format:
 	clang-format -i $(C_SOURCES)
 
@@ -69,4 +74,5 @@ format-check:
 clean:
 	$(EXTENSION_MAKE) clean
 	$(BRIDGE_MAKE) clean
+	$(MAKE) --no-print-directory -C fuzz clean
 	rm -rf tmp_check results regression.diffs regression.out output_iso

@@ -32,6 +32,24 @@
 
 static void catch_up_start(subscription *sub);
 
+/*
+ * The one place a subscription's state changes. The legal moves:
+ * AUTHORIZING -> CATCHING_UP, LIVE or CLOSED; CATCHING_UP -> LIVE or
+ * CLOSED; LIVE -> LIVE (a resync starts it again from now) or CLOSED.
+ * Going live sets the cursor it takes live changes from.
+ */
+static void
+set_state(subscription *sub, subscription_state to, cursor live_from)
+{
+	if (sub->state == SUB_CLOSED || (to == SUB_CATCHING_UP && sub->state != SUB_AUTHORIZING) ||
+	    to == SUB_AUTHORIZING)
+		log_warning("client %s: subscription state %d -> %d is not a move it makes",
+		            sub->client->id, (int) sub->state, (int) to);
+	sub->state = to;
+	if (to == SUB_LIVE)
+		sub->active_from = live_from;
+}
+
 /* See subscription.h. */
 bool
 subscription_matches(const subscription *sub, const char *patient_id, const char *resource_type)
@@ -100,7 +118,7 @@ subscription_close(subscription *sub)
 	pg_request_cancel(sub->catch_up);
 	sub->authorizing = NULL;
 	sub->catch_up = NULL;
-	sub->state = SUB_CLOSED;
+	set_state(sub, SUB_CLOSED, sub->active_from);
 	subscription_free(sub);
 }
 
@@ -108,8 +126,7 @@ subscription_close(subscription *sub)
 static void
 go_live(subscription *sub)
 {
-	sub->state = SUB_LIVE;
-	sub->active_from = bridge_current_cursor();
+	set_state(sub, SUB_LIVE, bridge_current_cursor());
 }
 
 /*
@@ -122,8 +139,7 @@ go_live_caught_up(subscription *sub)
 	char cursor_text[CURSOR_TEXT_LEN];
 	message *msg;
 
-	sub->state = SUB_LIVE;
-	sub->active_from = (cursor){sub->since.tick, sub->since.position + 1};
+	set_state(sub, SUB_LIVE, (cursor){sub->since.tick, sub->since.position + 1});
 	/*
 	 * Queued behind the replayed updates and, since the subscription only
 	 * now takes live updates, ahead of every live one: the client knows
@@ -441,7 +457,7 @@ static const catch_up_ops catch_up_callbacks = {catch_up_prepare, catch_up_done}
 static void
 catch_up_start(subscription *sub)
 {
-	sub->state = SUB_CATCHING_UP;
+	set_state(sub, SUB_CATCHING_UP, sub->active_from);
 	if (!resume_from_memory(sub))
 		sub->catch_up = pg_catch_up(&catch_up_callbacks, sub);
 }
@@ -491,8 +507,7 @@ authorized(subscription *sub, bool allowed)
 	if (sub->room)
 	{
 		/* a named room: nothing flows there yet, so it takes nothing */
-		sub->state = SUB_LIVE;
-		sub->active_from = bridge_current_cursor();
+		go_live(sub);
 		return;
 	}
 	if (sub->has_since)

@@ -2,11 +2,11 @@
  * ws.c
  *	  WebSocket protocol handlers: authentication, subscribe, unsubscribe,
  *	  ping; see docs/protocol.md for the contract. Messages are parsed and
- *	  validated here; what a subscription then does is subscription.c's.
+ *	  validated by request.c; what a subscription then does is
+ *	  subscription.c's.
  */
 #include "ws.h"
 
-#include <ctype.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,11 +19,8 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "request.h"
 #include "subscription.h"
-
-#define MAX_PATIENTS_PER_SUBSCRIPTION 1000
-#define MAX_TYPES_PER_SUBSCRIPTION    200
-#define MAX_ID_LENGTH                 128
 
 static json_t *
 now_timestamp(void)
@@ -182,210 +179,66 @@ on_established(struct lws *wsi, client *c)
 	}
 }
 
-static bool
-valid_patient_id(const char *id)
-{
-	size_t len = strlen(id);
-
-	if (len < 1 || len > 64)
-		return false;
-	for (const char *p = id; *p; p++)
-	{
-		if (!isalnum((unsigned char) *p) && *p != '.' && *p != '-')
-			return false;
-	}
-	return true;
-}
-
-static bool
-valid_type_name(const char *name)
-{
-	size_t len = strlen(name);
-
-	if (len < 1 || len > 64)
-		return false;
-	for (const char *p = name; *p; p++)
-	{
-		if (!isalpha((unsigned char) *p))
-			return false;
-	}
-	return true;
-}
-
-/* Copies a JSON array of strings, skipping duplicates; NULL message on success. */
-static const char *
-string_array(json_t *array, char ***out, int *count, int max, bool (*valid)(const char *),
-             const char *what)
-{
-	size_t i;
-	json_t *item;
-
-	*out = NULL;
-	*count = 0;
-	if (!array || json_is_null(array))
-		return NULL;
-	if (!json_is_array(array))
-		return what;
-	if ((int) json_array_size(array) > max)
-		return what;
-	*out = xcalloc(json_array_size(array) + 1, sizeof(char *));
-	json_array_foreach(array, i, item)
-	{
-		const char *s = json_string_value(item);
-		bool duplicate = false;
-
-		if (!s || !valid(s))
-			return what;
-		for (int j = 0; j < *count; j++)
-			duplicate = duplicate || strcmp((*out)[j], s) == 0;
-		if (!duplicate)
-			(*out)[(*count)++] = xstrdup(s);
-	}
-	return NULL;
-}
-
+/* A subscribe that request_parse accepted; takes its patient ids and types. */
 static void
-free_strings(char **list, int n)
+handle_subscribe(client *c, request *parsed)
 {
-	for (int i = 0; i < n; i++)
-		free(list[i]);
-	free(list);
-}
-
-static void
-handle_subscribe(client *c, json_t *root)
-{
-	json_t *data = json_object_get(root, "data");
-	const char *sid, *room_name = NULL, *since_text = NULL;
-	const char *problem;
-	char **patients = NULL, **types = NULL;
-	int npatients = 0, ntypes = 0;
+	const char *sid = parsed->subscription_id;
 	subscribe_request req = {0};
-	cursor since = {0, 0};
-	json_t *since_json;
 
-	if (!json_is_object(data))
+	for (int i = 0; i < parsed->npatients; i++)
 	{
-		client_send_error(c, "BAD_REQUEST", "subscribe needs a data object", NULL);
-		return;
-	}
-	sid = json_string_value(json_object_get(data, "subscription_id"));
-	if (!sid || !*sid || strlen(sid) > MAX_ID_LENGTH)
-	{
-		client_send_error(c, "BAD_REQUEST",
-		                  "subscription_id must be a string of 1 to 128 characters", NULL);
-		return;
-	}
-	if (json_object_get(data, "room") && !json_is_null(json_object_get(data, "room")))
-	{
-		room_name = json_string_value(json_object_get(data, "room"));
-		if (!room_name || !*room_name || strlen(room_name) > MAX_ID_LENGTH)
+		if (!auth_grant_allows(&c->grant, parsed->patient_ids[i], NULL))
 		{
-			client_send_error(c, "BAD_REQUEST", "room must be a string of 1 to 128 characters",
+			log_debug("client %s: subscription to patient %s forbidden", c->id,
+			          parsed->patient_ids[i]);
+			client_send_error(c, "FORBIDDEN", "the token does not allow one of these patients",
 			                  sid);
 			return;
-		}
-	}
-	else
-	{
-		problem = string_array(
-		    json_object_get(data, "patient_ids"), &patients, &npatients,
-		    MAX_PATIENTS_PER_SUBSCRIPTION, valid_patient_id,
-		    "patient_ids must be an array of bare patient ids (1-64 of A-Z a-z 0-9 . -)");
-		if (!problem && npatients == 0)
-			problem = "patient_ids must name at least one patient";
-		if (!problem)
-			problem = string_array(json_object_get(data, "resource_types"), &types, &ntypes,
-			                       MAX_TYPES_PER_SUBSCRIPTION, valid_type_name,
-			                       "resource_types must be an array of resource type names");
-		since_json = json_object_get(data, "since");
-		if (!problem && since_json && !json_is_null(since_json))
-		{
-			since_text = json_string_value(since_json);
-			if (!since_text || !cursor_parse(since_text, &since))
-				problem = "since must be a cursor from an earlier message";
-		}
-		if (problem)
-		{
-			client_send_error(c, "BAD_REQUEST", problem, sid);
-			free_strings(patients, npatients);
-			free_strings(types, ntypes);
-			return;
-		}
-		for (int i = 0; i < npatients; i++)
-		{
-			if (!auth_grant_allows(&c->grant, patients[i], NULL))
-			{
-				log_debug("client %s: subscription to patient %s forbidden", c->id, patients[i]);
-				client_send_error(c, "FORBIDDEN", "the token does not allow one of these patients",
-				                  sid);
-				free_strings(patients, npatients);
-				free_strings(types, ntypes);
-				return;
-			}
 		}
 	}
 	if (!subscription_find(c, sid) && c->nsubs >= the_bridge.settings.max_subscriptions)
 	{
 		client_send_error(c, "LIMIT_EXCEEDED", "too many subscriptions on this connection", sid);
-		free_strings(patients, npatients);
-		free_strings(types, ntypes);
 		return;
 	}
 	req.id = xstrdup(sid);
-	req.room = xstrdup(room_name);
-	req.patient_ids = patients;
-	req.npatients = npatients;
-	req.types = types;
-	req.ntypes = ntypes;
-	req.has_since = since_text != NULL;
-	req.since = since;
+	req.room = xstrdup(parsed->room);
+	req.patient_ids = parsed->patient_ids;
+	req.npatients = parsed->npatients;
+	req.types = parsed->types;
+	req.ntypes = parsed->ntypes;
+	req.has_since = parsed->has_since;
+	req.since = parsed->since;
+	parsed->patient_ids = parsed->types = NULL;
+	parsed->npatients = parsed->ntypes = 0;
 	subscription_subscribe(c, &req);
 }
 
 static void
-handle_unsubscribe(client *c, json_t *root)
+handle_unsubscribe(client *c, const char *sid)
 {
-	json_t *data = json_object_get(root, "data");
-	const char *sid = json_string_value(json_object_get(data, "subscription_id"));
-
-	if (!sid)
-	{
-		client_send_error(c, "BAD_REQUEST", "unsubscribe needs data.subscription_id", NULL);
-		return;
-	}
 	subscription_unsubscribe(c, sid);
 	client_send_json(c, json_pack("{s:s, s:{s:s, s:s}}", "type", "subscription", "data", "action",
 	                              "removed", "subscription_id", sid));
 }
 
-/* Dispatches one complete text message from a client. */
+/* Dispatches one complete text message from a client (parsed by request.c). */
 static void
 handle_message(client *c, const char *text, size_t len)
 {
-	json_error_t error;
-	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &error);
-	const char *type;
+	request req;
 
-	if (!root || !json_is_object(root))
+	request_parse(text, len, &req);
+	if (req.kind == REQUEST_INVALID)
+		client_send_error(c, "BAD_REQUEST", req.problem, NULL);
+	else if (req.kind == REQUEST_AUTHENTICATE)
 	{
-		json_decref(root);
-		client_send_error(c, "BAD_REQUEST", "messages must be JSON objects", NULL);
-		return;
-	}
-	type = json_string_value(json_object_get(root, "type"));
-	if (!type)
-		client_send_error(c, "BAD_REQUEST", "messages need a string type", NULL);
-	else if (strcmp(type, "authenticate") == 0)
-	{
-		const char *token = json_string_value(json_object_get(root, "token"));
 		bool first = !c->authenticated;
 
-		if (!token)
-			token = json_string_value(json_object_get(json_object_get(root, "data"), "token"));
-		if (!token)
-			client_send_error(c, "BAD_REQUEST", "authenticate needs a token", NULL);
-		else if (authenticate(c, token))
+		if (req.problem)
+			client_send_error(c, "BAD_REQUEST", req.problem, NULL);
+		else if (authenticate(c, req.token))
 		{
 			client_send_json(
 			    c, json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
@@ -395,19 +248,21 @@ handle_message(client *c, const char *text, size_t len)
 	}
 	else if (!c->authenticated)
 		client_send_error(c, "AUTH_REQUIRED", "authenticate first", NULL);
-	else if (strcmp(type, "ping") == 0)
+	else if (req.kind == REQUEST_PING)
 		client_send_json(c, json_pack("{s:s, s:o}", "type", "pong", "timestamp", now_timestamp()));
-	else if (strcmp(type, "pong") == 0)
+	else if (req.kind == REQUEST_PONG)
 		;
-	else if (strcmp(type, "subscribe") == 0)
-		handle_subscribe(c, root);
-	else if (strcmp(type, "unsubscribe") == 0)
-		handle_unsubscribe(c, root);
-	else if (strchr(type, '.'))
+	else if (req.problem)
+		client_send_error(c, "BAD_REQUEST", req.problem, req.problem_subscription_id);
+	else if (req.kind == REQUEST_SUBSCRIBE)
+		handle_subscribe(c, &req);
+	else if (req.kind == REQUEST_UNSUBSCRIBE)
+		handle_unsubscribe(c, req.subscription_id);
+	else if (req.kind == REQUEST_CLIENT_EVENT)
 		log_debug("client %s: ignoring client event", c->id); /* never relayed: no room isolation */
 	else
 		client_send_error(c, "UNKNOWN_TYPE", "unknown message type", NULL);
-	json_decref(root);
+	request_free(&req);
 }
 
 /* Reassembles fragments; binary frames and oversized messages close the connection. */
