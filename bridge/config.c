@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -79,6 +80,21 @@ static const setting settings_table[] = {
      "a resuming client missing more changes than this is told to resync instead"},
     {"prune-keep", SETTING_INT, S(prune_keep), "0", true, 0,
      "seconds of change log to keep: the bridge prunes older changes (0: never prunes)"},
+    {"reader-name", SETTING_STRING, S(reader_name), NULL, false, 0,
+     "name this bridge reads the change log under (fhir_notify.readers); unique per bridge "
+     "(default: fhir-notify-bridge@HOST:LISTEN)"},
+    {"presence-interval", SETTING_INT, S(presence_interval), "500", true, 20,
+     "milliseconds: a room's presence is sent at most this often (changes are coalesced)"},
+    {"presence-ttl", SETTING_INT, S(presence_ttl), "15", true, 3,
+     "seconds: the presence of a bridge that stopped (crashed) disappears after this"},
+    {"presence-max-list", SETTING_INT, S(presence_max_list), "50", true, 1,
+     "people listed in one presence message (count still says how many there are)"},
+    {"presence-name-claim", SETTING_STRING, S(presence_name_claim), "name", true, 0,
+     "token claim shown as a present user's name"},
+    {"presence-role-claim", SETTING_STRING, S(presence_role_claim), "role", true, 0,
+     "token claim shown as a present user's role"},
+    {"presence-user-claim", SETTING_STRING, S(presence_user_claim), "fhirUser", true, 0,
+     "token claim shown as a present user's FHIR resource (fhir_user)"},
     {"static", SETTING_STRING, S(static_dir), NULL, false, 0,
      "directory of files served at / (the demo page)"},
     {"event-loop", SETTING_STRING, S(event_loop), "auto", false, 0,
@@ -440,6 +456,23 @@ load_into(int argc, char **argv, bridge_settings *settings, bool quiet_exit)
 			        settings->log_level);
 			return CONFIG_EXIT_ERROR;
 		}
+	}
+	if (settings->reader_name && (!*settings->reader_name || strlen(settings->reader_name) > 200))
+	{
+		fprintf(stderr, "fhir-notify-bridge: reader-name must be 1 to 200 characters\n");
+		return CONFIG_EXIT_ERROR;
+	}
+	if (!settings->reader_name)
+	{
+		char host[256] = "localhost";
+		char name[256 + 128];
+
+		if (gethostname(host, sizeof(host)) != 0)
+			snprintf(host, sizeof(host), "%s", "localhost");
+		host[sizeof(host) - 1] = '\0';
+		snprintf(name, sizeof(name), "fhir-notify-bridge@%.120s:%.60s", host,
+		         settings->listen ? settings->listen : "");
+		settings->reader_name = xstrdup(name);
 	}
 	return CONFIG_OK;
 }

@@ -38,7 +38,14 @@ typedef struct bridge_settings
 	int poll_interval;
 	int resume_max_age;
 	int resume_max_changes;
-	int prune_keep; /* seconds; 0: the bridge does not prune */
+	int prune_keep;            /* seconds; 0: the bridge does not prune */
+	int presence_interval;     /* ms: a room's presence goes out at most this often */
+	int presence_ttl;          /* s: a silent bridge's presence rows expire after this */
+	int presence_max_list;     /* people listed per presence message */
+	char *presence_name_claim; /* token claims giving the display name, role, fhirUser */
+	char *presence_role_claim;
+	char *presence_user_claim;
+	char *reader_name; /* registered reader name; default "fhir-notify-bridge@HOST:LISTEN" */
 	char *static_dir;
 	char *event_loop; /* auto, epoll or poll */
 	char *log_level;

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "pg.h"
 #include "pg_link.h"
+#include "presence.h"
 #include "prune.h"
 #include "rooms.h"
 #include "subscription.h"
@@ -366,6 +367,7 @@ main(int argc, char **argv)
 	pg_start(&subscription_feed);
 	authorize_start();
 	prune_start();
+	presence_start();
 	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
 
 	/* lws arms its libev timer only after socket events: a first one, for the timers above */
@@ -401,6 +403,7 @@ main(int argc, char **argv)
 	pg_stop();
 	authorize_stop();
 	prune_stop();
+	presence_stop();
 	lws_context_destroy(the_bridge.context);
 	if (epoll_loop)
 		ev_loop_destroy(epoll_loop);

@@ -6,6 +6,7 @@
 
 #include "bridge.h"
 #include "client.h"
+#include "presence.h"
 #include "rooms.h"
 
 bridge_metrics the_metrics;
@@ -79,6 +80,10 @@ metrics_render(strbuf *out)
 	        "clients closed with 1013 for not reading", the_metrics.slow_client_closes);
 	counter(out, "fhir_notify_bridge_pruned_changes_total",
 	        "changes deleted from the change log by --prune-keep", the_metrics.pruned_changes);
+	counter(out, "fhir_notify_bridge_presence_messages_total", "presence snapshots queued",
+	        presence_messages_sent);
+	counter(out, "fhir_notify_bridge_conflicts_total", "conflict warnings sent to editors",
+	        presence_conflicts_sent);
 	strbuf_append(out,
 	              "# HELP fhir_notify_bridge_commit_to_send_seconds time from the change's commit "
 	              "(changed_at) to its update being written\n"

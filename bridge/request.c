@@ -89,7 +89,7 @@ parse_subscribe(json_t *data, request *req)
 {
 	const char *sid;
 	const char *problem;
-	json_t *room, *since_json;
+	json_t *room, *since_json, *presence;
 
 	if (!json_is_object(data))
 	{
@@ -103,7 +103,21 @@ parse_subscribe(json_t *data, request *req)
 		return;
 	}
 	req->subscription_id = sid;
+	presence = json_object_get(data, "presence");
+	if (presence && !json_is_boolean(presence) && !json_is_null(presence))
+	{
+		req->problem = "presence must be true or false";
+		req->problem_subscription_id = sid;
+		return;
+	}
+	req->presence = json_is_true(presence);
 	room = json_object_get(data, "room");
+	if (room && !json_is_null(room) && req->presence)
+	{
+		req->problem = "presence is for patient subscriptions only";
+		req->problem_subscription_id = sid;
+		return;
+	}
 	if (room && !json_is_null(room))
 	{
 		req->room = json_string_value(room);
@@ -190,6 +204,10 @@ request_parse(const char *text, size_t len, request *req)
 		if (!req->subscription_id)
 			req->problem = "unsubscribe needs data.subscription_id";
 	}
+	else if (strcmp(type, "editing") == 0)
+		req->kind = REQUEST_EDITING; /* its data is presence.c's to check */
+	else if (strcmp(type, "stop_editing") == 0)
+		req->kind = REQUEST_STOP_EDITING;
 	else if (strchr(type, '.'))
 		req->kind = REQUEST_CLIENT_EVENT;
 	else

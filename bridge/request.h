@@ -26,6 +26,8 @@ typedef enum request_kind
 	REQUEST_PONG,
 	REQUEST_SUBSCRIBE,
 	REQUEST_UNSUBSCRIBE,
+	REQUEST_EDITING, /* presence: data is checked by presence_handle_editing */
+	REQUEST_STOP_EDITING,
 	REQUEST_CLIENT_EVENT, /* a type with a dot: never relayed */
 	REQUEST_UNKNOWN
 } request_kind;
@@ -49,6 +51,7 @@ typedef struct request
 	int ntypes;
 	bool has_since;
 	cursor since;
+	bool presence; /* subscribe: be visible in the patient's presence */
 } request;
 
 /*

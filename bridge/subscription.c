@@ -28,6 +28,7 @@
 #include "client.h"
 #include "log.h"
 #include "message.h"
+#include "presence.h"
 #include "rooms.h"
 
 static void catch_up_start(subscription *sub);
@@ -114,6 +115,7 @@ subscription_close(subscription *sub)
 	}
 	for (int i = 0; i < sub->npatients; i++)
 		rooms_leave(sub->patient_ids[i], c);
+	presence_unsubscribed(sub);
 	authorize_cancel(sub->authorizing);
 	pg_request_cancel(sub->catch_up);
 	sub->authorizing = NULL;
@@ -126,7 +128,7 @@ subscription_close(subscription *sub)
 static void
 go_live(subscription *sub)
 {
-	set_state(sub, SUB_LIVE, bridge_current_cursor());
+	set_state(sub, SUB_LIVE, bridge_live_from());
 }
 
 /*
@@ -182,7 +184,7 @@ queue_overflowed(client *c)
 {
 	char cursor_text[CURSOR_TEXT_LEN];
 
-	bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
+	cursor_format(bridge_read_cursor(), cursor_text, sizeof(cursor_text));
 	for (int i = 0; i < c->nsubs; i++)
 	{
 		subscription *sub = c->subs[i];
@@ -226,6 +228,8 @@ client_wants_live(const client *c, const char *patient_id, const char *resource_
 static void
 fan_out_change(change *ch)
 {
+	/* a conflict warning goes out ahead of the update that caused it */
+	presence_on_change(ch);
 	for (int i = 0; i < ch->npatients; i++)
 	{
 		room *r = rooms_find(ch->patient_ids[i]);
@@ -244,16 +248,16 @@ fan_out_change(change *ch)
 	}
 }
 
-/* The log went back in time: nobody's chart can be trusted to match the new log. */
+/* Changes were lost to the bridge (see reader_events): nobody's chart can be trusted. */
 static void
-log_reset(void)
+log_reset(const char *reason)
 {
 	for (client *c = the_bridge.clients; c; c = c->next)
 	{
 		for (int i = 0; i < c->nsubs; i++)
 		{
 			if (c->subs[i]->state == SUB_LIVE && !c->subs[i]->room)
-				resync(c->subs[i], "log_reset");
+				resync(c->subs[i], reason);
 		}
 	}
 }
@@ -420,6 +424,12 @@ catch_up_done(void *arg, const catch_up_answer *a)
 		resync(sub, "cursor_too_old");
 		return;
 	}
+	/* the cursor's tick is not the one it was made at (or the cursor has no epoch) */
+	if (a->since_epoch == 0 || a->since_epoch != sub->since.epoch)
+	{
+		resync(sub, "cursor_unknown");
+		return;
+	}
 	if (a->oldest_only && ring_covers(sub))
 	{
 		if (send_from_ring(sub, sub->since, true))
@@ -510,6 +520,8 @@ authorized(subscription *sub, bool allowed)
 		go_live(sub);
 		return;
 	}
+	if (sub->presence)
+		presence_subscribed(sub); /* its first presence snapshot follows the confirmation */
 	if (sub->has_since)
 		catch_up_start(sub);
 	else
@@ -542,6 +554,7 @@ subscription_subscribe(client *c, subscribe_request *req)
 	sub->ntypes = req->ntypes;
 	sub->has_since = req->has_since;
 	sub->since = req->since;
+	sub->presence = req->presence;
 	memset(req, 0, sizeof(*req));
 	c->subs = xrealloc(c->subs, (size_t) (c->nsubs + 1) * sizeof(subscription *));
 	c->subs[c->nsubs++] = sub;

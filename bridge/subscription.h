@@ -44,6 +44,8 @@ typedef struct subscription
 	cursor replayed_last;           /* the cursor of the last of them */
 	authorize_request *authorizing; /* while SUB_AUTHORIZING with questions out */
 	pg_request *catch_up;           /* while SUB_CATCHING_UP with a read queued or in flight */
+	bool presence;                  /* "presence": true: visible in its patients' rooms */
+	bool presence_joined;           /* accepted and in its presence rooms (presence.c) */
 } subscription;
 
 /*
@@ -60,6 +62,7 @@ typedef struct subscribe_request
 	int ntypes;
 	bool has_since;
 	cursor since;
+	bool presence;
 } subscribe_request;
 
 /*

@@ -44,6 +44,23 @@ test_cursors(void)
 	CHECK(!cursor_parse("1--2", &c));
 	CHECK(!cursor_parse("1-2x", &c));
 	CHECK(!cursor_parse("99999999999999999999-1", &c));
+	/* with the log's epoch */
+	CHECK(cursor_parse("123456789-12-345", &c) && c.epoch == 123456789 && c.tick == 12 &&
+	      c.position == 345);
+	cursor_format(c, text, sizeof(text));
+	CHECK(strcmp(text, "123456789-12-345") == 0);
+	CHECK(cursor_parse("12-345", &c) && c.epoch == 0);
+	CHECK(!cursor_parse("1-2-3-4", &c));
+	CHECK(!cursor_parse("1-2-", &c));
+	CHECK(!cursor_parse("-1-2-3", &c));
+	CHECK(!cursor_parse("1-2-3x", &c));
+	CHECK(!cursor_parse("99999999999999999999-1-2", &c));
+	CHECK(cursor_epoch_tick((cursor){7, 0, 1}) == 6);
+	CHECK(cursor_epoch_tick((cursor){7, 3, 1}) == 7);
+	CHECK(cursor_compare((cursor){2, 5, 1}, (cursor){2, 5, 9}) == 0);
+	cursor_format((cursor){281474976710655LL, 9223372036854775807LL, 9223372036854775807LL}, text,
+	              sizeof(text));
+	CHECK(strlen(text) < sizeof(text) - 1);
 	CHECK(cursor_compare((cursor){1, 5}, (cursor){2, 0}) < 0);
 	CHECK(cursor_compare((cursor){2, 5}, (cursor){2, 4}) > 0);
 	CHECK(cursor_compare((cursor){2, 5}, (cursor){2, 5}) == 0);

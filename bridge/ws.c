@@ -19,6 +19,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "presence.h"
 #include "request.h"
 #include "subscription.h"
 
@@ -210,6 +211,7 @@ handle_subscribe(client *c, request *parsed)
 	req.ntypes = parsed->ntypes;
 	req.has_since = parsed->has_since;
 	req.since = parsed->since;
+	req.presence = parsed->presence;
 	parsed->patient_ids = parsed->types = NULL;
 	parsed->npatients = parsed->ntypes = 0;
 	subscription_subscribe(c, &req);
@@ -244,6 +246,8 @@ handle_message(client *c, const char *text, size_t len)
 			    c, json_pack("{s:s, s:s}", "type", "auth_success", "message", "authenticated"));
 			if (first)
 				send_welcome(c);
+			else
+				presence_client_reauthenticated(c); /* a new name or role shows */
 		}
 	}
 	else if (!c->authenticated)
@@ -258,6 +262,10 @@ handle_message(client *c, const char *text, size_t len)
 		handle_subscribe(c, &req);
 	else if (req.kind == REQUEST_UNSUBSCRIBE)
 		handle_unsubscribe(c, req.subscription_id);
+	else if (req.kind == REQUEST_EDITING)
+		presence_handle_editing(c, req.root, true);
+	else if (req.kind == REQUEST_STOP_EDITING)
+		presence_handle_editing(c, req.root, false);
 	else if (req.kind == REQUEST_CLIENT_EVENT)
 		log_debug("client %s: ignoring client event", c->id); /* never relayed: no room isolation */
 	else

@@ -42,6 +42,7 @@ import stores  # noqa: E402
 USERS = {
     "nurse.jones": {"name": "Nurse Jones", "role": "nurse", "title": "Registered nurse"},
     "dr.smith": {"name": "Dr. Smith", "role": "physician", "title": "Attending physician"},
+    "pharmacist.lee": {"name": "Pharmacist Lee", "role": "pharmacist", "title": "Clinical pharmacist"},
 }
 TOKEN_LIFETIME = 8 * 3600
 WRITABLE_TYPES = ("AllergyIntolerance", "Condition", "Observation")
@@ -59,7 +60,8 @@ class HttpError(Exception):
 def issue_token(secret, username):
     user = USERS[username]
     now = int(time.time())
-    claims = {"sub": username, "name": user["name"], "role": user["role"], "scope": "user/*.read openid",
+    claims = {"sub": username, "name": user["name"], "role": user["role"],
+              "fhirUser": f"Practitioner/{username.replace('.', '-')}", "scope": "user/*.read openid",
               "iss": "fhir_notify-demo", "iat": now, "exp": now + TOKEN_LIFETIME}
     return jwt.encode(claims, secret, algorithm="HS256")
 

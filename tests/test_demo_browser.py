@@ -244,7 +244,7 @@ def test_allergy_added_by_one_user_appears_for_the_other(demo, charts):
     a.wait(lambda d: not a.rows(key), 10, "delete reached A")
     assert any(line.endswith(f"Dr. Smith removed allergy: {substance}") for line in a.activity())
     assert any(line.endswith(f"you added allergy: {substance}") for line in a.activity())
-    assert sum(substance in line for line in b.activity()) == 3  # added, changed, removed: once each
+    assert sum(substance in line for line in b.activity()) == 3, b.activity()  # added, changed, removed: once each
     assert a.not_reloaded() and b.not_reloaded()
     assert severe(a.collect_logs()) == [] and severe(b.collect_logs()) == []
 
@@ -453,3 +453,218 @@ def test_demo_run_prints_one_url_and_stops_everything_on_ctrl_c():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+# -- presence, editing and conflicts ------------------------------------------------
+
+# Presence shows within this many seconds of opening or closing a chart.
+PRESENCE_LIMIT = 2.0
+# A killed browser's presence is gone within the bridge's presence-ttl (default 15 s).
+PRESENCE_TTL = 15.0
+
+
+def other_patient():
+    return next(p for p in launcher.sampledata.patient_ids() if p != PATIENT)
+
+
+def present_users(chart):
+    """The users the chart shows as also on it."""
+    return chart.js("return [...document.querySelectorAll('#presence-list [data-user]')].map(e => e.dataset.user)")
+
+
+def wait_present(chart, user, present, timeout):
+    started = time.monotonic()
+    chart.wait(lambda d: (user in present_users(chart)) == present, timeout,
+               f"{chart.name}: {user} {'shown' if present else 'gone'}")
+    return time.monotonic() - started
+
+
+def browser_descendants(driver):
+    """The pids of chromedriver's descendants (the browser we started), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    pids, todo = [], [driver.service.process.pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        pids += children
+        todo += children
+    return pids
+
+
+@pytest.fixture(scope="module")
+def third(demo, charts):
+    """A third session: the pharmacist, logged in, on the patient list."""
+    profiles = tempfile.mkdtemp(prefix="fhir_notify-chromium-")
+    chart = Chart(new_browser(os.path.join(profiles, "c")), "pharmacist")
+    try:
+        chart.driver.get(demo.url)
+        chart.wait(lambda d: d.find_elements(By.ID, "user-pharmacist.lee"), message="login form")
+        chart.driver.find_element(By.ID, "user-pharmacist.lee").click()
+        chart.driver.find_element(By.ID, "login-submit").click()
+        chart.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "a[data-patient]"), message="patient list")
+        yield chart
+    finally:
+        chart.driver.quit()
+        shutil.rmtree(profiles, ignore_errors=True)
+
+
+def open_patient(chart, patient):
+    chart.driver.execute_script("location.hash = arguments[0]", f"#/patient/{patient}")
+    chart.wait(lambda d: chart.js("return window.fhirNotifyDemo.loaded === true && "
+                                  "window.fhirNotifyDemo.patientId === arguments[0]", patient),
+               message=f"{chart.name}: chart {patient}")
+
+
+def test_presence_shows_who_else_has_the_chart_open(demo, charts, third):
+    a, b = charts
+    a.wait_state("live", 30)
+    b.wait_state("live", 30)
+    # The two on the chart see each other, with name and role.
+    wait_present(a, "dr.smith", True, PRESENCE_LIMIT + 5)
+    wait_present(b, "nurse.jones", True, PRESENCE_LIMIT + 5)
+    shown = a.js("return document.querySelector('#presence-list [data-user=\"dr.smith\"]').innerText")
+    assert "Dr. Smith" in shown and "physician" in shown and "DS" in shown, shown
+    assert "nurse.jones" not in present_users(a)  # not oneself
+
+    # A third opens the chart: both see her within the limit; she sees both.
+    opened = time.monotonic()
+    open_patient(third, PATIENT)
+    for chart in (a, b):
+        wait_present(chart, "pharmacist.lee", True, PRESENCE_LIMIT)
+        assert time.monotonic() - opened < PRESENCE_LIMIT + 1.0, f"{chart.name}: presence took too long"
+    record_latency("presence shown after opening a chart", time.monotonic() - opened)
+    wait_present(third, "nurse.jones", True, PRESENCE_LIMIT)
+    assert set(present_users(third)) == {"nurse.jones", "dr.smith"}
+
+    # She closes it (back to the list): gone within the limit.
+    closed = time.monotonic()
+    third.driver.find_element(By.ID, "back-to-list").click()
+    for chart in (a, b):
+        wait_present(chart, "pharmacist.lee", False, PRESENCE_LIMIT)
+    record_latency("presence gone after closing a chart", time.monotonic() - closed)
+    assert time.monotonic() - closed < PRESENCE_LIMIT + 1.0
+
+    # On another patient she sees nobody of this chart, and nobody here sees her.
+    open_patient(third, other_patient())
+    time.sleep(1.0)
+    assert present_users(third) == []
+    assert "pharmacist.lee" not in present_users(a) and "pharmacist.lee" not in present_users(b)
+    for chart in (a, b, third):
+        assert severe(chart.collect_logs(), EXPECTED_OUTAGE_LOG) == [], chart.name
+
+
+def test_a_killed_browser_disappears_within_the_expiry(demo, charts):
+    a, _ = charts
+    profiles = tempfile.mkdtemp(prefix="fhir_notify-chromium-")
+    doomed = Chart(new_browser(os.path.join(profiles, "d")), "doomed")
+    try:
+        doomed.login_and_open(demo, "pharmacist.lee", PATIENT)
+        wait_present(a, "pharmacist.lee", True, PRESENCE_LIMIT + 2)
+        killed = time.monotonic()
+        victims = browser_descendants(doomed.driver)
+        assert victims, "no browser processes found"
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_present(a, "pharmacist.lee", False, PRESENCE_TTL + PRESENCE_LIMIT)
+        record_latency("presence gone after the browser was killed", time.monotonic() - killed)
+    finally:
+        try:
+            doomed.driver.quit()
+        except Exception:
+            pass
+        shutil.rmtree(profiles, ignore_errors=True)
+
+
+def editing_marker(chart, key):
+    return chart.js("return document.querySelector(`[data-key=\"${arguments[0]}\"] .editing-by`)?.innerText ?? null", key)
+
+
+def test_two_editors_see_each_other_and_the_second_to_save_is_warned(demo, charts, third):
+    a, b = charts
+    # A fresh allergy, so that the test does not depend on the sample's.
+    substance = f"Sesame {uuid.uuid4().hex[:6]}"
+    a.driver.find_element(By.ID, "allergy-substance").send_keys(substance)
+    a.driver.find_element(By.ID, "allergy-save").click()
+    key = a.wait_key("allergies", substance, 10)
+    b.wait_key("allergies", substance, 10)
+
+    # The nurse edits it: the physician's row says so.
+    a.click_in_row(key, "Edit")
+    started = time.monotonic()
+    b.wait(lambda d: editing_marker(b, key) == "Nurse Jones is editing", PRESENCE_LIMIT, "B sees A editing")
+    record_latency("editing shown to the other", time.monotonic() - started)
+    # The physician edits it too: each sees the other.
+    b.click_in_row(key, "Edit")
+    a.wait(lambda d: editing_marker(a, key) == "Dr. Smith is editing", PRESENCE_LIMIT, "A sees B editing")
+    assert editing_marker(b, key) == "Nurse Jones is editing"
+    assert "editing allergy" in b.js("return document.getElementById('presence').innerText")
+
+    # The nurse saves first: the physician is warned at once, before saving.
+    Select(a.driver.find_element(By.ID, "allergy-criticality")).select_by_value("high")
+    a.driver.find_element(By.ID, "allergy-save").click()
+    saved = time.monotonic()
+    b.wait(lambda d: d.find_element(By.ID, "allergy-conflict").is_displayed(), PRESENCE_LIMIT, "B warned")
+    record_latency("conflict warning after the other's save", time.monotonic() - saved)
+    banner = b.driver.find_element(By.ID, "allergy-conflict-text").text
+    assert banner.startswith("Nurse Jones changed this allergy while you were editing it (now version 2)"), banner
+    assert b.driver.find_element(By.ID, "allergy-save").text == "Save anyway"
+    assert not a.driver.find_element(By.ID, "allergy-conflict").is_displayed()
+    # The nurse has stopped editing: the marker leaves the physician's row.
+    b.wait(lambda d: editing_marker(b, key) is None, PRESENCE_LIMIT, "A's editing marker gone")
+    b.screenshot("presence-conflict")
+
+    # One click loads the new version into the form, and the warning goes.
+    b.driver.find_element(By.ID, "allergy-conflict-reload").click()
+    assert not b.driver.find_element(By.ID, "allergy-conflict").is_displayed()
+    assert b.driver.find_element(By.ID, "allergy-criticality").get_attribute("value") == "high"
+    assert b.driver.find_element(By.ID, "allergy-save").text == "Save allergy"
+    # Saving from the new version is no conflict for anybody.
+    Select(b.driver.find_element(By.ID, "allergy-criticality")).select_by_value("unable-to-assess")
+    b.driver.find_element(By.ID, "allergy-save").click()
+    a.wait(lambda d: "unable to assess" in (a.row_text(key) or ""), 10, "B's save reached A")
+    assert not a.driver.find_element(By.ID, "allergy-conflict").is_displayed()
+    assert b.js("return window.fhirNotifyDemo.stats.conflicts") == 1
+    assert a.js("return window.fhirNotifyDemo.stats.conflicts") == 0
+
+    # The third session, on another patient, saw none of it.
+    assert third.js("return window.fhirNotifyDemo.patientId") != PATIENT
+    assert present_users(third) == []
+    assert third.js("return document.querySelectorAll('.editing-by').length") == 0
+    assert third.js("return window.fhirNotifyDemo.stats.conflicts") == 0
+    assert not third.rows(key)
+    for chart in (a, b, third):
+        assert severe(chart.collect_logs(), EXPECTED_OUTAGE_LOG) == [], chart.name
+
+
+def test_a_reloaded_page_resumes_from_its_cursor(demo, charts):
+    """The cursor is kept in sessionStorage: the page that comes back resumes exactly."""
+    a, b = charts
+    b.wait_state("live", 30)
+    stored = b.js("return Object.keys(sessionStorage).filter(k => k.startsWith('fhir-notify:cursor:' + arguments[0]))"
+                  ".map(k => sessionStorage.getItem(k))", PATIENT)
+    assert len(stored) == 1 and stored[0], stored
+    # B's tab goes elsewhere; A adds an allergy meanwhile; B comes back.
+    b.driver.get("about:blank")
+    substance = f"Lupin {uuid.uuid4().hex[:6]}"
+    a.driver.find_element(By.ID, "allergy-substance").send_keys(substance)
+    a.driver.find_element(By.ID, "allergy-save").click()
+    key = a.wait_key("allergies", substance, 10)
+    b.driver.get(demo.url + f"#/patient/{PATIENT}")
+    b.wait(lambda d: b.js("return window.fhirNotifyDemo?.loaded === true"), 30, "B's chart after coming back")
+    b.wait_state("live", 30)
+    # The bridge replayed exactly the one change made while the page was away.
+    b.wait(lambda d: b.js("return window.fhirNotifyDemo.stats.replayed") == 1, 10, "B resumed from its cursor")
+    assert len(b.rows(key)) == 1
+    b.js("window.__noReloadMarker = arguments[0]", b.name)
+    assert severe(b.collect_logs(), EXPECTED_OUTAGE_LOG) == []

@@ -15,6 +15,18 @@
  *   const sub = client.subscribePatient("123", ["Condition", "AllergyIntolerance"]);
  *   client.unsubscribe(sub);
  *
+ * Presence, editing and conflicts (docs/protocol.md), opt-in per subscription:
+ *
+ *   client.subscribePatient("123", types, { presence: true });
+ *   client.onPresence(({ patient_id, users, others, count }) => { ... });
+ *   client.startEditing(allergy);            // a resource (its type, id, meta.versionId)
+ *   client.onConflict((c) => { c.changed_by, c.version_id, c.content: someone saved first });
+ *   client.stopEditing(allergy);
+ *
+ * With options.storage (e.g. sessionStorage), each patient subscription's
+ * cursor is kept there, so a page reload resumes from exactly where the
+ * page was: the bridge replays what the reload missed.
+ *
  * What it adds to WintEHR's own client: it reconnects forever (capped
  * exponential backoff with jitter) instead of giving up after five tries;
  * it resubscribes with the cursor of the last update it handed out (`since`),
@@ -40,7 +52,12 @@ export const DEFAULTS = Object.freeze({
   // replayed update.
   catchUpQuiet: 10000,
   dedupeWindow: 2000, // how many delivered updates are remembered to drop repeats
+  storage: null, // a Storage (sessionStorage) to keep cursors in across page reloads
+  storageKey: "fhir-notify", // the prefix of the keys kept in storage
 });
+
+/** The most resources one connection may say it edits in one patient (the bridge's limit). */
+export const MAX_EDITING_PER_PATIENT = 8;
 
 export const STATES = Object.freeze([
   "connecting", // the first connection is being made
@@ -114,6 +131,9 @@ export class FhirNotifyClient {
     this.delivered = new Set();
     this.deliveredOrder = [];
     this.closedByUser = false;
+    this.storage = this.options.storage;
+    this.presence = new Map(); // patient id -> the last presence snapshot
+    this.editing = new Map(); // "patient|Type/id" -> {patientId, resource, version}
     // In a browser, coming back online is the moment to retry, not the
     // next backoff step.
     this.onOnline = () => {
@@ -160,8 +180,11 @@ export class FhirNotifyClient {
   /**
    * Subscribes to the changes of one patient (bare id), of the given
    * resource types (empty: every type the token allows). options.since
-   * resumes from a cursor kept from an earlier session. Returns the
-   * subscription; its `cursor` follows the updates delivered for it.
+   * resumes from a cursor kept from an earlier session (without it, from
+   * the cursor kept in options.storage, if any); options.presence: true
+   * makes this connection visible in the patient's room and delivers the
+   * room's "presence" snapshots. Returns the subscription; its `cursor`
+   * follows the updates delivered for it.
    */
   subscribePatient(patientId, types = [], options = {}) {
     if (typeof patientId !== "string" || !/^[A-Za-z0-9.-]{1,64}$/.test(patientId)) {
@@ -172,7 +195,8 @@ export class FhirNotifyClient {
       id: options.id ?? `patient-${patientId}-${Date.now()}-${subscriptionCounter}`,
       patientId,
       resourceTypes: [...types],
-      cursor: options.since ?? null,
+      cursor: options.since ?? this.storedCursor(patientId, types),
+      presence: options.presence === true,
       confirmed: false,
     };
     this.subscriptions.set(sub.id, sub);
@@ -185,13 +209,121 @@ export class FhirNotifyClient {
   /** Ends a subscription made by subscribePatient(). */
   unsubscribe(sub) {
     const id = typeof sub === "string" ? sub : sub?.id;
+    const removed = this.subscriptions.get(id);
     if (!this.subscriptions.delete(id)) return;
+    if (removed.presence && !this.presenceSubscription(removed.patientId)) {
+      // The bridge forgets what this connection edits there; so does the client.
+      this.presence.delete(removed.patientId);
+      for (const [key, entry] of this.editing) {
+        if (entry.patientId === removed.patientId) this.editing.delete(key);
+      }
+    }
     this.pendingAcks.delete(id);
     this.replaying.delete(id);
     if (this.socket && this.clientId !== null) {
       this.send({ type: "unsubscribe", data: { subscription_id: id } });
     }
     this.maybeCaughtUp();
+  }
+
+  /** Listens for presence snapshots: fn({patient_id, users, others, count, truncated, joined, left}). */
+  onPresence(fn) {
+    return this.on("presence", fn);
+  }
+
+  /** Listens for conflicts: a change committed to a resource this client said it edits. */
+  onConflict(fn) {
+    return this.on("conflict", fn);
+  }
+
+  /** The confirmed-or-pending presence subscription of a patient, if any. */
+  presenceSubscription(patientId) {
+    for (const sub of this.subscriptions.values()) {
+      if (sub.presence && sub.patientId === patientId) return sub;
+    }
+    return null;
+  }
+
+  /**
+   * Says that this client edits a resource: a FHIR resource (its
+   * resourceType, id and meta.versionId), or "Type/id" with options.version.
+   * options.patientId: the patient (default: the only patient subscribed
+   * with presence). Kept and said again after every reconnect until
+   * stopEditing(). Returns the "Type/id".
+   */
+  startEditing(resource, options = {}) {
+    const ref = typeof resource === "string" ? resource : `${resource?.resourceType}/${resource?.id}`;
+    if (!/^[A-Za-z]{1,64}\/[A-Za-z0-9.-]{1,64}$/.test(ref)) {
+      throw new TypeError(`startEditing: not a resource or "Type/id": ${JSON.stringify(ref)}`);
+    }
+    const version = String(options.version ?? (typeof resource === "object" ? resource?.meta?.versionId : "") ?? "");
+    let patientId = options.patientId;
+    if (!patientId) {
+      const patients = new Set([...this.subscriptions.values()].filter((s) => s.presence).map((s) => s.patientId));
+      if (patients.size !== 1) {
+        throw new TypeError("startEditing: say which patient (options.patientId): not exactly one presence subscription");
+      }
+      [patientId] = patients;
+    }
+    const entry = { patientId, resource: ref, version, reported: null };
+    const key = `${patientId}|${ref}`;
+    if (!this.editing.has(key)) {
+      const inPatient = [...this.editing.values()].filter((e) => e.patientId === patientId).length;
+      if (inPatient >= MAX_EDITING_PER_PATIENT) {
+        throw new RangeError(`startEditing: at most ${MAX_EDITING_PER_PATIENT} resources per patient`);
+      }
+    }
+    this.editing.set(key, entry);
+    this.sendEditing(entry);
+    return ref;
+  }
+
+  /** Stops editing a resource (or "Type/id"); without one, everything. */
+  stopEditing(resource, options = {}) {
+    if (resource === undefined || resource === null) {
+      const had = this.editing.size > 0;
+      this.editing.clear();
+      if (had && this.socket && this.clientId !== null) this.send({ type: "stop_editing", data: {} });
+      return;
+    }
+    const ref = typeof resource === "string" ? resource : `${resource.resourceType}/${resource.id}`;
+    for (const [key, entry] of this.editing) {
+      if (entry.resource !== ref || (options.patientId && entry.patientId !== options.patientId)) continue;
+      this.editing.delete(key);
+      if (this.socket && this.clientId !== null) {
+        this.send({ type: "stop_editing", data: { patient_id: entry.patientId, resource: ref } });
+      }
+    }
+  }
+
+  /** Sends one editing entry once its patient's presence subscription is confirmed. */
+  sendEditing(entry) {
+    const sub = this.presenceSubscription(entry.patientId);
+    if (!sub?.confirmed || !this.socket || this.clientId === null) return; // sent on confirmation
+    const data = { patient_id: entry.patientId, resource: entry.resource };
+    if (entry.version) data.version_id = entry.version;
+    this.send({ type: "editing", data });
+  }
+
+  storageKeyFor(patientId, types) {
+    return `${this.options.storageKey}:cursor:${patientId}:${[...types].sort().join(",")}`;
+  }
+
+  storedCursor(patientId, types) {
+    try {
+      return this.storage?.getItem(this.storageKeyFor(patientId, types)) || null;
+    } catch {
+      return null; // storage refused (private mode, quota): no resume across reloads
+    }
+  }
+
+  storeCursor(sub) {
+    if (!this.storage || !sub.cursor) return;
+    try {
+      this.storage.setItem(this.storageKeyFor(sub.patientId, sub.resourceTypes), sub.cursor);
+    } catch {
+      // storage full or refused: resuming across reloads is best effort
+    }
   }
 
   /** Replaces the token; on a live connection the bridge is told at once. */
@@ -281,6 +413,7 @@ export class FhirNotifyClient {
       patient_ids: [sub.patientId],
       resource_types: sub.resourceTypes,
     };
+    if (sub.presence) data.presence = true;
     if (sub.cursor) {
       data.since = sub.cursor;
       this.replaying.add(sub.id); // until its caught_up (or resync)
@@ -311,6 +444,10 @@ export class FhirNotifyClient {
         return this.onResync(message.data ?? {});
       case "caught_up":
         return this.onCaughtUp(message.data ?? {});
+      case "presence":
+        return this.onPresenceMessage(message.data ?? {});
+      case "conflict":
+        return this.onConflictMessage(message.data ?? {}, message);
       case "pong":
         return;
       case "auth_success":
@@ -354,8 +491,15 @@ export class FhirNotifyClient {
       // Resume from the subscription's cursor, else from the newest one known
       // (the welcome's): a reconnect then replays what this session missed.
       if (!sub.cursor) sub.cursor = data.cursor ?? this.cursor;
+      this.storeCursor(sub);
       this.pendingAcks.delete(sub.id);
       this.emit("subscribed", sub, data);
+      // What this client edits there is said again on every new connection.
+      if (sub.presence) {
+        for (const entry of this.editing.values()) {
+          if (entry.patientId === sub.patientId) this.sendEditing(entry);
+        }
+      }
       if (this.pendingAcks.size === 0) {
         if (this.state === "catching-up") this.maybeCaughtUp();
         else this.setState("live");
@@ -374,26 +518,75 @@ export class FhirNotifyClient {
       }
       this.cursor = data.cursor;
       for (const sub of this.subscriptions.values()) {
-        if (sub.patientId === data.patient_id) sub.cursor = data.cursor;
+        if (sub.patientId === data.patient_id) {
+          sub.cursor = data.cursor;
+          this.storeCursor(sub);
+        }
       }
     }
     if (this.state === "catching-up") {
       this.caughtUp += 1;
       if (this.replaying.size > 0) this.armQuiet();
     }
+    this.checkEditing(data);
     this.emit("update", data, message);
+  }
+
+  /**
+   * An update of a resource this client edits, at another version and by
+   * someone else, is a conflict even when the bridge did not say so (an
+   * older bridge, or the update came in a replay after a reconnect): the
+   * facts are the same, from the change log. Each version is reported once.
+   */
+  checkEditing(data) {
+    const entry = this.editing.get(`${data.patient_id}|${data.resource_type}/${data.resource_id}`);
+    if (!entry) return;
+    const version = data.version_id == null ? null : String(data.version_id);
+    if (version !== null && version === entry.version) return;
+    if (data.actor && data.actor === this.user?.sub) return; // her own save
+    if (version !== null && entry.reported === version) return; // the bridge said so already
+    entry.reported = version;
+    this.emit("conflict", {
+      patient_id: data.patient_id,
+      resource: entry.resource,
+      declared_version: entry.version,
+      version_id: version,
+      action: data.action,
+      actor: data.actor ?? null,
+      changed_by: null,
+      content: data.resource ?? null,
+      cursor: data.cursor ?? null,
+      changed_at: data.changed_at ?? null,
+      from_update: true,
+    });
+  }
+
+  onConflictMessage(data, message) {
+    const entry = this.editing.get(`${data.patient_id}|${data.resource}`);
+    if (entry && data.version_id != null) entry.reported = String(data.version_id);
+    this.emit("conflict", data, message);
   }
 
   onResync(data) {
     for (const sub of this.subscriptions.values()) {
       if (sub.id === data.subscription_id || (!data.subscription_id && sub.patientId === data.patient_id)) {
         if (data.cursor) sub.cursor = data.cursor;
+        this.storeCursor(sub);
         // A resync ends the subscription's replay: no caught_up follows it.
         if (this.replaying.delete(sub.id) && this.state === "catching-up") this.resynced += 1;
       }
     }
     this.emit("resync", data);
     this.maybeCaughtUp();
+  }
+
+  onPresenceMessage(data) {
+    if (!this.presenceSubscription(data.patient_id)) return; // unsubscribed meanwhile
+    const me = this.user?.sub ?? null;
+    const users = Array.isArray(data.users) ? data.users : [];
+    const snapshot = { ...data, users, others: users.filter((u) => u.user !== me) };
+    this.presence.set(data.patient_id, snapshot);
+    this.emit("presence", snapshot);
   }
 
   /** The bridge has sent every update that one resumed subscription missed. */

@@ -23,7 +23,10 @@ const app = {
   tombstones: new Map(), // "Type/id" -> version at which it was deleted
   loaded: false,
   offlineSince: null,
-  stats: { updates: 0, applied: 0, ignored: 0, resyncs: 0 },
+  presence: null, // the last presence snapshot of the open chart
+  editing: { allergy: null, condition: null }, // "Type/id" open in each edit form
+  conflicts: { allergy: null, condition: null }, // the conflict shown in each form
+  stats: { updates: 0, applied: 0, ignored: 0, resyncs: 0, conflicts: 0, replayed: 0 },
 };
 // For the browser tests and the curious: what the page has done.
 window.fhirNotifyDemo = app;
@@ -190,6 +193,8 @@ function startSession() {
   app.client = connect({
     url,
     token: app.token,
+    // A reload resumes from where this tab was: the bridge replays what it missed.
+    storage: sessionStorage,
     getToken: async () => {
       const data = await api("POST", "/api/token");
       app.token = data.token;
@@ -208,6 +213,11 @@ function startSession() {
   app.client.on("caughtup", ({ count, confirmed }) => finishOutage(count, confirmed !== false));
   app.client.on("update", onUpdate);
   app.client.on("resync", onResync);
+  // After a reload the bridge replays what this tab missed (its cursor is in
+  // sessionStorage); the chart loaded from the backend has it already.
+  app.client.on("caught_up", (d) => (app.stats.replayed += d.replayed ?? 0));
+  app.client.onPresence(renderPresence);
+  app.client.onConflict(onConflict);
   app.client.on("error", (err) => {
     if (err.error === "FORBIDDEN" || err.error === "BAD_REQUEST") {
       notice(`The live stream refused a request: ${err.message || err.error}`, "warn");
@@ -264,7 +274,10 @@ async function openList() {
 }
 
 function closeChart() {
+  for (const form of ["allergy", "condition"]) clearEditing(form);
   if (app.subscription) app.client?.unsubscribe(app.subscription);
+  app.presence = null;
+  renderPresence(null);
   app.subscription = null;
   app.patientId = null;
   app.loaded = false;
@@ -281,7 +294,8 @@ async function openChart(patientId) {
   $("patient-details").textContent = "";
   // Subscribe first, then load: an update that lands between the two is
   // kept by version, so nothing falls in the gap.
-  app.subscription = app.client.subscribePatient(patientId, CHART_TYPES);
+  // presence: the others on this chart see us, and we see them and what they edit.
+  app.subscription = app.client.subscribePatient(patientId, CHART_TYPES, { presence: true });
   await loadChart(patientId);
   $("main").focus({ preventScroll: true });
   window.scrollTo(0, 0);
@@ -387,6 +401,137 @@ function summary(type, r) {
   return codeText(r.code);
 }
 
+/* ---------- presence, editing, conflicts ---------- */
+
+function initials(name) {
+  const words = String(name || "?").replace(/^(dr|mr|mrs|ms)\.?\s+/i, (m) => m.trim()[0] + " ").split(/\s+/);
+  return words.filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("") || "?";
+}
+
+/** The others on the chart: avatars with name and role, updated live. */
+function renderPresence(snapshot) {
+  if (snapshot && snapshot.patient_id !== app.patientId) return;
+  app.presence = snapshot;
+  const others = snapshot?.others ?? [];
+  $("presence-list").replaceChildren(
+    ...others.map((u) => {
+      const name = u.name || u.user;
+      const what = (u.editing ?? []).map((e) => editLabel(e.resource)).filter(Boolean);
+      return el(
+        "li",
+        { "data-user": u.user, title: `${name}${u.role ? ` (${u.role})` : ""}${u.connections > 1 ? `, ${u.connections} windows` : ""}` },
+        el("span", { class: `avatar ${u.role ?? ""}`, "aria-hidden": "true", text: initials(name) }),
+        el("span", { class: "name", text: name }),
+        u.role && el("span", { class: "role", text: `· ${u.role}` }),
+        what.length > 0 && el("span", { class: "editing", text: `· editing ${what.join(", ")}` }),
+      );
+    }),
+  );
+  const more = snapshot && snapshot.truncated ? snapshot.count - (snapshot.users?.length ?? 0) : 0;
+  if (more > 0) $("presence-list").append(el("li", { class: "more", text: `and ${more} more` }));
+  $("presence-none").hidden = others.length > 0;
+  markEditingRows();
+}
+
+/** "Type/id" -> what the chart calls it, e.g. "allergy Peanut". */
+function editLabel(ref) {
+  const entry = app.store.get(ref);
+  const [type] = ref.split("/");
+  const name = entry ? summary(type, entry.resource) : "";
+  return `${TYPE_LABEL[type] ?? type}${name ? ` ${name}` : ""}`;
+}
+
+/** The names of the others editing a resource ("Type/id"). */
+function editorsOf(key) {
+  return (app.presence?.others ?? [])
+    .filter((u) => (u.editing ?? []).some((e) => e.resource === key))
+    .map((u) => u.name || u.user);
+}
+
+function editingMarker(key) {
+  const names = editorsOf(key);
+  if (names.length === 0) return null;
+  return el("span", { class: "editing-by", text: `${names.join(" and ")} ${names.length > 1 ? "are" : "is"} editing` });
+}
+
+/** Puts "Nurse Jones is editing" on exactly the rows someone else edits. */
+function markEditingRows() {
+  for (const row of document.querySelectorAll("#allergies [data-key], #conditions [data-key]")) {
+    const old = row.querySelector(".editing-by");
+    const marker = editingMarker(row.dataset.key);
+    if (old && marker && old.textContent === marker.textContent) continue;
+    old?.remove();
+    if (marker) row.querySelector(".info")?.append(marker);
+  }
+}
+
+/** The edit form now shows key: tell the others, from the version shown. */
+function startEditing(form, key) {
+  if (app.editing[form] !== key) clearEditing(form);
+  else showConflict(form, null);
+  const entry = app.store.get(key);
+  if (!entry) return;
+  app.editing[form] = key;
+  try {
+    app.client.startEditing(key, { patientId: app.patientId, version: String(entry.version) });
+  } catch (err) {
+    console.warn("presence:", err.message);
+  }
+}
+
+function clearEditing(form) {
+  if (app.editing[form]) app.client?.stopEditing(app.editing[form], { patientId: app.patientId });
+  app.editing[form] = null;
+  showConflict(form, null);
+}
+
+function formOf(key) {
+  for (const form of ["allergy", "condition"]) if (app.editing[form] === key) return form;
+  return null;
+}
+
+/** Someone saved the resource this user is editing: say who, before she saves over it. */
+function onConflict(data) {
+  if (data.patient_id !== app.patientId) return;
+  const form = formOf(data.resource);
+  if (!form) return;
+  app.stats.conflicts += 1;
+  showConflict(form, data);
+}
+
+function showConflict(form, data) {
+  app.conflicts[form] = data;
+  $(`${form}-conflict`).hidden = !data;
+  $(`${form}-save`).textContent = data ? "Save anyway" : app.editing[form] ? `Save ${form}` : `Add ${form}`;
+  if (!data) return;
+  const who = data.changed_by?.name ?? actorName(data.actor);
+  const deleted = data.action === "deleted";
+  $(`${form}-conflict-text`).textContent = deleted
+    ? `${who} deleted this ${form} while you were editing it.`
+    : `${who} changed this ${form} while you were editing it (now version ${data.version_id}).`;
+  $(`${form}-conflict-reload`).textContent = deleted ? "Close the editor" : "Load their version";
+}
+
+/** One click: the form shows the new version (or closes on a delete), editing from it. */
+function reloadConflicted(form) {
+  const data = app.conflicts[form];
+  if (!data) return;
+  const key = data.resource;
+  if (data.action === "deleted") {
+    if (form === "allergy") resetAllergyForm();
+    else resetConditionForm();
+    return;
+  }
+  const version = Number(data.version_id ?? 0);
+  const known = app.store.get(key);
+  if (data.content && (!known || known.version < version)) {
+    app.store.set(key, { version, resource: data.content, actor: data.actor, at: data.changed_at });
+    renderRow(key, true);
+  }
+  if (form === "allergy") editAllergy(key);
+  else editCondition(key);
+}
+
 /* ---------- rendering ---------- */
 
 function listFor(resource) {
@@ -460,6 +605,7 @@ function rowFor(key, entry) {
             text: [statusOf(r.clinicalStatus), r.recordedDate && `recorded ${when(r.recordedDate)}`].filter(Boolean).join(" · "),
           }),
           byLine(entry),
+          editingMarker(key),
         ),
         el(
           "div",
@@ -482,6 +628,7 @@ function rowFor(key, entry) {
           status && el("span", { class: `badge ${status}`, text: status }),
           el("div", { class: "detail", text: `onset ${when(r.onsetDateTime || r.recordedDate)}` }),
           byLine(entry),
+          editingMarker(key),
         ),
         el(
           "div",
@@ -537,7 +684,8 @@ function renderRow(key, highlight) {
     return;
   }
   const row = rowFor(key, entry);
-  if (highlight) row.classList.add("changed");
+  // A changed row flashes; a new one also slides in.
+  if (highlight) row.classList.add(...(old ? ["changed"] : ["changed", "added"]));
   if (old && old.parentElement === $(listId)) {
     old.replaceWith(row);
   } else {
@@ -594,6 +742,7 @@ async function write(action) {
 }
 
 function resetAllergyForm() {
+  clearEditing("allergy");
   $("allergy-form").reset();
   $("allergy-id").value = "";
   $("allergy-form-title").textContent = "Add an allergy";
@@ -608,8 +757,9 @@ function editAllergy(key) {
   $("allergy-substance").value = codeText(r.code);
   $("allergy-criticality").value = r.criticality ?? "low";
   $("allergy-form-title").textContent = `Edit allergy: ${codeText(r.code)}`;
-  $("allergy-save").textContent = "Save allergy";
   $("allergy-cancel").hidden = false;
+  startEditing("allergy", key);
+  $("allergy-save").textContent = "Save allergy";
   $("allergy-substance").focus();
 }
 
@@ -643,6 +793,7 @@ async function saveAllergy(event) {
 }
 
 function resetConditionForm() {
+  clearEditing("condition");
   $("condition-form").reset();
   $("condition-id").value = "";
   $("condition-form-title").textContent = "Add a condition";
@@ -657,8 +808,9 @@ function editCondition(key) {
   $("condition-text").value = codeText(r.code);
   $("condition-status").value = statusOf(r.clinicalStatus) || "active";
   $("condition-form-title").textContent = `Edit condition: ${codeText(r.code)}`;
-  $("condition-save").textContent = "Save condition";
   $("condition-cancel").hidden = false;
+  startEditing("condition", key);
+  $("condition-save").textContent = "Save condition";
   $("condition-text").focus();
 }
 
@@ -772,6 +924,8 @@ async function main() {
   $("condition-form").addEventListener("submit", saveCondition);
   $("condition-cancel").addEventListener("click", resetConditionForm);
   $("vital-form").addEventListener("submit", saveVital);
+  $("allergy-conflict-reload").addEventListener("click", () => reloadConflicted("allergy"));
+  $("condition-conflict-reload").addEventListener("click", () => reloadConflicted("condition"));
   window.addEventListener("hashchange", () => app.user && route());
   if (app.user && app.token) startSession();
   else renderLogin();

@@ -339,6 +339,39 @@ describe("against a real fhir-notify-bridge", () => {
     assert.equal(renewed.state, "live");
   });
 
+  test("presence, editing and a conflict through the real bridge", async (t) => {
+    if (skipUnlessReady(t)) return;
+    const patient = demo.patients[1];
+    const nurse = open({ token: makeToken(demo.secret, { sub: "nurse.jones", name: "Nurse Jones", role: "nurse" }) });
+    const doctor = open({ token: makeToken(demo.secret, { sub: "dr.smith", name: "Dr. Smith", role: "physician" }) });
+    const saved = await writeResource(demo, "POST", "/fhir/AllergyIntolerance", allergy(patient, "Sulfa"), "pharmacist.lee");
+    const sub = nurse.subscribePatient(patient, ["AllergyIntolerance"], { presence: true });
+    await nextEvent(nurse, "subscribed", (s) => s === sub);
+    const seesDoctor = nextEvent(nurse, "presence", (p) => p.others.some((u) => u.user === "dr.smith"), 5000);
+    doctor.subscribePatient(patient, ["AllergyIntolerance"], { presence: true });
+    const present = await seesDoctor;
+    assert.equal(present.others.find((u) => u.user === "dr.smith").name, "Dr. Smith");
+    assert.ok(!present.others.some((u) => u.user === "nurse.jones"), "oneself is not among the others");
+
+    // The nurse edits version 1; the doctor sees it; the doctor's save is her conflict.
+    assert.equal(nurse.startEditing(saved, { patientId: patient }), `AllergyIntolerance/${saved.id}`);
+    await nextEvent(
+      doctor,
+      "presence",
+      (p) => p.others.some((u) => u.user === "nurse.jones" && u.editing.some((e) => e.resource === `AllergyIntolerance/${saved.id}`)),
+      5000,
+    );
+    const conflict = nextEvent(nurse, "conflict", () => true, 10000);
+    await writeResource(demo, "PUT", `/fhir/AllergyIntolerance/${saved.id}`, { ...saved, criticality: "high" }, "dr.smith");
+    const data = await conflict;
+    assert.equal(data.declared_version, "1");
+    assert.equal(data.version_id, "2");
+    assert.equal(data.changed_by.name, "Dr. Smith");
+    assert.equal(data.content.criticality, "high");
+    assert.ok(!data.from_update, "the bridge said so, before the update");
+    nurse.stopEditing(saved);
+  });
+
   test("a bridge that stops answering is detected by the heartbeat", async (t) => {
     if (skipUnlessReady(t)) return;
     const client = open({
