@@ -88,6 +88,7 @@ change_from_row(const PGresult *res, int row, int first)
 	c->refs = 1;
 	c->at.tick = atoll(PQgetvalue(res, row, first));
 	c->at.position = atoll(PQgetvalue(res, row, first + 1));
+	c->at.epoch = PQgetisnull(res, row, first + 11) ? 0 : atoll(PQgetvalue(res, row, first + 11));
 	c->resource_type = xstrdup(PQgetvalue(res, row, first + 3));
 	c->changed_at_us =
 	    PQgetisnull(res, row, first + 10) ? now : atoll(PQgetvalue(res, row, first + 10));

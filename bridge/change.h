@@ -15,7 +15,7 @@
 typedef struct change
 {
 	int refs;
-	cursor at; /* (tick, position) */
+	cursor at; /* (tick, position), and the tick's epoch */
 	char *resource_type;
 	long long changed_at_us;
 	int npatients;
@@ -25,7 +25,8 @@ typedef struct change
 
 /*
  * The columns change_from_row expects, starting at a given column, selected
- * from fhir_notify.read() as `r`.
+ * as `r` from fhir_notify.read_next(), or from fhir_notify.read() with an
+ * `epoch` column added (the epoch of the change's tick).
  */
 #define CHANGE_COLUMNS                                                                             \
 	"r.tick_id, (r.change).position, (r.change).action, (r.change).resource_type, "                \
@@ -34,8 +35,8 @@ typedef struct change
 	"(r.change).actor, "                                                                           \
 	"pg_catalog.to_char((r.change).changed_at AT TIME ZONE 'UTC', "                                \
 	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "                                                       \
-	"(pg_catalog.date_part('epoch', (r.change).changed_at) * 1000000)::int8"
-#define CHANGE_NCOLUMNS 11
+	"(pg_catalog.date_part('epoch', (r.change).changed_at) * 1000000)::int8, r.epoch"
+#define CHANGE_NCOLUMNS 12
 
 /* Builds a change (one reference) from row of res, columns from first_column; NULL if unusable. */
 change *change_from_row(const PGresult *res, int row, int first_column);

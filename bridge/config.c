@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -79,6 +80,9 @@ static const setting settings_table[] = {
      "a resuming client missing more changes than this is told to resync instead"},
     {"prune-keep", SETTING_INT, S(prune_keep), "0", true, 0,
      "seconds of change log to keep: the bridge prunes older changes (0: never prunes)"},
+    {"reader-name", SETTING_STRING, S(reader_name), NULL, false, 0,
+     "name this bridge reads the change log under (fhir_notify.readers); unique per bridge "
+     "(default: fhir-notify-bridge@HOST:LISTEN)"},
     {"presence-interval", SETTING_INT, S(presence_interval), "500", true, 20,
      "milliseconds: a room's presence is sent at most this often (changes are coalesced)"},
     {"presence-ttl", SETTING_INT, S(presence_ttl), "15", true, 3,
@@ -93,6 +97,8 @@ static const setting settings_table[] = {
      "token claim shown as a present user's FHIR resource (fhir_user)"},
     {"static", SETTING_STRING, S(static_dir), NULL, false, 0,
      "directory of files served at / (the demo page)"},
+    {"event-loop", SETTING_STRING, S(event_loop), "auto", false, 0,
+     "auto, epoll or poll: epoll needs libwebsockets' libev plugin (auto: epoll if it loads)"},
     {"log-level", SETTING_STRING, S(log_level), "info", true, 0, "debug, info, warning or error"},
     {"config", SETTING_STRING, S(config_file), NULL, false, 0, "file of `name = value` lines"},
 };
@@ -450,6 +456,23 @@ load_into(int argc, char **argv, bridge_settings *settings, bool quiet_exit)
 			        settings->log_level);
 			return CONFIG_EXIT_ERROR;
 		}
+	}
+	if (settings->reader_name && (!*settings->reader_name || strlen(settings->reader_name) > 200))
+	{
+		fprintf(stderr, "fhir-notify-bridge: reader-name must be 1 to 200 characters\n");
+		return CONFIG_EXIT_ERROR;
+	}
+	if (!settings->reader_name)
+	{
+		char host[256] = "localhost";
+		char name[256 + 128];
+
+		if (gethostname(host, sizeof(host)) != 0)
+			snprintf(host, sizeof(host), "%s", "localhost");
+		host[sizeof(host) - 1] = '\0';
+		snprintf(name, sizeof(name), "fhir-notify-bridge@%.120s:%.60s", host,
+		         settings->listen ? settings->listen : "");
+		settings->reader_name = xstrdup(name);
 	}
 	return CONFIG_OK;
 }

@@ -45,7 +45,9 @@ typedef struct bridge_settings
 	char *presence_name_claim; /* token claims giving the display name, role, fhirUser */
 	char *presence_role_claim;
 	char *presence_user_claim;
+	char *reader_name; /* registered reader name; default "fhir-notify-bridge@HOST:LISTEN" */
 	char *static_dir;
+	char *event_loop; /* auto, epoll or poll */
 	char *log_level;
 	char *config_file;
 } bridge_settings;

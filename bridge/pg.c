@@ -2,24 +2,30 @@
  * pg.c
  *	  The change log reader. NOTIFY is only a doorbell: on each doorbell
  *	  and each safety poll the reader asks fhir_notify.tick() for the newest
- *	  snapshot tick and, in the same round trip, reads every tick after the
- *	  last one it fanned out with fhir_notify.read(), in (tick, position)
- *	  order. The facts come from the log, so a forged NOTIFY delivers
+ *	  snapshot tick (a transaction of its own) and, in the same round trip,
+ *	  reads every tick after the last one it fanned out with
+ *	  fhir_notify.read_next(), in (tick, position) order, as a registered
+ *	  reader (--reader-name): the log keeps what it has not read whoever
+ *	  prunes, and says when its position is no longer readable (pruned,
+ *	  dropped, or of another epoch), which every live subscription is told
+ *	  as a resync. The facts come from the log, so a forged NOTIFY delivers
  *	  nothing, a lost one is caught by the poll, and after a reconnect the
  *	  reader carries on from its last tick: every committed change is fanned
- *	  out exactly once. The same connection serves catch-up reads for
- *	  whoever asks (pg_catch_up); the reader knows nothing of clients.
+ *	  out exactly once, or a resync says otherwise. The same connection
+ *	  serves catch-up reads for whoever asks (pg_catch_up); the reader knows
+ *	  nothing of clients.
  *
  *	  The reader is a state machine; reader_state says what it is doing,
  *	  and next() alone decides what it does when it has nothing to do:
  *
  *	    DISCONNECTED --connected--> LISTENING --done--> next()
- *	    next(): a doorbell (or the poll) wanted -> TICKING (first start:
- *	            where to begin) or READING (tick(); read() in one round trip)
+ *	    next(): a doorbell (or the poll) wanted -> READING (tick(), then
+ *	            read_next() in one round trip; the first, after tick 0,
+ *	            starts at the newest tick)
  *	            else a catch-up request queued -> CATCHING_UP
  *	            else IDLE
- *	    TICKING --done--> READING (the log is ahead) or next()
- *	    READING --done--> FANNING_OUT (its changes, a batch per loop turn)
+ *	    READING --done--> FANNING_OUT (its changes, a batch per loop turn),
+ *	            or next() after a resync (the position was lost)
  *	    FANNING_OUT --all out--> READING at once while the log has more
  *	                             (a read stops at MAX_TICKS_PER_READ; with a
  *	                             doorbell waiting, tick(); read()), else next()
@@ -48,15 +54,15 @@ typedef enum reader_state
 {
 	READER_DISCONNECTED, /* connecting, or waiting to reconnect */
 	READER_LISTENING,    /* LISTEN in flight */
+	READER_ROLLING_BACK, /* ROLLBACK of a transaction a failed read left open */
 	READER_IDLE,
-	READER_TICKING,     /* tick() alone in flight: the first start */
-	READER_READING,     /* tick(); read() in flight, or a read() continuing */
+	READER_READING,     /* tick(); read_next() in flight, or a read_next() continuing */
 	READER_FANNING_OUT, /* the last read's changes going out */
 	READER_CATCHING_UP  /* a catch-up read in flight */
 } reader_state;
 
 static const char *const reader_state_names[] = {
-    "disconnected", "listening", "idle", "ticking", "reading", "fanning out", "catching up"};
+    "disconnected", "listening", "rolling back", "idle", "reading", "fanning out", "catching up"};
 
 struct pg_request
 {
@@ -81,11 +87,13 @@ static const pg_link_ops reader_ops = {reader_connected, reader_result, reader_q
 static pg_link reader = {.name = "database", .ops = &reader_ops, .adopted_socket = -1};
 static const reader_events *consumer;
 static reader_state state = READER_DISCONNECTED;
-static bool listening;         /* LISTEN done on the current connection */
-static bool fetch_wanted;      /* a doorbell or the poll since the last read began */
-static bool with_tick;         /* the read in flight began with tick() */
-static long long newest_tick;  /* from the last tick() */
-static long long reading_upto; /* the read in flight covers ticks up to this */
+static bool listening;          /* LISTEN done on the current connection */
+static bool fetch_wanted;       /* a doorbell or the poll since the last read began */
+static long long newest_tick;   /* from the last tick() */
+static long long reading_upto;  /* the read in flight covers ticks up to this */
+static long long reading_epoch; /* the epoch of reading_upto */
+static bool read_header_seen;   /* the read's header row (status, position) came */
+static char read_status[16];    /* its status: ok, started, pruned, dropped, reset */
 static bool query_failed;
 static int query_results;  /* results of the query in flight so far */
 static bool catch_up_turn; /* reads and catch-ups alternate */
@@ -197,46 +205,56 @@ pg_request_fetch(void)
 		next();
 }
 
-/* Sends a read of the ticks after the last one fanned out, up to newest_tick. */
+/*
+ * The registered reader's read (fhir_notify.read_next): the header row
+ * (status, the position after the read), then the changes. Its status
+ * column comes first, then CHANGE_COLUMNS.
+ */
+#define READ_NEXT_COLUMNS "r.status, " CHANGE_COLUMNS
+
+/* Sends a read of the ticks after the last one fanned out, without a tick (the log has more). */
 static void
 send_read(void)
 {
-	char after[32], count[32];
-	const char *values[2] = {after, count};
-	long long n = newest_tick - the_bridge.last_tick;
+	char epoch[32], after[32], count[32];
+	const char *values[4] = {the_bridge.settings.reader_name, epoch, after, count};
 
-	if (n > MAX_TICKS_PER_READ)
-		n = MAX_TICKS_PER_READ;
-	reading_upto = the_bridge.last_tick + n;
+	snprintf(epoch, sizeof(epoch), "%lld", the_bridge.last_epoch);
 	snprintf(after, sizeof(after), "%lld", the_bridge.last_tick);
-	snprintf(count, sizeof(count), "%lld", n);
-	with_tick = false;
+	snprintf(count, sizeof(count), "%d", MAX_TICKS_PER_READ);
 	query_results = 0;
+	read_header_seen = false;
 	set_state(READER_READING);
 	pg_link_send(&reader,
-	             "SELECT " CHANGE_COLUMNS " FROM fhir_notify.read($1::bigint, $2::integer) r "
-	             "ORDER BY r.tick_id, (r.change).position",
-	             2, values);
+	             "SELECT " READ_NEXT_COLUMNS " FROM fhir_notify.read_next($1::text, $2::bigint, "
+	             "$3::bigint, $4::integer) r",
+	             4, values);
 }
 
 /*
- * tick() and the read after the last tick in one round trip: the read is
- * a second statement, so it sees the tick the first one made. Ticks past
- * the newest are simply not there yet.
+ * tick() and the read after the last tick in one round trip, as two
+ * transactions: the tick commits (asynchronously) before the read, so the
+ * lock that serialises ticks is not held while the read runs and its rows
+ * travel, and the read, a later statement, sees the tick. The read confirms
+ * the position the bridge has fanned out to the log (registered readers):
+ * a prune by anyone keeps what this bridge has not read.
  */
 static void
 send_tick_read(void)
 {
+	char *name = PQescapeLiteral(reader.conn, the_bridge.settings.reader_name,
+	                             strlen(the_bridge.settings.reader_name));
 	strbuf sql;
 
 	strbuf_init(&sql, 1024);
 	strbuf_appendf(&sql,
-	               "SELECT fhir_notify.tick(); SELECT " CHANGE_COLUMNS
-	               " FROM fhir_notify.read(%lld, %d) r ORDER BY r.tick_id, (r.change).position",
-	               the_bridge.last_tick, MAX_TICKS_PER_READ);
-	with_tick = true;
+	               "BEGIN; SELECT fhir_notify.tick(); COMMIT; SELECT " READ_NEXT_COLUMNS
+	               " FROM fhir_notify.read_next(%s, %lld, %lld, %d) r",
+	               name ? name : "''", the_bridge.last_epoch, the_bridge.last_tick,
+	               MAX_TICKS_PER_READ);
+	PQfreemem(name);
 	query_results = 0;
-	reading_upto = the_bridge.last_tick + MAX_TICKS_PER_READ;
+	read_header_seen = false;
 	set_state(READER_READING);
 	pg_link_send(&reader, sql.data, 0, NULL);
 	strbuf_free(&sql);
@@ -255,9 +273,9 @@ array_literal(strbuf *buf, char *const *items, int n)
 static void
 send_catch_up(pg_request *req, const catch_up_query *q)
 {
-	char after[32], ticks[32], since_tick[32], since_position[32], limit[32];
+	char after[32], ticks[32], since_tick[32], since_position[32], limit[32], epoch_tick[32];
 	strbuf patients, types;
-	const char *values[7];
+	const char *values[8];
 	long long first_tick = q->since.tick > 0 ? q->since.tick - 1 : 0;
 
 	req->upto_tick = the_bridge.last_tick;
@@ -266,9 +284,13 @@ send_catch_up(pg_request *req, const catch_up_query *q)
 	query_results = 0;
 	answer_clear();
 	set_state(READER_CATCHING_UP);
+	snprintf(epoch_tick, sizeof(epoch_tick), "%lld", cursor_epoch_tick(q->since));
 	if (q->oldest_only)
 	{
-		pg_link_send(&reader, "SELECT fhir_notify.oldest_tick()", 0, NULL);
+		values[0] = epoch_tick;
+		pg_link_send(&reader,
+		             "SELECT fhir_notify.oldest_tick(), fhir_notify.tick_epoch($1::bigint)", 1,
+		             values);
 		return;
 	}
 	snprintf(after, sizeof(after), "%lld", first_tick);
@@ -287,20 +309,27 @@ send_catch_up(pg_request *req, const catch_up_query *q)
 	values[4] = since_position;
 	values[5] = types.data;
 	values[6] = limit;
+	values[7] = epoch_tick;
 	/*
 	 * The first column is the oldest readable tick, on a row of its own
-	 * when nothing matches, so a pruned log is told from a quiet one.
+	 * when nothing matches, so a pruned log is told from a quiet one; the
+	 * second the epoch of the cursor's tick, so a cursor of another epoch
+	 * (ticks lost in a crash and taken again, a restored or another
+	 * database) is told from one of this log.
 	 */
 	pg_link_send(&reader,
-	             "SELECT o.oldest, " CHANGE_COLUMNS
-	             " FROM (SELECT fhir_notify.oldest_tick() AS oldest) o "
-	             "LEFT JOIN LATERAL (SELECT * FROM fhir_notify.read($1::bigint, $2::integer) r "
-	             " WHERE (r.change).patient_ids OPERATOR(pg_catalog.&&) $3::text[] "
-	             "   AND (r.tick_id, (r.change).position) > ($4::bigint, $5::bigint) "
+	             "SELECT o.oldest, o.since_epoch, " CHANGE_COLUMNS
+	             " FROM (SELECT fhir_notify.oldest_tick() AS oldest, "
+	             "              fhir_notify.tick_epoch($8::bigint) AS since_epoch) o "
+	             "LEFT JOIN LATERAL (SELECT x.tick_id, x.change, "
+	             "                          fhir_notify.tick_epoch(x.tick_id) AS epoch "
+	             " FROM fhir_notify.read($1::bigint, $2::integer) x "
+	             " WHERE (x.change).patient_ids OPERATOR(pg_catalog.&&) $3::text[] "
+	             "   AND (x.tick_id, (x.change).position) > ($4::bigint, $5::bigint) "
 	             "   AND (pg_catalog.cardinality($6::text[]) = 0 "
-	             "        OR (r.change).resource_type OPERATOR(pg_catalog.=) ANY ($6::text[])) "
-	             " ORDER BY r.tick_id, (r.change).position LIMIT $7::integer) r ON true",
-	             7, values);
+	             "        OR (x.change).resource_type OPERATOR(pg_catalog.=) ANY ($6::text[])) "
+	             " ORDER BY x.tick_id, (x.change).position LIMIT $7::integer) r ON true",
+	             8, values);
 	strbuf_free(&patients);
 	strbuf_free(&types);
 }
@@ -339,6 +368,14 @@ next(void)
 		set_state(READER_DISCONNECTED);
 		return;
 	}
+	if (PQtransactionStatus(reader.conn) != PQTRANS_IDLE)
+	{
+		/* a read whose tick failed stops inside its BEGIN: close that transaction first */
+		query_results = 0;
+		set_state(READER_ROLLING_BACK);
+		pg_link_send(&reader, "ROLLBACK", 0, NULL);
+		return;
+	}
 	if (!listening)
 	{
 		char *channel = PQescapeIdentifier(reader.conn, the_bridge.settings.channel,
@@ -358,14 +395,7 @@ next(void)
 	{
 		fetch_wanted = false;
 		catch_up_turn = true;
-		if (the_bridge.last_tick == 0)
-		{
-			query_results = 0;
-			set_state(READER_TICKING);
-			pg_link_send(&reader, "SELECT fhir_notify.tick()", 0, NULL);
-		}
-		else
-			send_tick_read();
+		send_tick_read(); /* the first (last_tick 0) starts at the newest tick */
 		return;
 	}
 	catch_up_turn = false;
@@ -418,7 +448,10 @@ reader_notify(pg_link *link, const PGnotify *notify)
 	pg_request_fetch();
 }
 
-/* Turns the rows of a read into changes waiting to be fanned out. */
+/*
+ * Turns the rows of a read_next() into its header (status and the position
+ * after the read) and changes waiting to be fanned out.
+ */
 static void
 collect_changes(const PGresult *res)
 {
@@ -427,8 +460,17 @@ collect_changes(const PGresult *res)
 	pending = xrealloc(pending, (size_t) (npending + rows + 1) * sizeof(change *));
 	for (int i = 0; i < rows; i++)
 	{
-		change *c = change_from_row(res, i, 0);
+		change *c;
 
+		if (!PQgetisnull(res, i, 0))
+		{
+			snprintf(read_status, sizeof(read_status), "%s", PQgetvalue(res, i, 0));
+			reading_upto = atoll(PQgetvalue(res, i, 1));
+			reading_epoch = PQgetisnull(res, i, 1 + 11) ? 0 : atoll(PQgetvalue(res, i, 1 + 11));
+			read_header_seen = true;
+			continue;
+		}
+		c = change_from_row(res, i, 1);
 		if (c)
 			pending[npending++] = c;
 	}
@@ -441,6 +483,7 @@ collect_answer(const PGresult *res)
 	int rows = PQntuples(res);
 
 	answer.oldest = rows > 0 && !PQgetisnull(res, 0, 0) ? atoll(PQgetvalue(res, 0, 0)) : 0;
+	answer.since_epoch = rows > 0 && !PQgetisnull(res, 0, 1) ? atoll(PQgetvalue(res, 0, 1)) : 0;
 	if (request_in_flight->oldest_only)
 		return;
 	answer.changes = xcalloc((size_t) rows + 1, sizeof(change *));
@@ -448,9 +491,9 @@ collect_answer(const PGresult *res)
 	{
 		change *c;
 
-		if (PQgetisnull(res, i, 1))
+		if (PQgetisnull(res, i, 2))
 			continue;
-		c = change_from_row(res, i, 1);
+		c = change_from_row(res, i, 2);
 		if (c)
 			answer.changes[answer.nchanges++] = c;
 	}
@@ -484,6 +527,7 @@ fan_out_step(lws_sorted_usec_list_t *sul)
 	npending = pending_next = 0;
 	/* only now is everything up to reading_upto in the ring and in the queues */
 	the_bridge.last_tick = reading_upto;
+	the_bridge.last_epoch = reading_epoch;
 	after_fan_out();
 }
 
@@ -540,12 +584,10 @@ reader_result(pg_link *link, const PGresult *res)
 	query_results++;
 	switch (state)
 	{
-		case READER_TICKING:
-			if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
-				newest_tick = atoll(PQgetvalue(res, 0, 0));
-			break;
 		case READER_READING:
-			if (with_tick && query_results == 1)
+			if (status != PGRES_TUPLES_OK)
+				break; /* BEGIN, COMMIT */
+			if (PQnfields(res) == 1)
 			{
 				if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
 					newest_tick = atoll(PQgetvalue(res, 0, 0));
@@ -573,30 +615,53 @@ note_log_read(bool failed)
 		the_bridge.last_tick_ok_us = now_monotonic_us();
 }
 
-/* What tick() said, on its own or before a read that cannot be trusted. */
-static void
-tick_done(void)
+/*
+ * What read_next() said of the bridge's position before its changes go out.
+ * ok: they go out. started (first start): nothing to send, the bridge
+ * delivers what commits from now on. pruned, dropped, reset: changes were
+ * lost to the bridge (its position was pruned, its registered reader was
+ * dropped for lagging past fhir_notify.reader_max_lag, or the position
+ * names no tick of this log: a crash lost ticks, a restored or another
+ * database): every live subscription is told to resync and the bridge
+ * carries on after the newest tick read; the rows read are not sent, as
+ * the clients' reload covers them. Returns whether to fan out.
+ */
+static bool
+read_position_checked(void)
 {
-	if (the_bridge.last_tick == 0)
+	const char *reason = NULL;
+
+	if (newest_tick < reading_upto)
+		newest_tick = reading_upto;
+	if (strcmp(read_status, "ok") == 0)
+		return true;
+	if (strcmp(read_status, "started") == 0)
 	{
-		/* first start: deliver what commits from now on */
-		the_bridge.last_tick = newest_tick;
-		ring_set_floor((cursor){newest_tick + 1, 0});
-		log_info("database: reading the change log after tick %lld", newest_tick);
+		log_info("database: reading the change log after tick %lld as reader \"%s\"", reading_upto,
+		         the_bridge.settings.reader_name);
 	}
-	else if (newest_tick < the_bridge.last_tick)
-	{
-		log_warning("database: the change log is behind the bridge (tick %lld < %lld); was it "
-		            "recreated?",
-		            newest_tick, the_bridge.last_tick);
-		the_bridge.last_tick = newest_tick;
-		ring_set_floor((cursor){newest_tick + 1, 0});
-		consumer->log_reset();
-	}
-	if (newest_tick > the_bridge.last_tick)
-		send_read();
 	else
-		next();
+	{
+		reason = strcmp(read_status, "pruned") == 0    ? "log_pruned"
+		         : strcmp(read_status, "dropped") == 0 ? "reader_dropped"
+		                                               : "log_reset";
+		log_warning("database: changes after tick %lld are lost to this bridge (%s: %s); "
+		            "every subscription is told to resync, reading on after tick %lld",
+		            the_bridge.last_tick, read_status,
+		            strcmp(read_status, "pruned") == 0 ? "the log was pruned past it"
+		            : strcmp(read_status, "dropped") == 0
+		                ? "its reader lagged past fhir_notify.reader_max_lag and was dropped"
+		                : "it names no tick of this log: lost in a crash, or a restored or "
+		                  "another database",
+		            reading_upto);
+	}
+	drop_pending();
+	the_bridge.last_tick = reading_upto;
+	the_bridge.last_epoch = reading_epoch;
+	ring_set_floor((cursor){reading_upto + 1, 0});
+	if (reason)
+		consumer->log_reset(reason);
+	return false;
 }
 
 static void
@@ -630,12 +695,8 @@ reader_query_done(pg_link *link)
 			listening = !failed;
 			next();
 			return;
-		case READER_TICKING:
-			note_log_read(failed);
-			if (failed)
-				next();
-			else
-				tick_done();
+		case READER_ROLLING_BACK:
+			next();
 			return;
 		case READER_READING:
 			note_log_read(failed);
@@ -646,22 +707,17 @@ reader_query_done(pg_link *link)
 				next();
 				return;
 			}
-			if (!with_tick)
+			if (!read_header_seen)
 			{
-				fan_out();
+				log_warning("database: the change log's read_next() answered no position");
+				drop_pending();
+				next();
 				return;
 			}
-			if (query_results == 2 && newest_tick >= the_bridge.last_tick)
-			{
-				/* the read may have asked past the newest tick: those come next time */
-				if (reading_upto > newest_tick)
-					reading_upto = newest_tick;
+			if (read_position_checked())
 				fan_out();
-				return;
-			}
-			/* the log went back in time: the read's rows are not to be trusted */
-			drop_pending();
-			tick_done();
+			else
+				after_fan_out();
 			return;
 		case READER_CATCHING_UP:
 			catch_up_done(failed);

@@ -20,8 +20,14 @@ typedef struct reader_events
 {
 	/* A change read from the log, already in the ring; called in log order. */
 	void (*change)(change *c);
-	/* The log went back in time (recreated, restored): every cursor handed out is void. */
-	void (*log_reset)(void);
+	/*
+	 * Changes were lost to the bridge: every live subscription must resync.
+	 * reason: log_pruned (the bridge's position was pruned), reader_dropped
+	 * (its registered reader lagged past fhir_notify.reader_max_lag),
+	 * log_reset (its position names no tick of this log: ticks lost in a
+	 * crash, a restored or another database).
+	 */
+	void (*log_reset)(const char *reason);
 } reader_events;
 
 /* Starts connecting; everything else follows from the lws loop. */
@@ -44,8 +50,10 @@ typedef struct catch_up_query
 
 typedef struct catch_up_answer
 {
-	bool failed;         /* the read failed: nothing else is set */
-	long long oldest;    /* the oldest readable tick (0: none) */
+	bool failed;      /* the read failed: nothing else is set */
+	long long oldest; /* the oldest readable tick (0: none) */
+	long long
+	    since_epoch;     /* the log's epoch of since's tick (cursor_epoch_tick); 0: no such tick */
 	long long upto_tick; /* the read covered the log up to this tick */
 	bool oldest_only;    /* as asked */
 	change **changes;    /* in log order; the reader drops them after the callback */

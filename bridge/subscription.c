@@ -128,7 +128,7 @@ subscription_close(subscription *sub)
 static void
 go_live(subscription *sub)
 {
-	set_state(sub, SUB_LIVE, bridge_current_cursor());
+	set_state(sub, SUB_LIVE, bridge_live_from());
 }
 
 /*
@@ -184,7 +184,7 @@ queue_overflowed(client *c)
 {
 	char cursor_text[CURSOR_TEXT_LEN];
 
-	bridge_current_cursor_text(cursor_text, sizeof(cursor_text));
+	cursor_format(bridge_read_cursor(), cursor_text, sizeof(cursor_text));
 	for (int i = 0; i < c->nsubs; i++)
 	{
 		subscription *sub = c->subs[i];
@@ -248,16 +248,16 @@ fan_out_change(change *ch)
 	}
 }
 
-/* The log went back in time: nobody's chart can be trusted to match the new log. */
+/* Changes were lost to the bridge (see reader_events): nobody's chart can be trusted. */
 static void
-log_reset(void)
+log_reset(const char *reason)
 {
 	for (client *c = the_bridge.clients; c; c = c->next)
 	{
 		for (int i = 0; i < c->nsubs; i++)
 		{
 			if (c->subs[i]->state == SUB_LIVE && !c->subs[i]->room)
-				resync(c->subs[i], "log_reset");
+				resync(c->subs[i], reason);
 		}
 	}
 }
@@ -422,6 +422,12 @@ catch_up_done(void *arg, const catch_up_answer *a)
 	if (sub->since.tick - 1 < a->oldest)
 	{
 		resync(sub, "cursor_too_old");
+		return;
+	}
+	/* the cursor's tick is not the one it was made at (or the cursor has no epoch) */
+	if (a->since_epoch == 0 || a->since_epoch != sub->since.epoch)
+	{
+		resync(sub, "cursor_unknown");
 		return;
 	}
 	if (a->oldest_only && ring_covers(sub))

@@ -44,6 +44,23 @@ test_cursors(void)
 	CHECK(!cursor_parse("1--2", &c));
 	CHECK(!cursor_parse("1-2x", &c));
 	CHECK(!cursor_parse("99999999999999999999-1", &c));
+	/* with the log's epoch */
+	CHECK(cursor_parse("123456789-12-345", &c) && c.epoch == 123456789 && c.tick == 12 &&
+	      c.position == 345);
+	cursor_format(c, text, sizeof(text));
+	CHECK(strcmp(text, "123456789-12-345") == 0);
+	CHECK(cursor_parse("12-345", &c) && c.epoch == 0);
+	CHECK(!cursor_parse("1-2-3-4", &c));
+	CHECK(!cursor_parse("1-2-", &c));
+	CHECK(!cursor_parse("-1-2-3", &c));
+	CHECK(!cursor_parse("1-2-3x", &c));
+	CHECK(!cursor_parse("99999999999999999999-1-2", &c));
+	CHECK(cursor_epoch_tick((cursor){7, 0, 1}) == 6);
+	CHECK(cursor_epoch_tick((cursor){7, 3, 1}) == 7);
+	CHECK(cursor_compare((cursor){2, 5, 1}, (cursor){2, 5, 9}) == 0);
+	cursor_format((cursor){281474976710655LL, 9223372036854775807LL, 9223372036854775807LL}, text,
+	              sizeof(text));
+	CHECK(strlen(text) < sizeof(text) - 1);
 	CHECK(cursor_compare((cursor){1, 5}, (cursor){2, 0}) < 0);
 	CHECK(cursor_compare((cursor){2, 5}, (cursor){2, 4}) > 0);
 	CHECK(cursor_compare((cursor){2, 5}, (cursor){2, 5}) == 0);
@@ -199,9 +216,45 @@ test_messages(void)
 	message_unref(m);
 }
 
+/* Messages carry their server frame: FIN + text, unmasked, shortest length form. */
+static void
+test_message_frames(void)
+{
+	static const size_t sizes[] = {0, 125, 126, 65535, 65536, 70000};
+
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+	{
+		size_t len = sizes[i];
+		char *json = xcalloc(1, len + 1);
+		message *m;
+		const unsigned char *h;
+		size_t hlen = len < 126 ? 2 : len < 65536 ? 4 : 10;
+		unsigned long long coded = 0;
+
+		memset(json, 'x', len);
+		m = message_new(MESSAGE_UPDATE, json, len);
+		h = m->frame;
+		CHECK(m->frame_len == hlen + len);
+		CHECK(m->frame + hlen == message_payload(m));
+		CHECK(h[0] == 0x81);
+		if (hlen == 2)
+			coded = h[1];
+		else if (hlen == 4)
+			coded = h[1] == 126 ? (unsigned long long) h[2] << 8 | h[3] : 0;
+		else if (h[1] == 127)
+			for (int b = 0; b < 8; b++)
+				coded = coded << 8 | h[2 + b];
+		CHECK(coded == len);
+		CHECK(memcmp(m->frame + hlen, json, len) == 0);
+		message_unref(m);
+		free(json);
+	}
+}
+
 int
 main(void)
 {
+	test_message_frames();
 	test_cursors();
 	test_json_strings();
 	test_settings();

@@ -235,7 +235,7 @@ strbuf_append_json_string(strbuf *buf, const char *s)
 	strbuf_append_len(buf, "\"", 1);
 }
 
-/* Orders cursors by tick, then position. */
+/* Orders cursors by tick, then position (the epoch is not an order). */
 int
 cursor_compare(cursor a, cursor b)
 {
@@ -246,30 +246,62 @@ cursor_compare(cursor a, cursor b)
 	return 0;
 }
 
-/* "<tick>-<position>". */
+/* See util.h. */
+long long
+cursor_epoch_tick(cursor c)
+{
+	return c.position > 0 ? c.tick : c.tick - 1;
+}
+
+/* "<epoch>-<tick>-<position>", or "<tick>-<position>" when the epoch is not known. */
 void
 cursor_format(cursor c, char *out, size_t outlen)
 {
-	snprintf(out, outlen, "%lld-%lld", c.tick, c.position);
+	if (c.epoch > 0)
+		snprintf(out, outlen, "%lld-%lld-%lld", c.epoch, c.tick, c.position);
+	else
+		snprintf(out, outlen, "%lld-%lld", c.tick, c.position);
 }
 
-/* Parses "<tick>-<position>" (both non-negative decimals); false if malformed. */
+/* A non-negative decimal at *text, then *end; false if there is none or it overflows. */
+static bool
+parse_number(const char *text, long long *value, char **end)
+{
+	if (*text < '0' || *text > '9')
+		return false;
+	errno = 0;
+	*value = strtoll(text, end, 10);
+	return errno == 0;
+}
+
+/*
+ * Parses "<epoch>-<tick>-<position>" or the older "<tick>-<position>" (epoch
+ * 0, not known), all non-negative decimals; false if malformed.
+ */
 bool
 cursor_parse(const char *text, cursor *c)
 {
+	long long numbers[3];
+	int n = 0;
 	char *end;
-	long long tick, position;
 
-	if (!text || *text < '0' || *text > '9')
+	if (!text)
 		return false;
-	errno = 0;
-	tick = strtoll(text, &end, 10);
-	if (errno || *end != '-' || end[1] < '0' || end[1] > '9')
+	for (;;)
+	{
+		if (!parse_number(text, &numbers[n], &end))
+			return false;
+		n++;
+		if (*end == '\0')
+			break;
+		if (*end != '-' || n == 3)
+			return false;
+		text = end + 1;
+	}
+	if (n < 2)
 		return false;
-	position = strtoll(end + 1, &end, 10);
-	if (errno || *end != '\0')
-		return false;
-	c->tick = tick;
-	c->position = position;
+	c->epoch = n == 3 ? numbers[0] : 0;
+	c->tick = numbers[n - 2];
+	c->position = numbers[n - 1];
 	return true;
 }

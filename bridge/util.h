@@ -44,17 +44,27 @@ void strbuf_append_json_string(strbuf *buf, const char *s);
  * A position in the change log: everything up to and including `position`
  * of snapshot tick `tick` (and every earlier tick). Cursors compare as
  * (tick, position) pairs; "T-0" means "nothing of tick T yet".
+ *
+ * `epoch` is the log's epoch (fhir_notify.tick_epoch()) of the last tick
+ * the cursor covers: `tick` when position > 0, tick - 1 when position is 0.
+ * The cursor still means the same changes while that tick exists with that
+ * epoch; a tick id handed out again (a crash that lost ticks, a restored or
+ * another database) has another epoch. 0: not known (a cursor from before
+ * epochs, which cannot be checked).
  */
 typedef struct cursor
 {
 	long long tick;
 	long long position;
+	long long epoch;
 } cursor;
 
 int cursor_compare(cursor a, cursor b);
 void cursor_format(cursor c, char *out, size_t outlen);
 bool cursor_parse(const char *text, cursor *c);
+/* The tick whose epoch the cursor carries (see struct cursor). */
+long long cursor_epoch_tick(cursor c);
 
-#define CURSOR_TEXT_LEN 48
+#define CURSOR_TEXT_LEN 72
 
 #endif /* BRIDGE_UTIL_H */

@@ -22,6 +22,8 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
@@ -35,6 +37,7 @@
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -44,6 +47,7 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "datatype/timestamp.h"
 #include "utils/xid8.h"
 
 #include "change_log.h"
@@ -79,6 +83,9 @@ static const struct
 /* fhir_notify.direct_insert */
 static bool direct_insert_enabled = true;
 
+/* fhir_notify.reader_max_lag, seconds; 0: never drop a registered reader */
+static int reader_max_lag_s = 86400;
+
 /* What is known about the change log, until its relcache entry changes. */
 static bool log_known = false;
 static Oid log_relid = InvalidOid;
@@ -112,6 +119,12 @@ fhir_notify_change_log_init(void)
 	    "fhir_notify.direct_insert", "Writes change-log rows without the executor when possible.",
 	    "Off writes every row through a prepared INSERT (slower; for comparison).",
 	    &direct_insert_enabled, true, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+	    "fhir_notify.reader_max_lag",
+	    "How far behind a registered reader of the change log may be before prune() drops it.",
+	    "A reader whose oldest unconfirmed tick is older than this no longer holds back "
+	    "fhir_notify.prune(); when it reads again it is told it was dropped. 0: never.",
+	    &reader_max_lag_s, 86400, 0, INT_MAX, PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
 	CacheRegisterRelcacheCallback(change_log_relcache_callback, (Datum) 0);
 }
 
@@ -372,6 +385,25 @@ append_spi(const ChangeRow *row)
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "insert into fhir_notify.changes failed: %s", SPI_result_code_string(rc));
 	SPI_finish();
+}
+
+/*
+ * fhir_notify.reader_max_lag() for prune(): the setting as an interval, NULL
+ * when readers are never dropped. A function, so that calling it loads the
+ * library and the setting is defined (and checked) before it is read.
+ */
+PG_FUNCTION_INFO_V1(fhir_notify_reader_max_lag);
+
+Datum
+fhir_notify_reader_max_lag(PG_FUNCTION_ARGS)
+{
+	Interval *lag;
+
+	if (reader_max_lag_s <= 0)
+		PG_RETURN_NULL();
+	lag = palloc0(sizeof(Interval));
+	lag->time = (int64) reader_max_lag_s * USECS_PER_SEC;
+	PG_RETURN_INTERVAL_P(lag);
 }
 
 /*

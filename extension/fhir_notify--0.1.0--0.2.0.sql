@@ -4,6 +4,368 @@
 -- (sql/upgrade_path.sql compares the two).
 \echo Use "ALTER EXTENSION fhir_notify UPDATE TO '0.2.0'" to load this file. \quit
 
+-- registered readers, log epochs, prunes that block no reader, cached read plans
+
+CREATE FUNCTION fhir_notify.new_epoch() RETURNS bigint
+LANGUAGE sql VOLATILE
+AS $$ SELECT (pg_catalog.floor(pg_catalog.random() * 281474976710655))::bigint + 1 $$;
+
+CREATE TABLE fhir_notify.log_epoch (
+	only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+	epoch bigint NOT NULL,
+	server_started timestamptz NOT NULL,
+	since timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+
+COMMENT ON TABLE fhir_notify.log_epoch IS
+	'The change log''s identity: ticks taken since the server started carry this epoch';
+
+INSERT INTO fhir_notify.log_epoch (epoch, server_started)
+	VALUES (fhir_notify.new_epoch(), pg_catalog.pg_postmaster_start_time());
+
+ALTER TABLE fhir_notify.ticks ADD COLUMN epoch bigint;
+UPDATE fhir_notify.ticks SET epoch = (SELECT e.epoch FROM fhir_notify.log_epoch e);
+ALTER TABLE fhir_notify.ticks ALTER COLUMN epoch SET NOT NULL;
+
+CREATE OR REPLACE FUNCTION fhir_notify.tick() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+DECLARE
+	newest fhir_notify.ticks;
+	current_snapshot pg_snapshot;
+	state fhir_notify.log_epoch;
+	alone boolean;
+BEGIN
+	LOCK TABLE fhir_notify.log_epoch IN EXCLUSIVE MODE;
+	SELECT * INTO newest FROM fhir_notify.ticks ORDER BY tick_id DESC LIMIT 1;
+	current_snapshot := pg_current_snapshot();
+	IF NOT EXISTS (
+		SELECT 1 FROM fhir_notify.changes_between(newest.snapshot, current_snapshot))
+	THEN
+		RETURN newest.tick_id;
+	END IF;
+	alone := pg_current_xact_id_if_assigned() IS NULL;
+	SELECT * INTO state FROM fhir_notify.log_epoch;
+	IF state.server_started IS DISTINCT FROM pg_postmaster_start_time() THEN
+		UPDATE fhir_notify.log_epoch
+		SET epoch = fhir_notify.new_epoch(), server_started = pg_postmaster_start_time(),
+		    since = clock_timestamp()
+		RETURNING * INTO state;
+	END IF;
+	INSERT INTO fhir_notify.ticks (tick_id, snapshot, epoch)
+		VALUES (newest.tick_id + 1, current_snapshot, state.epoch);
+	IF alone THEN
+		PERFORM set_config('synchronous_commit', 'off', true);
+	END IF;
+	RETURN newest.tick_id + 1;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fhir_notify.batch(tick bigint)
+RETURNS SETOF fhir_notify.changes
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+BEGIN
+	RETURN QUERY
+	SELECT c.*
+	FROM fhir_notify.ticks cur
+	-- the predecessor by its key, whatever a generic plan guesses of the range
+	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
+	                    WHERE p.tick_id = cur.tick_id - 1 OFFSET 0) prev
+	CROSS JOIN LATERAL fhir_notify.changes_between(prev.snapshot, cur.snapshot) c
+	WHERE cur.tick_id = batch.tick
+	ORDER BY c.position;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fhir_notify.read(after_tick bigint, max_ticks integer DEFAULT 100)
+RETURNS TABLE (tick_id bigint, change fhir_notify.changes)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+BEGIN
+	RETURN QUERY
+	SELECT cur.tick_id, c::fhir_notify.changes
+	FROM fhir_notify.ticks cur
+	-- the predecessor by its key, whatever a generic plan guesses of the range
+	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
+	                    WHERE p.tick_id = cur.tick_id - 1 OFFSET 0) prev
+	CROSS JOIN LATERAL fhir_notify.changes_between(prev.snapshot, cur.snapshot) c
+	WHERE cur.tick_id > read.after_tick
+	  AND cur.tick_id <= read.after_tick + read.max_ticks
+	ORDER BY cur.tick_id, c.position;
+END
+$$;
+
+CREATE FUNCTION fhir_notify.tick_epoch(tick bigint) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT t.epoch FROM fhir_notify.ticks t WHERE t.tick_id OPERATOR(pg_catalog.=) $1 $$;
+
+CREATE TABLE fhir_notify.reader_positions (
+	reader text PRIMARY KEY CHECK (reader <> '' AND length(reader) <= 200),
+	tick bigint NOT NULL,
+	epoch bigint NOT NULL,
+	registered_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	confirmed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	dropped_at timestamptz
+);
+
+COMMENT ON TABLE fhir_notify.reader_positions IS
+	'Registered readers of the change log and the tick each has confirmed';
+
+CREATE FUNCTION fhir_notify.reader_max_lag() RETURNS interval
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'fhir_notify_reader_max_lag';
+
+CREATE VIEW fhir_notify.readers AS
+	SELECT r.reader, r.tick, r.epoch,
+		CASE WHEN r.dropped_at IS NULL THEN 'active' ELSE 'dropped' END AS state,
+		((SELECT pg_catalog.max(t.tick_id) FROM fhir_notify.ticks t)
+			OPERATOR(pg_catalog.-) r.tick) AS ticks_behind,
+		COALESCE(pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-)
+		         (SELECT t.created_at FROM fhir_notify.ticks t
+		          WHERE t.tick_id OPERATOR(pg_catalog.=) (r.tick OPERATOR(pg_catalog.+) 1)),
+		         '0'::interval) AS lag,
+		r.registered_at, r.confirmed_at, r.dropped_at
+	FROM fhir_notify.reader_positions r;
+
+CREATE FUNCTION fhir_notify.register_reader(reader text)
+RETURNS TABLE (tick_id bigint, epoch bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	newest fhir_notify.ticks;
+	r fhir_notify.reader_positions;
+BEGIN
+	IF coalesce(register_reader.reader, '') = '' THEN
+		RAISE EXCEPTION 'a reader needs a name';
+	END IF;
+	SELECT * INTO newest FROM fhir_notify.ticks t ORDER BY t.tick_id DESC LIMIT 1;
+	INSERT INTO fhir_notify.reader_positions AS p (reader, tick, epoch)
+	VALUES (register_reader.reader, newest.tick_id, newest.epoch)
+	ON CONFLICT (reader) DO UPDATE
+		SET tick = excluded.tick, epoch = excluded.epoch, registered_at = excluded.registered_at,
+		    confirmed_at = excluded.confirmed_at, dropped_at = NULL
+		WHERE p.dropped_at IS NOT NULL;
+	SELECT * INTO r FROM fhir_notify.reader_positions p WHERE p.reader = register_reader.reader;
+	RETURN QUERY SELECT r.tick, r.epoch;
+END
+$$;
+
+CREATE FUNCTION fhir_notify.drop_reader(reader text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM fhir_notify.reader_positions p WHERE p.reader = drop_reader.reader;
+	RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION fhir_notify.read_next(reader text, after_epoch bigint, after_tick bigint,
+                                      max_ticks integer DEFAULT 100)
+RETURNS TABLE (tick_id bigint, epoch bigint, status text, change fhir_notify.changes)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+#variable_conflict use_column
+DECLARE
+	r fhir_notify.reader_positions;
+	oldest bigint;
+	newest bigint;
+	known_epoch bigint;
+	from_tick bigint;
+	from_epoch bigint;
+	upto bigint;
+	upto_epoch bigint;
+	verdict text;
+	alone boolean := pg_current_xact_id_if_assigned() IS NULL;
+BEGIN
+	IF coalesce(read_next.reader, '') = '' THEN
+		RAISE EXCEPTION 'a reader needs a name';
+	END IF;
+	SELECT min(t.tick_id), max(t.tick_id) INTO oldest, newest FROM fhir_notify.ticks t;
+	SELECT t.epoch INTO known_epoch FROM fhir_notify.ticks t
+	WHERE t.tick_id = read_next.after_tick;
+	SELECT * INTO r FROM fhir_notify.reader_positions p WHERE p.reader = read_next.reader;
+
+	IF coalesce(read_next.after_tick, 0) = 0 THEN
+		verdict := 'started';
+		from_tick := newest;
+	ELSIF r.dropped_at IS NOT NULL THEN
+		verdict := 'dropped';
+		from_tick := oldest;
+	ELSIF known_epoch IS NOT NULL AND known_epoch = read_next.after_epoch THEN
+		verdict := 'ok';
+		from_tick := read_next.after_tick;
+	ELSIF read_next.after_tick < oldest THEN
+		verdict := 'pruned';
+		from_tick := oldest;
+	ELSE
+		verdict := 'reset';
+		from_tick := newest;
+	END IF;
+	SELECT t.epoch INTO from_epoch FROM fhir_notify.ticks t WHERE t.tick_id = from_tick;
+	upto := least(newest, from_tick + greatest(coalesce(read_next.max_ticks, 100), 1));
+	SELECT t.epoch INTO upto_epoch FROM fhir_notify.ticks t WHERE t.tick_id = upto;
+
+	IF r.reader IS NULL THEN
+		INSERT INTO fhir_notify.reader_positions AS p (reader, tick, epoch)
+		VALUES (read_next.reader, from_tick, from_epoch)
+		ON CONFLICT DO NOTHING;
+	ELSIF r.dropped_at IS NOT NULL OR verdict <> 'ok'
+	      OR ((r.tick IS DISTINCT FROM from_tick OR r.epoch IS DISTINCT FROM from_epoch)
+	          AND r.confirmed_at < clock_timestamp() - interval '1 second') THEN
+		-- At most once a second while all is well: a confirmation a little
+		-- behind only makes prune() keep a little more. Not while a prune
+		-- is dropping the reader: that prune's verdict comes next time.
+		UPDATE fhir_notify.reader_positions p
+		SET tick = from_tick, epoch = from_epoch, confirmed_at = clock_timestamp(),
+		    dropped_at = NULL
+		WHERE p.reader IN (SELECT q.reader FROM fhir_notify.reader_positions q
+		                   WHERE q.reader = read_next.reader FOR UPDATE SKIP LOCKED);
+	END IF;
+	IF alone THEN
+		-- a confirmation lost in a crash only makes prune() keep more
+		PERFORM set_config('synchronous_commit', 'off', true);
+	END IF;
+
+	RETURN QUERY SELECT upto, upto_epoch, verdict, NULL::fhir_notify.changes;
+	RETURN QUERY
+	SELECT cur.tick_id, cur.epoch, NULL::text, c::fhir_notify.changes
+	FROM fhir_notify.ticks cur
+	-- the predecessor by its key, whatever a generic plan guesses of the range
+	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
+	                    WHERE p.tick_id = cur.tick_id - 1 OFFSET 0) prev
+	CROSS JOIN LATERAL fhir_notify.changes_between(prev.snapshot, cur.snapshot) c
+	WHERE cur.tick_id > from_tick AND cur.tick_id <= upto
+	ORDER BY cur.tick_id, c.position;
+	-- A prune that committed between the checks above and the read may have
+	-- taken the ticks the read needed: then it is not to be trusted.
+	IF upto > from_tick AND NOT EXISTS (
+		SELECT 1 FROM fhir_notify.ticks t WHERE t.tick_id = from_tick AND t.epoch = from_epoch)
+	THEN
+		RAISE EXCEPTION 'the change log was pruned past tick % during the read', from_tick
+			USING ERRCODE = 'serialization_failure', HINT = 'Read again.';
+	END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fhir_notify.prune(keep interval) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	newest bigint;
+	keep_from bigint;
+	max_lag interval := fhir_notify.reader_max_lag();
+	oldest_kept fhir_notify.ticks;
+	deleted bigint;
+BEGIN
+	SELECT max(t.tick_id) INTO newest FROM fhir_notify.ticks t;
+	SELECT min(t.tick_id) - 1 INTO keep_from FROM fhir_notify.ticks t
+	WHERE t.created_at >= clock_timestamp() - keep;
+	keep_from := least(coalesce(keep_from, newest), newest);
+
+	-- Readers that lag past the limit (the oldest tick they have not
+	-- confirmed and their last confirmation both older than it) and that
+	-- the keep would prune past are dropped (not waited for while they
+	-- read: they are not lagging).
+	IF max_lag IS NOT NULL THEN
+		UPDATE fhir_notify.reader_positions p SET dropped_at = clock_timestamp()
+		WHERE p.reader IN (
+			SELECT q.reader FROM fhir_notify.reader_positions q
+			JOIN fhir_notify.ticks unread ON unread.tick_id = q.tick + 1
+			WHERE q.dropped_at IS NULL AND q.tick < keep_from
+			  AND unread.created_at < clock_timestamp() - max_lag
+			  AND q.confirmed_at < clock_timestamp() - max_lag
+			FOR UPDATE OF q SKIP LOCKED);
+	END IF;
+	SELECT least(keep_from, min(p.tick)) INTO keep_from
+	FROM fhir_notify.reader_positions p WHERE p.dropped_at IS NULL;
+
+	SELECT * INTO oldest_kept FROM fhir_notify.ticks t
+	WHERE t.tick_id >= keep_from ORDER BY t.tick_id LIMIT 1;
+	DELETE FROM fhir_notify.ticks t WHERE t.tick_id < oldest_kept.tick_id;
+	DELETE FROM fhir_notify.changes c
+	WHERE c.xid < pg_snapshot_xmax(oldest_kept.snapshot)
+	  AND pg_visible_in_snapshot(c.xid, oldest_kept.snapshot);
+	GET DIAGNOSTICS deleted = ROW_COUNT;
+	RETURN deleted;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fhir_notify.grant_reader(reader regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF reader IS NULL THEN
+		RAISE EXCEPTION 'cannot grant reading to a NULL role';
+	END IF;
+	EXECUTE format('GRANT USAGE ON SCHEMA fhir_notify TO %s', reader);
+	EXECUTE format('GRANT EXECUTE ON FUNCTION fhir_notify.tick(), '
+	               'fhir_notify.read(bigint, integer), fhir_notify.batch(bigint), '
+	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick(), '
+	               'fhir_notify.tick_epoch(bigint), '
+	               'fhir_notify.read_next(text, bigint, bigint, integer), '
+	               'fhir_notify.register_reader(text) TO %s', reader);
+	EXECUTE format('GRANT SELECT ON fhir_notify.readers TO %s', reader);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fhir_notify.revoke_reader(reader regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF reader IS NULL THEN
+		RAISE EXCEPTION 'cannot revoke reading from a NULL role';
+	END IF;
+	EXECUTE format('REVOKE SELECT ON fhir_notify.readers FROM %s', reader);
+	EXECUTE format('REVOKE EXECUTE ON FUNCTION fhir_notify.tick(), '
+	               'fhir_notify.read(bigint, integer), fhir_notify.batch(bigint), '
+	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick(), '
+	               'fhir_notify.tick_epoch(bigint), '
+	               'fhir_notify.read_next(text, bigint, bigint, integer), '
+	               'fhir_notify.register_reader(text) FROM %s', reader);
+	EXECUTE format('REVOKE USAGE ON SCHEMA fhir_notify FROM %s', reader);
+END
+$$;
+
+-- Roles that could read before can read the new way too.
+DO $$
+DECLARE
+	role regrole;
+BEGIN
+	FOR role IN
+		SELECT DISTINCT a.grantee::regrole
+		FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+		WHERE p.oid = 'fhir_notify.tick()'::pg_catalog.regprocedure
+		  AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner AND a.grantee <> 0
+	LOOP
+		PERFORM fhir_notify.grant_reader(role);
+	END LOOP;
+END
+$$;
+REVOKE ALL ON fhir_notify.log_epoch, fhir_notify.reader_positions, fhir_notify.readers FROM PUBLIC;
+REVOKE ALL ON FUNCTION fhir_notify.new_epoch(), fhir_notify.tick_epoch(bigint),
+	fhir_notify.reader_max_lag(), fhir_notify.register_reader(text),
+	fhir_notify.drop_reader(text), fhir_notify.read_next(text, bigint, bigint, integer)
+	FROM PUBLIC;
+
 -- watch() for table owners: roles granted EXECUTE on watch() and unwatch()
 -- (and USAGE on the schema) may watch the tables they own.
 CREATE FUNCTION fhir_notify.check_table_owner(tbl regclass) RETURNS void

@@ -33,19 +33,52 @@ COMMENT ON TABLE fhir_notify.changes IS
 -- was not in tick N-1's. Every committed change therefore falls in exactly
 -- one tick however transactions interleave, and a long-open transaction
 -- holds back only its own changes. Tick ids are consecutive.
+--
+-- Every tick also records the log's epoch when it was taken: a random
+-- number drawn afresh by the first tick after every server start. A
+-- position in the log is (epoch, tick), and it names the same tick for as
+-- long as tick `tick` exists with that epoch. A tick committed
+-- asynchronously and lost in a crash, a restored database or another
+-- database hands out the same tick ids again, but never under the same
+-- epoch, so a reader's or a client's position that no longer names the
+-- same tick is detected (and answered with a resync), never silently
+-- skipped.
 -- ---------------------------------------------------------------------------
 CREATE TABLE fhir_notify.ticks (
 	tick_id bigint PRIMARY KEY,
 	snapshot pg_catalog.pg_snapshot NOT NULL,
-	created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+	created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	epoch bigint NOT NULL
 );
 
 COMMENT ON TABLE fhir_notify.ticks IS
 	'Snapshot ticks: the changes of tick N became visible between tick N-1 and tick N';
 
+/* A fresh log identity: a random number in [1, 2^48). */
+CREATE FUNCTION fhir_notify.new_epoch() RETURNS bigint
+LANGUAGE sql VOLATILE
+AS $$ SELECT (pg_catalog.floor(pg_catalog.random() * 281474976710655))::bigint + 1 $$;
+
+-- The log's current epoch and the server start it belongs to (one row).
+-- tick() takes a new epoch when the server started since the epoch was
+-- taken. Its table lock is also what serialises tick(); prune() never
+-- takes it.
+CREATE TABLE fhir_notify.log_epoch (
+	only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+	epoch bigint NOT NULL,
+	server_started timestamptz NOT NULL,
+	since timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+
+COMMENT ON TABLE fhir_notify.log_epoch IS
+	'The change log''s identity: ticks taken since the server started carry this epoch';
+
+INSERT INTO fhir_notify.log_epoch (epoch, server_started)
+	VALUES (fhir_notify.new_epoch(), pg_catalog.pg_postmaster_start_time());
+
 -- The first tick: changes are delivered from here on.
-INSERT INTO fhir_notify.ticks (tick_id, snapshot)
-	VALUES (1, pg_catalog.pg_current_snapshot());
+INSERT INTO fhir_notify.ticks (tick_id, snapshot, epoch)
+	SELECT 1, pg_catalog.pg_current_snapshot(), e.epoch FROM fhir_notify.log_epoch e;
 
 /*
  * The one rule of the ticks: the changes that became visible between the
@@ -77,18 +110,31 @@ $$;
 /*
  * Records a new tick if any change became visible since the newest tick, and
  * returns the newest tick's id. Callers run it in its own READ COMMITTED
- * transaction (autocommit). Ticks are serialised by a table lock, so tick
- * N+1 is taken only after tick N committed.
+ * transaction (autocommit), before and apart from their read: its lock
+ * lasts until that transaction ends. Ticks are serialised by the lock on
+ * log_epoch, so tick N+1 is taken only after tick N committed; prune()
+ * never takes that lock. When the tick is the only write of its
+ * transaction, that transaction commits asynchronously
+ * (synchronous_commit = off): a tick lost in a crash is taken again under
+ * a new epoch, which readers detect.
+ *
+ * PL/pgSQL with a generic plan kept for the session and no JIT (the generic
+ * plan's cost estimate is above jit_above_cost): the same for batch() and
+ * read(), called on every doorbell.
  */
 CREATE FUNCTION fhir_notify.tick() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 DECLARE
 	newest fhir_notify.ticks;
 	current_snapshot pg_snapshot;
+	state fhir_notify.log_epoch;
+	alone boolean;
 BEGIN
-	LOCK TABLE fhir_notify.ticks IN EXCLUSIVE MODE;
+	LOCK TABLE fhir_notify.log_epoch IN EXCLUSIVE MODE;
 	SELECT * INTO newest FROM fhir_notify.ticks ORDER BY tick_id DESC LIMIT 1;
 	current_snapshot := pg_current_snapshot();
 	IF NOT EXISTS (
@@ -96,8 +142,19 @@ BEGIN
 	THEN
 		RETURN newest.tick_id;
 	END IF;
-	INSERT INTO fhir_notify.ticks (tick_id, snapshot)
-		VALUES (newest.tick_id + 1, current_snapshot);
+	alone := pg_current_xact_id_if_assigned() IS NULL;
+	SELECT * INTO state FROM fhir_notify.log_epoch;
+	IF state.server_started IS DISTINCT FROM pg_postmaster_start_time() THEN
+		UPDATE fhir_notify.log_epoch
+		SET epoch = fhir_notify.new_epoch(), server_started = pg_postmaster_start_time(),
+		    since = clock_timestamp()
+		RETURNING * INTO state;
+	END IF;
+	INSERT INTO fhir_notify.ticks (tick_id, snapshot, epoch)
+		VALUES (newest.tick_id + 1, current_snapshot, state.epoch);
+	IF alone THEN
+		PERFORM set_config('synchronous_commit', 'off', true);
+	END IF;
 	RETURN newest.tick_id + 1;
 END
 $$;
@@ -109,15 +166,22 @@ $$;
  */
 CREATE FUNCTION fhir_notify.batch(tick bigint)
 RETURNS SETOF fhir_notify.changes
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
+BEGIN
+	RETURN QUERY
 	SELECT c.*
 	FROM fhir_notify.ticks cur
-	JOIN fhir_notify.ticks prev ON prev.tick_id = cur.tick_id - 1
+	-- the predecessor by its key, whatever a generic plan guesses of the range
+	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
+	                    WHERE p.tick_id = cur.tick_id - 1 OFFSET 0) prev
 	CROSS JOIN LATERAL fhir_notify.changes_between(prev.snapshot, cur.snapshot) c
-	WHERE cur.tick_id = tick
-	ORDER BY c.position
+	WHERE cur.tick_id = batch.tick
+	ORDER BY c.position;
+END
 $$;
 
 /*
@@ -127,15 +191,23 @@ $$;
  */
 CREATE FUNCTION fhir_notify.read(after_tick bigint, max_ticks integer DEFAULT 100)
 RETURNS TABLE (tick_id bigint, change fhir_notify.changes)
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
-	SELECT t.tick_id, c
-	FROM fhir_notify.ticks t,
-	     LATERAL fhir_notify.batch(t.tick_id) c
-	WHERE t.tick_id > after_tick
-	  AND t.tick_id <= after_tick + max_ticks
-	ORDER BY t.tick_id, c.position
+BEGIN
+	RETURN QUERY
+	SELECT cur.tick_id, c::fhir_notify.changes
+	FROM fhir_notify.ticks cur
+	-- the predecessor by its key, whatever a generic plan guesses of the range
+	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
+	                    WHERE p.tick_id = cur.tick_id - 1 OFFSET 0) prev
+	CROSS JOIN LATERAL fhir_notify.changes_between(prev.snapshot, cur.snapshot) c
+	WHERE cur.tick_id > read.after_tick
+	  AND cur.tick_id <= read.after_tick + read.max_ticks
+	ORDER BY cur.tick_id, c.position;
+END
 $$;
 
 /* The oldest tick whose successor's batch can still be read. */
@@ -151,25 +223,264 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT max(tick_id) FROM fhir_notify.ticks $$;
 
 /*
- * Deletes ticks older than keep (always keeping the newest) and the changes
- * that only those ticks delivered. Returns the number of changes deleted.
- * A client whose cursor is older than the oldest remaining tick is told to
+ * The epoch of a tick, NULL when there is no such tick (pruned, not yet
+ * taken, or lost). A position (epoch, tick) still names the tick it named
+ * when tick_epoch(tick) = epoch.
+ */
+CREATE FUNCTION fhir_notify.tick_epoch(tick bigint) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT t.epoch FROM fhir_notify.ticks t WHERE t.tick_id OPERATOR(pg_catalog.=) $1 $$;
+
+-- ---------------------------------------------------------------------------
+-- Registered readers, as PgQ consumers and replication slots: a reader
+-- (a bridge, or anything else reading the log) reads under a name, and the
+-- log keeps its confirmed position, the tick up to which it has processed
+-- everything. prune() keeps every tick a registered reader still needs,
+-- except from a reader that lags by more than fhir_notify.reader_max_lag:
+-- that one is dropped (its row stays, marked dropped) and, when it reads
+-- again, is told so.
+-- ---------------------------------------------------------------------------
+CREATE TABLE fhir_notify.reader_positions (
+	reader text PRIMARY KEY CHECK (reader <> '' AND length(reader) <= 200),
+	tick bigint NOT NULL,
+	epoch bigint NOT NULL,
+	registered_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	confirmed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	dropped_at timestamptz
+);
+
+COMMENT ON TABLE fhir_notify.reader_positions IS
+	'Registered readers of the change log and the tick each has confirmed';
+
+/*
+ * fhir_notify.reader_max_lag: how far (in time) a registered reader may lag
+ * before prune() drops it rather than keep the log for it; NULL for never.
+ */
+CREATE FUNCTION fhir_notify.reader_max_lag() RETURNS interval
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'fhir_notify_reader_max_lag';
+
+-- Every registered reader: its confirmed position, how far behind the
+-- newest tick it is (ticks, and the age of the oldest tick it has not
+-- confirmed) and whether prune() dropped it.
+CREATE VIEW fhir_notify.readers AS
+	SELECT r.reader, r.tick, r.epoch,
+		CASE WHEN r.dropped_at IS NULL THEN 'active' ELSE 'dropped' END AS state,
+		((SELECT pg_catalog.max(t.tick_id) FROM fhir_notify.ticks t)
+			OPERATOR(pg_catalog.-) r.tick) AS ticks_behind,
+		COALESCE(pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-)
+		         (SELECT t.created_at FROM fhir_notify.ticks t
+		          WHERE t.tick_id OPERATOR(pg_catalog.=) (r.tick OPERATOR(pg_catalog.+) 1)),
+		         '0'::interval) AS lag,
+		r.registered_at, r.confirmed_at, r.dropped_at
+	FROM fhir_notify.reader_positions r;
+
+/*
+ * Registers reader at the newest tick, or returns where it is when it is
+ * registered already. A reader that prune() dropped is registered again at
+ * the newest tick (what it missed is gone: it resyncs).
+ */
+CREATE FUNCTION fhir_notify.register_reader(reader text)
+RETURNS TABLE (tick_id bigint, epoch bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	newest fhir_notify.ticks;
+	r fhir_notify.reader_positions;
+BEGIN
+	IF coalesce(register_reader.reader, '') = '' THEN
+		RAISE EXCEPTION 'a reader needs a name';
+	END IF;
+	SELECT * INTO newest FROM fhir_notify.ticks t ORDER BY t.tick_id DESC LIMIT 1;
+	INSERT INTO fhir_notify.reader_positions AS p (reader, tick, epoch)
+	VALUES (register_reader.reader, newest.tick_id, newest.epoch)
+	ON CONFLICT (reader) DO UPDATE
+		SET tick = excluded.tick, epoch = excluded.epoch, registered_at = excluded.registered_at,
+		    confirmed_at = excluded.confirmed_at, dropped_at = NULL
+		WHERE p.dropped_at IS NOT NULL;
+	SELECT * INTO r FROM fhir_notify.reader_positions p WHERE p.reader = register_reader.reader;
+	RETURN QUERY SELECT r.tick, r.epoch;
+END
+$$;
+
+/* Forgets reader: prune() no longer keeps anything for it. */
+CREATE FUNCTION fhir_notify.drop_reader(reader text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM fhir_notify.reader_positions p WHERE p.reader = drop_reader.reader;
+	RETURN FOUND;
+END
+$$;
+
+/*
+ * What a registered reader calls on each doorbell, in a transaction of its
+ * own after tick() committed: confirms (after_epoch, after_tick), the
+ * position up to which it has processed everything, and returns the
+ * changes of the ticks after it, up to max_ticks ticks.
+ *
+ * The first row is a header (change NULL): status, and tick_id and epoch of
+ * the position the reader is at once it has processed this read's rows
+ * (the newest tick read). status:
+ *   ok       the position is readable; the changes after it follow
+ *   started  after_tick 0: a reader starting afresh, at the newest tick
+ *   pruned   the position was pruned (after_tick is older than the oldest
+ *            tick): changes were missed; reading carries on from the
+ *            oldest tick
+ *   dropped  prune() dropped the reader for lagging more than
+ *            fhir_notify.reader_max_lag; reading carries on from the
+ *            oldest tick
+ *   reset    the position names no tick of this log (a tick lost in a
+ *            crash and taken again, a restored or another database):
+ *            reading carries on from the newest tick
+ * A reader answered pruned, dropped or reset has missed changes and tells
+ * its own clients to resync. The rows after the header are the changes,
+ * with their tick and its epoch, in (tick, position) order. An unknown
+ * reader is registered.
+ */
+CREATE FUNCTION fhir_notify.read_next(reader text, after_epoch bigint, after_tick bigint,
+                                      max_ticks integer DEFAULT 100)
+RETURNS TABLE (tick_id bigint, epoch bigint, status text, change fhir_notify.changes)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+#variable_conflict use_column
+DECLARE
+	r fhir_notify.reader_positions;
+	oldest bigint;
+	newest bigint;
+	known_epoch bigint;
+	from_tick bigint;
+	from_epoch bigint;
+	upto bigint;
+	upto_epoch bigint;
+	verdict text;
+	alone boolean := pg_current_xact_id_if_assigned() IS NULL;
+BEGIN
+	IF coalesce(read_next.reader, '') = '' THEN
+		RAISE EXCEPTION 'a reader needs a name';
+	END IF;
+	SELECT min(t.tick_id), max(t.tick_id) INTO oldest, newest FROM fhir_notify.ticks t;
+	SELECT t.epoch INTO known_epoch FROM fhir_notify.ticks t
+	WHERE t.tick_id = read_next.after_tick;
+	SELECT * INTO r FROM fhir_notify.reader_positions p WHERE p.reader = read_next.reader;
+
+	IF coalesce(read_next.after_tick, 0) = 0 THEN
+		verdict := 'started';
+		from_tick := newest;
+	ELSIF r.dropped_at IS NOT NULL THEN
+		verdict := 'dropped';
+		from_tick := oldest;
+	ELSIF known_epoch IS NOT NULL AND known_epoch = read_next.after_epoch THEN
+		verdict := 'ok';
+		from_tick := read_next.after_tick;
+	ELSIF read_next.after_tick < oldest THEN
+		verdict := 'pruned';
+		from_tick := oldest;
+	ELSE
+		verdict := 'reset';
+		from_tick := newest;
+	END IF;
+	SELECT t.epoch INTO from_epoch FROM fhir_notify.ticks t WHERE t.tick_id = from_tick;
+	upto := least(newest, from_tick + greatest(coalesce(read_next.max_ticks, 100), 1));
+	SELECT t.epoch INTO upto_epoch FROM fhir_notify.ticks t WHERE t.tick_id = upto;
+
+	IF r.reader IS NULL THEN
+		INSERT INTO fhir_notify.reader_positions AS p (reader, tick, epoch)
+		VALUES (read_next.reader, from_tick, from_epoch)
+		ON CONFLICT DO NOTHING;
+	ELSIF r.dropped_at IS NOT NULL OR verdict <> 'ok'
+	      OR ((r.tick IS DISTINCT FROM from_tick OR r.epoch IS DISTINCT FROM from_epoch)
+	          AND r.confirmed_at < clock_timestamp() - interval '1 second') THEN
+		-- At most once a second while all is well: a confirmation a little
+		-- behind only makes prune() keep a little more. Not while a prune
+		-- is dropping the reader: that prune's verdict comes next time.
+		UPDATE fhir_notify.reader_positions p
+		SET tick = from_tick, epoch = from_epoch, confirmed_at = clock_timestamp(),
+		    dropped_at = NULL
+		WHERE p.reader IN (SELECT q.reader FROM fhir_notify.reader_positions q
+		                   WHERE q.reader = read_next.reader FOR UPDATE SKIP LOCKED);
+	END IF;
+	IF alone THEN
+		-- a confirmation lost in a crash only makes prune() keep more
+		PERFORM set_config('synchronous_commit', 'off', true);
+	END IF;
+
+	RETURN QUERY SELECT upto, upto_epoch, verdict, NULL::fhir_notify.changes;
+	RETURN QUERY
+	SELECT cur.tick_id, cur.epoch, NULL::text, c::fhir_notify.changes
+	FROM fhir_notify.ticks cur
+	-- the predecessor by its key, whatever a generic plan guesses of the range
+	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
+	                    WHERE p.tick_id = cur.tick_id - 1 OFFSET 0) prev
+	CROSS JOIN LATERAL fhir_notify.changes_between(prev.snapshot, cur.snapshot) c
+	WHERE cur.tick_id > from_tick AND cur.tick_id <= upto
+	ORDER BY cur.tick_id, c.position;
+	-- A prune that committed between the checks above and the read may have
+	-- taken the ticks the read needed: then it is not to be trusted.
+	IF upto > from_tick AND NOT EXISTS (
+		SELECT 1 FROM fhir_notify.ticks t WHERE t.tick_id = from_tick AND t.epoch = from_epoch)
+	THEN
+		RAISE EXCEPTION 'the change log was pruned past tick % during the read', from_tick
+			USING ERRCODE = 'serialization_failure', HINT = 'Read again.';
+	END IF;
+END
+$$;
+
+/*
+ * Deletes ticks older than keep and the changes that only those ticks
+ * delivered, and returns the number of changes deleted. Every tick taken
+ * within keep stays readable (its predecessor is kept too), the newest
+ * tick is always kept, and so is every tick a registered reader has not
+ * confirmed, unless that reader lags by more than
+ * fhir_notify.reader_max_lag: then it is dropped (see read_next()). A
+ * client whose cursor is older than the oldest remaining tick is told to
  * resync.
+ *
+ * Takes no lock that tick() or a read waits for: the deletes only mark
+ * rows that concurrent reads (MVCC) and ticks never touch.
  */
 CREATE FUNCTION fhir_notify.prune(keep interval) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	newest bigint;
+	keep_from bigint;
+	max_lag interval := fhir_notify.reader_max_lag();
 	oldest_kept fhir_notify.ticks;
 	deleted bigint;
 BEGIN
-	LOCK TABLE fhir_notify.ticks IN EXCLUSIVE MODE;
-	SELECT * INTO oldest_kept FROM fhir_notify.ticks
-	WHERE created_at >= clock_timestamp() - keep
-	   OR tick_id = (SELECT max(tick_id) FROM fhir_notify.ticks)
-	ORDER BY tick_id LIMIT 1;
-	DELETE FROM fhir_notify.ticks WHERE tick_id < oldest_kept.tick_id;
+	SELECT max(t.tick_id) INTO newest FROM fhir_notify.ticks t;
+	SELECT min(t.tick_id) - 1 INTO keep_from FROM fhir_notify.ticks t
+	WHERE t.created_at >= clock_timestamp() - keep;
+	keep_from := least(coalesce(keep_from, newest), newest);
+
+	-- Readers that lag past the limit (the oldest tick they have not
+	-- confirmed and their last confirmation both older than it) and that
+	-- the keep would prune past are dropped (not waited for while they
+	-- read: they are not lagging).
+	IF max_lag IS NOT NULL THEN
+		UPDATE fhir_notify.reader_positions p SET dropped_at = clock_timestamp()
+		WHERE p.reader IN (
+			SELECT q.reader FROM fhir_notify.reader_positions q
+			JOIN fhir_notify.ticks unread ON unread.tick_id = q.tick + 1
+			WHERE q.dropped_at IS NULL AND q.tick < keep_from
+			  AND unread.created_at < clock_timestamp() - max_lag
+			  AND q.confirmed_at < clock_timestamp() - max_lag
+			FOR UPDATE OF q SKIP LOCKED);
+	END IF;
+	SELECT least(keep_from, min(p.tick)) INTO keep_from
+	FROM fhir_notify.reader_positions p WHERE p.dropped_at IS NULL;
+
+	SELECT * INTO oldest_kept FROM fhir_notify.ticks t
+	WHERE t.tick_id >= keep_from ORDER BY t.tick_id LIMIT 1;
+	DELETE FROM fhir_notify.ticks t WHERE t.tick_id < oldest_kept.tick_id;
 	DELETE FROM fhir_notify.changes c
 	WHERE c.xid < pg_snapshot_xmax(oldest_kept.snapshot)
 	  AND pg_visible_in_snapshot(c.xid, oldest_kept.snapshot);
@@ -180,9 +491,10 @@ $$;
 
 /*
  * Lets a reader (the bridge's role) read the change log: USAGE on the
- * schema and EXECUTE on tick, read, batch, oldest_tick and newest_tick,
- * nothing else (no table, no prune, no capture trigger). Run by the
- * extension's owner or a superuser.
+ * schema and EXECUTE on tick, read, read_next, batch, oldest_tick,
+ * newest_tick, tick_epoch and register_reader, SELECT on the readers view,
+ * nothing else (no table, no prune, no drop_reader, no capture trigger).
+ * Run by the extension's owner or a superuser.
  */
 CREATE FUNCTION fhir_notify.grant_reader(reader regrole) RETURNS void
 LANGUAGE plpgsql
@@ -195,7 +507,11 @@ BEGIN
 	EXECUTE format('GRANT USAGE ON SCHEMA fhir_notify TO %s', reader);
 	EXECUTE format('GRANT EXECUTE ON FUNCTION fhir_notify.tick(), '
 	               'fhir_notify.read(bigint, integer), fhir_notify.batch(bigint), '
-	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick() TO %s', reader);
+	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick(), '
+	               'fhir_notify.tick_epoch(bigint), '
+	               'fhir_notify.read_next(text, bigint, bigint, integer), '
+	               'fhir_notify.register_reader(text) TO %s', reader);
+	EXECUTE format('GRANT SELECT ON fhir_notify.readers TO %s', reader);
 END
 $$;
 
@@ -208,13 +524,16 @@ BEGIN
 	IF reader IS NULL THEN
 		RAISE EXCEPTION 'cannot revoke reading from a NULL role';
 	END IF;
+	EXECUTE format('REVOKE SELECT ON fhir_notify.readers FROM %s', reader);
 	EXECUTE format('REVOKE EXECUTE ON FUNCTION fhir_notify.tick(), '
 	               'fhir_notify.read(bigint, integer), fhir_notify.batch(bigint), '
-	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick() FROM %s', reader);
+	               'fhir_notify.oldest_tick(), fhir_notify.newest_tick(), '
+	               'fhir_notify.tick_epoch(bigint), '
+	               'fhir_notify.read_next(text, bigint, bigint, integer), '
+	               'fhir_notify.register_reader(text) FROM %s', reader);
 	EXECUTE format('REVOKE USAGE ON SCHEMA fhir_notify FROM %s', reader);
 END
 $$;
-
 -- ---------------------------------------------------------------------------
 -- Routing (compartment.c)
 -- ---------------------------------------------------------------------------

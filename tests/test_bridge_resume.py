@@ -324,6 +324,13 @@ def test_cursor_older_than_the_pruned_log_gets_resync(prune_bridge, prune_db, to
             missed = store.create(condition(patient))
             # The bridge has read the missed change (and ticked past it) once the watcher has it.
             assert_update(watcher.recv_update(), "created", "Condition", missed["id"], patient)
+            # The bridge is a registered reader: the log is kept until it has confirmed what it
+            # read (with its next read, at most once a second), whoever prunes.
+            deadline = time.monotonic() + 30
+            while cluster.execute("SELECT bool_and(tick >= fhir_notify.newest_tick())"
+                                  " FROM fhir_notify.readers", dbname=prune_db)[0][0] is not True:
+                assert time.monotonic() < deadline, "the bridge never confirmed its position"
+                time.sleep(0.2)
             pruned = cluster.execute("SELECT fhir_notify.prune('0 seconds')", dbname=prune_db)[0][0]
             assert pruned >= 1
 
