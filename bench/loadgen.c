@@ -14,6 +14,14 @@
  *   DISCONNECTED {...}  catch-up mode: cursors saved, every client closed
  *   RESULT {...}        the measurements, last line before exit
  * SIGUSR1 starts the reconnect in catch-up mode; SIGINT/SIGTERM end the run.
+ *
+ * So that it measures the server and not itself, it runs on epoll, and for
+ * ws:// it speaks WebSocket itself (the raw transport: a non-blocking socket
+ * per client, frames parsed in place from whole reads): lws 4.1's client
+ * parses every byte of every frame through a state machine, which cost
+ * four times the bridge's CPU per fanned-out message. wss://, or
+ * --transport lws, uses lws (on libev's epoll through lws's plugin;
+ * --event-loop poll for lws's own loop).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,9 +32,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <ev.h>
 #include <jansson.h>
 #include <libwebsockets.h>
 
@@ -65,9 +81,18 @@ typedef struct client
 	bool done; /* has its expected updates (or a resync) */
 	uint32_t updates;
 	uint32_t resyncs;
-	char *cursor;  /* newest cursor seen, for since */
-	char *partial; /* a fragmented message being reassembled */
+	bool caught_up; /* a resumed subscription's caught_up arrived */
+	char *cursor;   /* newest cursor seen, for since */
+	char *partial;  /* a fragmented message being reassembled */
 	size_t partial_len;
+
+	/* the raw transport (ws:// without lws): its socket and buffers */
+	int fd;            /* -1: none */
+	bool upgraded;     /* the 101 response has been read */
+	unsigned char *in; /* the start of a frame not yet whole */
+	size_t in_len;
+	unsigned char *out; /* bytes the kernel did not take yet */
+	size_t out_len;
 } client;
 
 /* Everything about the run; one instance. */
@@ -89,7 +114,13 @@ static struct
 	int concurrency;
 	int retries;
 	bool subscribe;
-	bool debug; /* $LOADGEN_DEBUG: every message and a heartbeat to stderr */
+	bool debug;           /* $LOADGEN_DEBUG: every message and a heartbeat to stderr */
+	bool use_poll;        /* --event-loop poll */
+	bool use_lws;         /* --transport lws (always for wss://) */
+	struct ev_loop *loop; /* the epoll loop, or NULL: lws's poll() loop */
+	int epfd;             /* the raw transport's epoll */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
 
 	/* state */
 	struct lws_context *context;
@@ -166,7 +197,10 @@ usage(FILE *out)
 	        "  --duration S        give up after S seconds once ready (default 60)\n"
 	        "  --expect K          updates each client must get before it is done\n"
 	        "  --concurrency C     handshakes in flight at once (default 200)\n"
-	        "  --retries R         reconnect attempts after a failed handshake (default 3)\n");
+	        "  --retries R         reconnect attempts after a failed handshake (default 3)\n"
+	        "  --transport T       raw (default for ws://: WebSocket by hand on epoll) or lws\n"
+	        "  --event-loop L      with lws: epoll (default; poll if lws's libev plugin is\n"
+	        "                      missing) or poll\n");
 }
 
 /* Splits ws://host:port/path into the run's host, port and path. */
@@ -398,6 +432,8 @@ handle_update(client *c, const char *buf, size_t len)
 		client_done(c);
 }
 
+static void request_write(client *c);
+
 /* Handles every message but updates: rare, so parsed fully. */
 static void
 handle_control(client *c, const char *type, const char *buf, size_t len)
@@ -419,7 +455,7 @@ handle_control(client *c, const char *type, const char *buf, size_t len)
 		if (run.subscribe)
 		{
 			c->want_subscribe = true;
-			lws_callback_on_writable(c->wsi);
+			request_write(c);
 		}
 		else
 			client_ready(c);
@@ -428,6 +464,13 @@ handle_control(client *c, const char *type, const char *buf, size_t len)
 	{
 		note_cursor(c, data);
 		client_ready(c);
+	}
+	else if (strcmp(type, "caught_up") == 0)
+	{
+		/* the replay is over: everything it missed has arrived (counted in delivered) */
+		c->caught_up = true;
+		note_cursor(c, data);
+		client_done(c);
 	}
 	else if (strcmp(type, "resync") == 0)
 	{
@@ -512,6 +555,77 @@ client_lost(client *c, bool during_handshake)
 	run.nclosed++;
 }
 
+/* A handshake failed (either transport). */
+static void
+on_connection_error(client *c, const char *why)
+{
+	if (run.errors++ < 5)
+		fprintf(stderr, "loadgen: client %d: connection error: %s\n", c->index, why);
+	leave_inflight(c);
+	client_lost(c, true);
+}
+
+/* The server sent a close frame with this payload. */
+static void
+on_peer_close(const unsigned char *in, size_t len)
+{
+	if (len >= 2)
+	{
+		int code = in[0] << 8 | in[1];
+
+		if (code >= 0 && code < (int) (sizeof(run.close_codes) / sizeof(int)))
+			run.close_codes[code]++;
+	}
+}
+
+/* The connection is gone (either transport). */
+static void
+on_closed(client *c)
+{
+	if (c->state == CLIENT_CLOSING)
+	{
+		c->state = CLIENT_CLOSED;
+		run.nclosed++;
+		return;
+	}
+	if (c->state == CLIENT_CONNECTING)
+	{
+		leave_inflight(c);
+		client_lost(c, true);
+		return;
+	}
+	if (run.unexpected_closes++ < 5)
+		fprintf(stderr, "loadgen: client %d: closed by the server\n", c->index);
+	client_lost(c, c->state != CLIENT_READY);
+}
+
+/* A message's payload, or a fragment of it; fragments are reassembled. -1: too large. */
+static int
+on_payload(client *c, const char *in, size_t len, bool final)
+{
+	if (final && !c->partial)
+	{
+		handle_message(c, in, len);
+		return 0;
+	}
+	if (c->partial_len + len > MAX_MESSAGE)
+	{
+		run.errors++;
+		return -1;
+	}
+	c->partial = realloc(c->partial, c->partial_len + len);
+	memcpy(c->partial + c->partial_len, in, len);
+	c->partial_len += len;
+	if (final)
+	{
+		handle_message(c, c->partial, c->partial_len);
+		free(c->partial);
+		c->partial = NULL;
+		c->partial_len = 0;
+	}
+	return 0;
+}
+
 /* The lws protocol callback for every client connection. */
 static int
 callback_client(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
@@ -525,12 +639,8 @@ callback_client(struct lws *wsi, enum lws_callback_reasons reason, void *user, v
 		case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
 			if (!c)
 				break;
-			if (run.errors++ < 5)
-				fprintf(stderr, "loadgen: client %d: connection error: %s\n", c->index,
-				        in ? (char *) in : "(none)");
-			leave_inflight(c);
 			c->wsi = NULL;
-			client_lost(c, true);
+			on_connection_error(c, in ? (char *) in : "(none)");
 			break;
 
 		case LWS_CALLBACK_CLIENT_ESTABLISHED:
@@ -540,27 +650,9 @@ callback_client(struct lws *wsi, enum lws_callback_reasons reason, void *user, v
 			break;
 
 		case LWS_CALLBACK_CLIENT_RECEIVE:
-			if (lws_is_first_fragment(wsi) && lws_is_final_fragment(wsi) &&
-			    !lws_remaining_packet_payload(wsi) && !c->partial)
-			{
-				handle_message(c, in, len);
-				break;
-			}
-			if (c->partial_len + len > MAX_MESSAGE)
-			{
-				run.errors++;
+			if (on_payload(c, in, len,
+			               lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi)) < 0)
 				return -1;
-			}
-			c->partial = realloc(c->partial, c->partial_len + len);
-			memcpy(c->partial + c->partial_len, in, len);
-			c->partial_len += len;
-			if (lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi))
-			{
-				handle_message(c, c->partial, c->partial_len);
-				free(c->partial);
-				c->partial = NULL;
-				c->partial_len = 0;
-			}
 			break;
 
 		case LWS_CALLBACK_CLIENT_WRITEABLE:
@@ -579,37 +671,14 @@ callback_client(struct lws *wsi, enum lws_callback_reasons reason, void *user, v
 			break;
 
 		case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-			if (len >= 2)
-			{
-				int code = ((unsigned char *) in)[0] << 8 | ((unsigned char *) in)[1];
-
-				if (code >= 0 && code < (int) (sizeof(run.close_codes) / sizeof(int)))
-					run.close_codes[code]++;
-			}
+			on_peer_close(in, len);
 			break;
 
 		case LWS_CALLBACK_CLIENT_CLOSED:
 			if (!c || run.finished)
 				break;
 			c->wsi = NULL;
-			if (c->state == CLIENT_CLOSING)
-			{
-				c->state = CLIENT_CLOSED;
-				run.nclosed++;
-				break;
-			}
-			if (c->state == CLIENT_CONNECTING)
-			{
-				leave_inflight(c);
-				client_lost(c, true);
-				break;
-			}
-			if (run.unexpected_closes++ < 5)
-				fprintf(stderr, "loadgen: client %d: closed by the server\n", c->index);
-			if (c->state != CLIENT_READY)
-				client_lost(c, true);
-			else
-				client_lost(c, false);
+			on_closed(c);
 			break;
 
 		default:
@@ -623,12 +692,20 @@ static const struct lws_protocols protocols[] = {{"loadgen", callback_client, 0,
 
 static const lws_retry_bo_t no_validity_policy = {0};
 
+static void raw_connect(client *c);
+
 /* Starts one client's handshake. */
 static void
 client_connect(client *c)
 {
 	struct lws_client_connect_info info;
 	char path[8192];
+
+	if (!run.use_lws)
+	{
+		raw_connect(c);
+		return;
+	}
 
 	memset(&info, 0, sizeof(info));
 	if (run.token)
@@ -662,6 +739,351 @@ client_connect(client *c)
 	}
 }
 
+/*
+ * The raw transport: RFC 6455 by hand for ws://. A read takes whatever the
+ * kernel has (up to 64 KB) into one buffer and every whole frame in it is
+ * handled in place; only the start of an unfinished frame is kept, per
+ * client, until the next read.
+ */
+
+/* The largest read, after the kept start of a frame (at most a whole message). */
+#define RAW_READ 65536
+
+/* Watches c's socket for input, and for output while some is waiting. */
+static void
+raw_watch(client *c, int op)
+{
+	struct epoll_event ev = {.events = EPOLLIN | (c->out_len ? EPOLLOUT : 0), .data.ptr = c};
+
+	epoll_ctl(run.epfd, op, c->fd, &ev);
+}
+
+/* Closes c's socket and forgets its buffers. */
+static void
+raw_drop(client *c)
+{
+	if (c->fd >= 0)
+		close(c->fd); /* also leaves the epoll set */
+	c->fd = -1;
+	free(c->in);
+	free(c->out);
+	c->in = c->out = NULL;
+	c->in_len = c->out_len = 0;
+	free(c->partial);
+	c->partial = NULL;
+	c->partial_len = 0;
+}
+
+/* The connection failed or ended: as lws's connection error or close. */
+static void
+raw_fail(client *c, const char *why)
+{
+	bool handshake = !c->upgraded;
+
+	raw_drop(c);
+	c->upgraded = false;
+	if (run.finished)
+		return;
+	if (handshake && c->state == CLIENT_CONNECTING)
+		on_connection_error(c, why);
+	else
+		on_closed(c);
+}
+
+/*
+ * Sends bytes, keeping what the kernel does not take for EPOLLOUT. A dead
+ * socket is noticed by the reader (epoll reports it).
+ */
+static void
+raw_send(client *c, const void *buf, size_t len)
+{
+	ssize_t n = 0;
+
+	if (c->fd < 0)
+		return;
+	if (c->out_len == 0)
+	{
+		n = send(c->fd, buf, len, MSG_NOSIGNAL);
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			return;
+		if (n < 0)
+			n = 0;
+		if ((size_t) n == len)
+			return;
+	}
+	c->out = realloc(c->out, c->out_len + len - n);
+	memcpy(c->out + c->out_len, (const char *) buf + n, len - n);
+	c->out_len += len - n;
+	raw_watch(c, EPOLL_CTL_MOD);
+}
+
+/* A client frame: FIN, masked as RFC 6455 5.3 requires (by the all-zero key: payload as is). */
+static void
+raw_send_frame(client *c, int opcode, const void *payload, size_t len)
+{
+	unsigned char frame[8 + 8192];
+	size_t h = 0;
+
+	if (len > 8192)
+		return;
+	frame[h++] = 0x80 | opcode;
+	if (len < 126)
+		frame[h++] = 0x80 | len;
+	else
+	{
+		frame[h++] = 0x80 | 126;
+		frame[h++] = len >> 8;
+		frame[h++] = len & 0xff;
+	}
+	memset(frame + h, 0, 4);
+	h += 4;
+	memcpy(frame + h, payload, len);
+	raw_send(c, frame, h + len);
+}
+
+/* Writes what the client wants to say: a close, or its subscription. */
+static void
+raw_write_wants(client *c)
+{
+	char buf[8192];
+	size_t n;
+
+	if (c->fd < 0 || !c->upgraded)
+		return;
+	if (c->want_close)
+	{
+		static const unsigned char bye[] = {0x03, 0xe8, 'b', 'y', 'e'}; /* 1000 */
+
+		c->want_close = false;
+		raw_send_frame(c, 0x8, bye, sizeof(bye));
+		return;
+	}
+	if (c->want_subscribe)
+	{
+		c->want_subscribe = false;
+		n = subscribe_message(c, buf, sizeof(buf));
+		if (n)
+			raw_send_frame(c, 0x1, buf, n);
+	}
+}
+
+/* See raw_write_wants(); with lws, a writeable callback. */
+static void
+request_write(client *c)
+{
+	if (run.use_lws)
+		lws_callback_on_writable(c->wsi);
+	else
+		raw_write_wants(c);
+}
+
+/* Opens one client's socket and queues its upgrade request. */
+static void
+raw_connect(client *c)
+{
+	char request[8192 + 512];
+	int one = 1;
+	int fd;
+	int n;
+
+	c->attempts++;
+	c->state = CLIENT_CONNECTING;
+	c->done = false;
+	c->upgraded = false;
+	run.inflight++;
+	fd = socket(run.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+	{
+		on_connection_error(c, strerror(errno));
+		return;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(fd, (struct sockaddr *) &run.addr, run.addrlen) < 0 && errno != EINPROGRESS)
+	{
+		close(fd);
+		on_connection_error(c, strerror(errno));
+		return;
+	}
+	c->fd = fd;
+	/* any valid key will do: the answer's accept is not checked */
+	n = snprintf(request, sizeof(request),
+	             "GET %s%s%s%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+	             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+	             "Sec-WebSocket-Version: 13\r\n\r\n",
+	             run.path, run.token ? (strchr(run.path, '?') ? "&" : "?") : "",
+	             run.token ? "token=" : "", run.token ? run.token : "", run.host, run.port);
+	c->out = malloc((size_t) n);
+	memcpy(c->out, request, (size_t) n);
+	c->out_len = (size_t) n;
+	raw_watch(c, EPOLL_CTL_ADD); /* sent once connected: EPOLLOUT */
+}
+
+/* Sends what is waiting; false when the socket failed. */
+static bool
+raw_flush(client *c)
+{
+	while (c->out_len)
+	{
+		ssize_t n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+		memmove(c->out, c->out + n, c->out_len - n);
+		c->out_len -= n;
+	}
+	raw_watch(c, EPOLL_CTL_MOD);
+	return true;
+}
+
+/* Reads and handles every whole frame (and, first, the upgrade answer). */
+static void
+raw_read(client *c)
+{
+	static unsigned char buf[MAX_MESSAGE + 16 + RAW_READ];
+	size_t have = c->in_len, pos = 0;
+	ssize_t n;
+
+	memcpy(buf, c->in, have);
+	free(c->in);
+	c->in = NULL;
+	c->in_len = 0;
+	n = recv(c->fd, buf + have, RAW_READ, 0);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+	{
+		raw_fail(c, n == 0 ? "closed" : strerror(errno));
+		return;
+	}
+	have += n > 0 ? (size_t) n : 0;
+	if (!c->upgraded)
+	{
+		unsigned char *end = memmem(buf, have, "\r\n\r\n", 4);
+
+		if (!end)
+		{
+			if (have > 16384)
+				raw_fail(c, "no end to the upgrade answer");
+			else if (have)
+			{
+				c->in = malloc(have);
+				memcpy(c->in, buf, have);
+				c->in_len = have;
+			}
+			return;
+		}
+		if (have < 12 || memcmp(buf, "HTTP/1.1 101", 12) != 0)
+		{
+			raw_fail(c, "the upgrade was refused");
+			return;
+		}
+		c->upgraded = true;
+		leave_inflight(c);
+		c->state = CLIENT_OPEN;
+		pos = end + 4 - buf;
+	}
+	while (have - pos >= 2)
+	{
+		unsigned char *f = buf + pos;
+		size_t avail = have - pos, hlen = 2;
+		uint64_t len = f[1] & 0x7f;
+		bool masked = f[1] & 0x80;
+		int opcode = f[0] & 0xf;
+		unsigned char *payload;
+
+		if (len == 126)
+		{
+			if (avail < 4)
+				break;
+			len = (uint64_t) f[2] << 8 | f[3];
+			hlen = 4;
+		}
+		else if (len == 127)
+		{
+			if (avail < 10)
+				break;
+			len = 0;
+			for (int i = 0; i < 8; i++)
+				len = len << 8 | f[2 + i];
+			hlen = 10;
+		}
+		hlen += masked ? 4 : 0;
+		if (len > MAX_MESSAGE)
+		{
+			run.errors++;
+			raw_fail(c, "message too large");
+			return;
+		}
+		if (avail < hlen + len)
+			break;
+		payload = f + hlen;
+		if (masked) /* servers do not mask; undone anyway */
+			for (uint64_t i = 0; i < len; i++)
+				payload[i] ^= f[hlen - 4 + (i & 3)];
+		pos += hlen + len;
+		if (opcode <= 0x2)
+		{
+			if (on_payload(c, (char *) payload, len, f[0] & 0x80) < 0)
+			{
+				raw_fail(c, "message too large");
+				return;
+			}
+		}
+		else if (opcode == 0x8)
+		{
+			on_peer_close(payload, len);
+			if (c->state != CLIENT_CLOSING)
+				raw_send_frame(c, 0x8, payload, len >= 2 ? 2 : 0);
+			raw_fail(c, "closed");
+			return;
+		}
+		else if (opcode == 0x9)
+			raw_send_frame(c, 0xA, payload, len);
+	}
+	if (have > pos)
+	{
+		c->in = malloc(have - pos);
+		memcpy(c->in, buf + pos, have - pos);
+		c->in_len = have - pos;
+	}
+}
+
+static void service_tick(lws_sorted_usec_list_t *sul);
+
+/* The raw transport's loop: epoll, and the service tick every few milliseconds. */
+static void
+raw_run(void)
+{
+	struct epoll_event events[512];
+	int64_t next_tick = 0;
+
+	while (!run.finished)
+	{
+		int64_t now = now_mono_ns();
+		int n;
+
+		if (now >= next_tick)
+		{
+			service_tick(NULL);
+			next_tick = now + SERVICE_TICK_USEC * 1000LL;
+			continue;
+		}
+		n = epoll_wait(run.epfd, events, 512, (int) ((next_tick - now) / 1000000) + 1);
+		for (int i = 0; i < n && !run.finished; i++)
+		{
+			client *c = events[i].data.ptr;
+
+			if (c->fd < 0)
+				continue;
+			if ((events[i].events & EPOLLOUT) && !raw_flush(c))
+			{
+				raw_fail(c, strerror(errno));
+				continue;
+			}
+			if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+				raw_read(c);
+		}
+	}
+}
+
 /* Asks every open client to close normally (catch-up, between phases). */
 static void
 close_all(void)
@@ -670,11 +1092,11 @@ close_all(void)
 	{
 		client *c = &run.clients[i];
 
-		if (c->wsi && (c->state == CLIENT_READY || c->state == CLIENT_OPEN))
+		if ((c->wsi || c->fd >= 0) && (c->state == CLIENT_READY || c->state == CLIENT_OPEN))
 		{
 			c->state = CLIENT_CLOSING;
 			c->want_close = true;
-			lws_callback_on_writable(c->wsi);
+			request_write(c);
 		}
 		else if (c->state != CLIENT_FAILED)
 		{
@@ -727,9 +1149,15 @@ print_result(void)
 	{
 		uint64_t resyncs = 0;
 
+		uint64_t caught_up = 0;
+
 		for (int i = 0; i < run.nclients; i++)
+		{
 			resyncs += run.clients[i].resyncs;
+			caught_up += run.clients[i].caught_up;
+		}
 		json_object_set_new(r, "resyncs", json_integer(resyncs));
+		json_object_set_new(r, "caught_up", json_integer(caught_up));
 	}
 	if (run.nsamples)
 	{
@@ -761,6 +1189,15 @@ print_result(void)
 		json_object_set_new(r, "write_to_all_done_s", json_real(span));
 		if (span > 0)
 			json_object_set_new(r, "delivered_per_s", json_real(run.updates / span));
+	}
+	{
+		struct rusage ru;
+
+		/* its own CPU, for a driver that can no longer read it once it exits */
+		if (getrusage(RUSAGE_SELF, &ru) == 0)
+			json_object_set_new(r, "cpu_s",
+			                    json_real(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+			                              (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6));
 	}
 	if (run.phase == 2)
 	{
@@ -802,6 +1239,7 @@ start_reconnect(void)
 		c->attempts = 0;
 		c->updates = 0;
 		c->resyncs = 0;
+		c->caught_up = false;
 		c->want_close = false;
 	}
 	run.next_pending = 0;
@@ -870,7 +1308,8 @@ service_tick(lws_sorted_usec_list_t *sul)
 			run.finished = true;
 	}
 	/* Always again: lws_service() returns only after some event. */
-	lws_sul_schedule(run.context, 0, &run.tick, service_tick, SERVICE_TICK_USEC);
+	if (run.context)
+		lws_sul_schedule(run.context, 0, &run.tick, service_tick, SERVICE_TICK_USEC);
 }
 
 /* Parses the command line into run. */
@@ -887,6 +1326,8 @@ parse_options(int argc, char **argv)
 	                                        {"expect", required_argument, NULL, 'e'},
 	                                        {"concurrency", required_argument, NULL, 'c'},
 	                                        {"retries", required_argument, NULL, 'r'},
+	                                        {"event-loop", required_argument, NULL, 'l'},
+	                                        {"transport", required_argument, NULL, 'T'},
 	                                        {"help", no_argument, NULL, 'h'},
 	                                        {NULL, 0, NULL, 0}};
 	const char *mode_name = "latency";
@@ -933,6 +1374,22 @@ parse_options(int argc, char **argv)
 				break;
 			case 'r':
 				run.retries = atoi(optarg);
+				break;
+			case 'l':
+				if (strcmp(optarg, "poll") != 0 && strcmp(optarg, "epoll") != 0)
+				{
+					fprintf(stderr, "loadgen: --event-loop is epoll or poll\n");
+					exit(2);
+				}
+				run.use_poll = strcmp(optarg, "poll") == 0;
+				break;
+			case 'T':
+				if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "lws") != 0)
+				{
+					fprintf(stderr, "loadgen: --transport is raw or lws\n");
+					exit(2);
+				}
+				run.use_lws = strcmp(optarg, "lws") == 0;
 				break;
 			case 'h':
 				usage(stdout);
@@ -993,14 +1450,59 @@ main(int argc, char **argv)
 		return 1;
 	}
 	for (int i = 0; i < run.nclients; i++)
+	{
 		run.clients[i].index = i;
+		run.clients[i].fd = -1;
+	}
+	if (run.tls)
+		run.use_lws = true; /* the raw transport has no TLS */
+	if (!run.use_lws)
+	{
+		struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *found = NULL;
+		char port[16];
+
+		snprintf(port, sizeof(port), "%d", run.port);
+		if (getaddrinfo(run.host, port, &hints, &found) != 0 || !found)
+		{
+			fprintf(stderr, "loadgen: cannot resolve %s\n", run.host);
+			return 1;
+		}
+		memcpy(&run.addr, found->ai_addr, found->ai_addrlen);
+		run.addrlen = found->ai_addrlen;
+		freeaddrinfo(found);
+		run.epfd = epoll_create1(EPOLL_CLOEXEC);
+		run.start_mono = now_mono_ns();
+		raw_run();
+		print_result();
+		fflush(NULL);
+		_exit(run.nready > 0 ? 0 : 1);
+	}
 
 	memset(&info, 0, sizeof(info));
 	info.port = CONTEXT_PORT_NO_LISTEN;
 	info.protocols = protocols;
 	info.fd_limit_per_thread = (unsigned) run.nclients + 64;
 	info.options = run.tls ? LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT : 0;
-	run.context = lws_create_context(&info);
+	if (!run.use_poll && (run.loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV)))
+	{
+		static void *foreign_loops[1];
+
+		foreign_loops[0] = run.loop;
+		info.foreign_loops = foreign_loops;
+		info.options |= LWS_SERVER_OPTION_LIBEV;
+		run.context = lws_create_context(&info);
+		if (!run.context)
+		{
+			fprintf(stderr, "loadgen: no epoll loop (lws's libev plugin, Debian package "
+			                "libwebsockets-evlib-ev, missing?): using poll()\n");
+			ev_loop_destroy(run.loop);
+			run.loop = NULL;
+			info.foreign_loops = NULL;
+			info.options &= ~(uint64_t) LWS_SERVER_OPTION_LIBEV;
+		}
+	}
+	if (!run.context)
+		run.context = lws_create_context(&info);
 	if (!run.context)
 	{
 		fprintf(stderr, "loadgen: cannot create the lws context (ulimit -n too low?)\n");
@@ -1008,9 +1510,15 @@ main(int argc, char **argv)
 	}
 	run.start_mono = now_mono_ns();
 	lws_sul_schedule(run.context, 0, &run.tick, service_tick, 1);
+	/* lws arms its libev timer after socket events: a first one for the tick */
+	lws_cancel_service(run.context);
 	while (!run.finished)
-		if (lws_service(run.context, 0) < 0)
+	{
+		if (run.loop)
+			ev_run(run.loop, EVRUN_ONCE);
+		else if (lws_service(run.context, 0) < 0)
 			break;
+	}
 	print_result();
 	/*
 	 * No lws_context_destroy(): it closes thousands of connections one

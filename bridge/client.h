@@ -84,7 +84,7 @@ void client_send_error(client *c, const char *code, const char *text, const char
 void client_send_json(client *c, json_t *object);
 /* Flushes what is queued, then closes with code. */
 void client_close(client *c, int code, const char *reason);
-/* Writes the next queued message; called in LWS_CALLBACK_SERVER_WRITEABLE. */
+/* Writes queued messages (one write); called in LWS_CALLBACK_SERVER_WRITEABLE. */
 int client_write_next(client *c);
 /*
  * Enforces every connection's deadlines (authentication, token expiry, a

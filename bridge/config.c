@@ -110,6 +110,8 @@ static const setting settings_table[] = {
      "token claim shown as a present user's FHIR resource (fhir_user)"},
     {"static", SETTING_STRING, S(static_dir), NULL, false, 0,
      "directory of files served at / (the demo page)"},
+    {"event-loop", SETTING_STRING, S(event_loop), "auto", false, 0,
+     "auto, epoll or poll: epoll needs libwebsockets' libev plugin (auto: epoll if it loads)"},
     {"log-level", SETTING_STRING, S(log_level), "info", true, 0, "debug, info, warning or error"},
     {"config", SETTING_STRING, S(config_file), NULL, false, 0, "file of `name = value` lines"},
 };

@@ -52,6 +52,7 @@ typedef struct bridge_settings
 	char *presence_user_claim;
 	char *reader_name; /* registered reader name; default "fhir-notify-bridge@HOST:LISTEN" */
 	char *static_dir;
+	char *event_loop; /* auto, epoll or poll */
 	char *log_level;
 	char *config_file;
 } bridge_settings;

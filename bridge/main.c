@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ev.h>
 #include <libwebsockets.h>
 
 #include "auth.h"
@@ -42,6 +43,9 @@ static volatile sig_atomic_t terminate_requested;
 static volatile sig_atomic_t reload_requested;
 static lws_sorted_usec_list_t housekeeping_timer;
 static long long last_insecure_warning_us;
+/* The epoll loop lws runs on (--event-loop), or NULL: lws's own poll() loop. */
+static struct ev_loop *epoll_loop;
+static bool epoll_refused; /* --event-loop=epoll could not be had: already said why */
 
 static void
 on_signal(int signo)
@@ -180,6 +184,80 @@ raise_fd_limit(void)
  */
 static const lws_retry_bo_t no_idle_policy;
 
+typedef enum event_loop_kind
+{
+	EVENT_LOOP_AUTO,
+	EVENT_LOOP_EPOLL,
+	EVENT_LOOP_POLL
+} event_loop_kind;
+
+static bool
+parse_event_loop(const char *name, event_loop_kind *kind)
+{
+	if (strcmp(name, "auto") == 0)
+		*kind = EVENT_LOOP_AUTO;
+	else if (strcmp(name, "epoll") == 0)
+		*kind = EVENT_LOOP_EPOLL;
+	else if (strcmp(name, "poll") == 0)
+		*kind = EVENT_LOOP_POLL;
+	else
+		return false;
+	return true;
+}
+
+/*
+ * The lws context, on an epoll loop unless --event-loop=poll. lws 4.1's own
+ * loop poll()s every connection on each turn (most of the bridge's CPU at
+ * 1,000 connections); on epoll through libev, a foreign loop that lws
+ * drives through its libev plugin (Debian: libwebsockets-evlib-ev), a turn
+ * costs what is ready. The bridge runs the loop itself (main()), so the
+ * signal flags are checked after every turn. Without the plugin: an error
+ * with --event-loop=epoll, a warning and poll() with auto.
+ *
+ * One quirk of lws 4.1.6's plugin: it re-arms its timer without stopping it,
+ * so a timer set from a socket callback sooner than the one already armed,
+ * and not yet due when that turn ends, fires only with the armed one (at
+ * most the housekeeping half second later) or with the next socket event.
+ * The bridge's timers are "at once" (due by the end of the turn) or
+ * seconds away, so none is late by more than that.
+ */
+static struct lws_context *
+create_context(struct lws_context_creation_info *info, event_loop_kind kind)
+{
+	static void *foreign_loops[1];
+	struct lws_context *context;
+
+	if (kind != EVENT_LOOP_POLL)
+	{
+		epoll_loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+		if (epoll_loop)
+		{
+			foreign_loops[0] = epoll_loop;
+			info->foreign_loops = foreign_loops;
+			info->options |= LWS_SERVER_OPTION_LIBEV;
+			context = lws_create_context(info);
+			if (context)
+				return context;
+			ev_loop_destroy(epoll_loop);
+			epoll_loop = NULL;
+			info->foreign_loops = NULL;
+			info->options &= ~(uint64_t) LWS_SERVER_OPTION_LIBEV;
+		}
+		if (kind == EVENT_LOOP_EPOLL)
+		{
+			log_error("could not start the epoll event loop: is libwebsockets' libev plugin "
+			          "installed (Debian package libwebsockets-evlib-ev)? --event-loop=poll runs "
+			          "without it");
+			epoll_refused = true;
+			return NULL;
+		}
+		log_warning("could not start the epoll event loop (is libwebsockets' libev plugin, Debian "
+		            "package libwebsockets-evlib-ev, installed?): falling back to poll(), which "
+		            "costs more CPU per event with many connections");
+	}
+	return lws_create_context(info);
+}
+
 static const struct lws_protocols protocols[] = {
     {"fhir-notify", ws_callback, sizeof(client), 4096, 0, NULL, 0},
     {PG_LINK_PROTOCOL, pg_link_callback, 0, 0, 0, NULL, 0},
@@ -196,6 +274,7 @@ main(int argc, char **argv)
 	log_level level;
 	long long drain_deadline = 0;
 	config_outcome outcome;
+	event_loop_kind event_loop;
 
 	the_bridge.argc = argc;
 	the_bridge.argv = argv;
@@ -215,6 +294,13 @@ main(int argc, char **argv)
 	{
 		fprintf(stderr, "fhir-notify-bridge: invalid --listen \"%s\": expected ADDRESS:PORT\n",
 		        the_bridge.settings.listen);
+		return 2;
+	}
+	if (!parse_event_loop(the_bridge.settings.event_loop, &event_loop))
+	{
+		fprintf(stderr,
+		        "fhir-notify-bridge: invalid --event-loop \"%s\": expected auto, epoll or poll\n",
+		        the_bridge.settings.event_loop);
 		return 2;
 	}
 	if (!!the_bridge.settings.tls_cert != !!the_bridge.settings.tls_key)
@@ -265,15 +351,17 @@ main(int argc, char **argv)
 		info.ssl_cert_filepath = the_bridge.settings.tls_cert;
 		info.ssl_private_key_filepath = the_bridge.settings.tls_key;
 	}
-	the_bridge.context = lws_create_context(&info);
+	the_bridge.context = create_context(&info, event_loop);
 	if (!the_bridge.context)
 	{
-		log_error("could not listen on %s", the_bridge.settings.listen);
+		if (!epoll_refused)
+			log_error("could not listen on %s", the_bridge.settings.listen);
 		return 1;
 	}
 	the_bridge.vhost = lws_get_vhost_by_name(the_bridge.context, "default");
-	log_info("fhir-notify-bridge %s listening on %s%s", BRIDGE_VERSION, the_bridge.settings.listen,
-	         the_bridge.settings.tls_cert ? " (tls)" : "");
+	log_info("fhir-notify-bridge %s listening on %s%s (event loop: %s)", BRIDGE_VERSION,
+	         the_bridge.settings.listen, the_bridge.settings.tls_cert ? " (tls)" : "",
+	         epoll_loop ? "epoll" : "poll");
 	if (!the_bridge.keys)
 		warn_insecure();
 
@@ -287,9 +375,13 @@ main(int argc, char **argv)
 	presence_start();
 	lws_sul_schedule(the_bridge.context, 0, &housekeeping_timer, housekeeping, LWS_US_PER_SEC);
 
+	/* lws arms its libev timer only after socket events: a first one, for the timers above */
+	lws_cancel_service(the_bridge.context);
 	for (;;)
 	{
-		if (lws_service(the_bridge.context, 1000) < 0)
+		if (epoll_loop)
+			ev_run(epoll_loop, EVRUN_ONCE);
+		else if (lws_service(the_bridge.context, 1000) < 0)
 			break;
 		if (reload_requested)
 		{
@@ -320,6 +412,8 @@ main(int argc, char **argv)
 	prune_stop();
 	presence_stop();
 	lws_context_destroy(the_bridge.context);
+	if (epoll_loop)
+		ev_loop_destroy(epoll_loop);
 	ring_free();
 	rooms_free();
 	auth_keys_free(the_bridge.keys);

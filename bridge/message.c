@@ -4,17 +4,50 @@
  */
 #include "message.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <libwebsockets.h>
 
-/* Copies json into a fresh message with room for the WebSocket header. */
+/*
+ * Writes the header of a server-to-client WebSocket frame (RFC 6455 5.2:
+ * FIN, opcode text, unmasked, the shortest length form) of a payload of
+ * len bytes just before payload; returns the header's length (2, 4 or 10,
+ * at most the LWS_PRE headroom).
+ */
+static size_t
+frame_header(unsigned char *payload, size_t len)
+{
+	unsigned char *h;
+	size_t hlen = len < 126 ? 2 : len < 65536 ? 4 : 10;
+
+	h = payload - hlen;
+	h[0] = 0x80 | 0x1; /* FIN, text */
+	if (len < 126)
+		h[1] = (unsigned char) len;
+	else if (len < 65536)
+	{
+		h[1] = 126;
+		h[2] = (unsigned char) (len >> 8);
+		h[3] = (unsigned char) len;
+	}
+	else
+	{
+		h[1] = 127;
+		for (int i = 0; i < 8; i++)
+			h[2 + i] = (unsigned char) ((uint64_t) len >> (56 - 8 * i));
+	}
+	return hlen;
+}
+
+/* Copies json into a fresh message and frames it once for every client. */
 message *
 message_new(message_kind kind, const char *json, size_t len)
 {
 	message *msg = xmalloc(sizeof(message) + LWS_PRE + len + 1);
+	size_t hlen;
 
 	msg->refs = 1;
 	msg->kind = kind;
@@ -23,6 +56,9 @@ message_new(message_kind kind, const char *json, size_t len)
 	msg->len = len;
 	memcpy(msg->data + LWS_PRE, json, len);
 	msg->data[LWS_PRE + len] = '\0';
+	hlen = frame_header(msg->data + LWS_PRE, len);
+	msg->frame = msg->data + LWS_PRE - hlen;
+	msg->frame_len = hlen + len;
 	return msg;
 }
 

@@ -28,6 +28,14 @@ typedef struct message
 	long long changed_at_us; /* updates: commit-to-send delay is measured from here */
 	cursor at;               /* updates: the change's cursor (resume_points.c) */
 	size_t len;
+	/*
+	 * The whole WebSocket frame a server sends (unmasked, FIN, text):
+	 * built once at creation, the header in the headroom just before the
+	 * JSON, so every client it goes to is written the same bytes with no
+	 * per-client framing.
+	 */
+	unsigned char *frame;
+	size_t frame_len;
 	unsigned char data[]; /* LWS_PRE headroom, then len bytes of JSON, then NUL */
 } message;
 

@@ -216,9 +216,45 @@ test_messages(void)
 	message_unref(m);
 }
 
+/* Messages carry their server frame: FIN + text, unmasked, shortest length form. */
+static void
+test_message_frames(void)
+{
+	static const size_t sizes[] = {0, 125, 126, 65535, 65536, 70000};
+
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+	{
+		size_t len = sizes[i];
+		char *json = xcalloc(1, len + 1);
+		message *m;
+		const unsigned char *h;
+		size_t hlen = len < 126 ? 2 : len < 65536 ? 4 : 10;
+		unsigned long long coded = 0;
+
+		memset(json, 'x', len);
+		m = message_new(MESSAGE_UPDATE, json, len);
+		h = m->frame;
+		CHECK(m->frame_len == hlen + len);
+		CHECK(m->frame + hlen == message_payload(m));
+		CHECK(h[0] == 0x81);
+		if (hlen == 2)
+			coded = h[1];
+		else if (hlen == 4)
+			coded = h[1] == 126 ? (unsigned long long) h[2] << 8 | h[3] : 0;
+		else if (h[1] == 127)
+			for (int b = 0; b < 8; b++)
+				coded = coded << 8 | h[2 + b];
+		CHECK(coded == len);
+		CHECK(memcmp(m->frame + hlen, json, len) == 0);
+		message_unref(m);
+		free(json);
+	}
+}
+
 int
 main(void)
 {
+	test_message_frames();
 	test_cursors();
 	test_json_strings();
 	test_settings();

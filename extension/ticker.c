@@ -12,6 +12,16 @@
  * fhir_notify.channel in fhir_notify.ticker_database for all commits since
  * its previous one, at most once per fhir_notify.ticker_interval.
  *
+ * While its previous NOTIFY is unanswered (nobody called fhir_notify.tick()
+ * since: the readers have not started reading), the worker holds the next
+ * one back, for up to fhir_notify.ticker_answer_timeout: a reader that is
+ * busy reading takes a tick when it is done (the NOTIFYs meanwhile would
+ * only be coalesced into that one follow-up read), and that tick's
+ * snapshot has every commit made until then. Every commit is still
+ * followed by a NOTIFY sent after it became visible, only later: a reader
+ * that never ticks (a LISTEN alone) hears one at least every
+ * ticker_answer_timeout while commits come.
+ *
  * Needs shared_preload_libraries: without it there is no shared memory and
  * no worker, fhir_notify_ticker_available() is false and the doorbell setting refuses
  * the ticker.
@@ -19,6 +29,8 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "commands/async.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -32,6 +44,7 @@
 #include "storage/spin.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "fhir_notify.h"
@@ -63,6 +76,15 @@ typedef struct TickerShared
 	 * the worker so that a restarted worker rings for commits it missed.
 	 */
 	pg_atomic_uint64 notified;
+	/* Bumped by every call of fhir_notify.tick() in the ticker's database. */
+	pg_atomic_uint64 ticks;
+	/*
+	 * Nonzero while the worker holds a NOTIFY back waiting for a tick: the
+	 * tick or the timeout wakes it, so writers need not set its latch.
+	 */
+	pg_atomic_uint32 holding;
+	/* The worker's database, InvalidOid until it connected. */
+	Oid database;
 	/* Protects worker_latch. */
 	slock_t mutex;
 	/* The running worker's latch, NULL while no worker runs. */
@@ -72,6 +94,7 @@ typedef struct TickerShared
 /* Settings (only defined when loaded through shared_preload_libraries). */
 static char *ticker_database = NULL;
 static int ticker_interval_ms = 1;
+static int ticker_answer_timeout_ms = 10;
 
 /* Our shared memory; NULL when not preloaded. */
 static TickerShared *ticker_shared = NULL;
@@ -80,6 +103,9 @@ static TickerShared *ticker_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static fmgr_hook_type prev_fmgr_hook = NULL;
+
+static void ticker_fmgr_hook(FmgrHookEventType event, FmgrInfo *flinfo, Datum *private);
 
 PGDLLEXPORT void fhir_notify_ticker_main(Datum main_arg);
 
@@ -113,6 +139,9 @@ ticker_shmem_startup(void)
 	{
 		pg_atomic_init_u64(&ticker_shared->commits, 0);
 		pg_atomic_init_u64(&ticker_shared->notified, 0);
+		pg_atomic_init_u64(&ticker_shared->ticks, 0);
+		pg_atomic_init_u32(&ticker_shared->holding, 0);
+		ticker_shared->database = InvalidOid;
 		SpinLockInit(&ticker_shared->mutex);
 		ticker_shared->worker_latch = NULL;
 	}
@@ -139,6 +168,12 @@ fhir_notify_ticker_init(void)
 	    "A tick after a quiet spell is sent at once; commits that come "
 	    "sooner share the next tick.",
 	    &ticker_interval_ms, 1, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+	    "fhir_notify.ticker_answer_timeout",
+	    "Longest time the ticker holds a NOTIFY back while its previous one is unanswered.",
+	    "Unanswered: nobody called fhir_notify.tick() since the previous NOTIFY (the readers "
+	    "have not started reading). 0 sends one per ticker_interval, answered or not.",
+	    &ticker_answer_timeout_ms, 10, 0, 10000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
@@ -148,6 +183,8 @@ fhir_notify_ticker_init(void)
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = ticker_shmem_startup;
+	prev_fmgr_hook = fmgr_hook;
+	fmgr_hook = ticker_fmgr_hook;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -188,11 +225,62 @@ fhir_notify_ticker_ring(void)
 	if (ticker_shared == NULL)
 		return;
 	pg_atomic_fetch_add_u64(&ticker_shared->commits, 1);
+	/* A full barrier above: a worker that stops holding reads this commit. */
+	if (pg_atomic_read_u32(&ticker_shared->holding) != 0)
+		return;
 	SpinLockAcquire(&ticker_shared->mutex);
 	latch = ticker_shared->worker_latch;
 	SpinLockRelease(&ticker_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/*
+ * Whether fn_oid is fhir_notify.tick(), what a reader calls first on every
+ * doorbell.
+ */
+static bool
+ticker_is_tick(Oid fn_oid)
+{
+	HeapTuple tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
+	bool is_tick = false;
+
+	if (HeapTupleIsValid(tuple))
+	{
+		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tuple);
+
+		is_tick = proc->pronargs == 0 && strcmp(NameStr(proc->proname), "tick") == 0 &&
+		          proc->pronamespace == get_namespace_oid("fhir_notify", true);
+		ReleaseSysCache(tuple);
+	}
+	return is_tick;
+}
+
+/*
+ * Counts the calls of fhir_notify.tick() in the ticker's database: a reader
+ * answering the ticker's NOTIFY. tick() is SECURITY DEFINER, so every call
+ * of it passes here (fmgr_security_definer), before its body takes its
+ * snapshot; other functions do not (needs_fmgr_hook is left alone).
+ */
+static void
+ticker_fmgr_hook(FmgrHookEventType event, FmgrInfo *flinfo, Datum *private)
+{
+	if (prev_fmgr_hook)
+		prev_fmgr_hook(event, flinfo, private);
+	if (event != FHET_START || ticker_shared == NULL || ticker_shared->database != MyDatabaseId ||
+	    !ticker_is_tick(flinfo->fn_oid))
+		return;
+	pg_atomic_fetch_add_u64(&ticker_shared->ticks, 1);
+	if (pg_atomic_read_u32(&ticker_shared->holding) != 0)
+	{
+		Latch *latch;
+
+		SpinLockAcquire(&ticker_shared->mutex);
+		latch = ticker_shared->worker_latch;
+		SpinLockRelease(&ticker_shared->mutex);
+		if (latch != NULL)
+			SetLatch(latch);
+	}
 }
 
 /*
@@ -223,19 +311,25 @@ ticker_detach(int code, Datum arg)
 {
 	SpinLockAcquire(&ticker_shared->mutex);
 	if (ticker_shared->worker_latch == MyLatch)
+	{
 		ticker_shared->worker_latch = NULL;
+		ticker_shared->database = InvalidOid;
+	}
+	pg_atomic_write_u32(&ticker_shared->holding, 0);
 	SpinLockRelease(&ticker_shared->mutex);
 }
 
 /*
  * The ticker's background worker: waits on its latch, and for every wake-up
  * with new commits sends one NOTIFY, no sooner than ticker_interval after
- * the previous one.
+ * the previous one, and while no tick answered the previous one, no sooner
+ * than ticker_answer_timeout after it.
  */
 void
 fhir_notify_ticker_main(Datum main_arg)
 {
 	TimestampTz last_notify = 0;
+	uint64 ticks_at_notify = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -250,7 +344,10 @@ fhir_notify_ticker_main(Datum main_arg)
 	before_shmem_exit(ticker_detach, (Datum) 0);
 	SpinLockAcquire(&ticker_shared->mutex);
 	ticker_shared->worker_latch = MyLatch;
+	ticker_shared->database = MyDatabaseId;
 	SpinLockRelease(&ticker_shared->mutex);
+	/* A worker that died holding must not leave writers silent. */
+	pg_atomic_write_u32(&ticker_shared->holding, 0);
 
 	ereport(LOG, (errmsg("fhir_notify ticker started in database \"%s\"", ticker_database)));
 
@@ -287,13 +384,42 @@ fhir_notify_ticker_main(Datum main_arg)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 			long wait_ms = 0;
+			bool unanswered = false;
 
 			if (last_notify != 0)
 			{
 				TimestampTz due = TimestampTzPlusMilliseconds(last_notify, ticker_interval_ms);
 
+				if (ticker_answer_timeout_ms > 0 &&
+				    pg_atomic_read_u64(&ticker_shared->ticks) == ticks_at_notify)
+				{
+					TimestampTz answer_due =
+					    TimestampTzPlusMilliseconds(last_notify, ticker_answer_timeout_ms);
+
+					if (answer_due > due)
+					{
+						due = answer_due;
+						unanswered = true;
+					}
+				}
 				if (due > now)
 					wait_ms = (long) ((due - now + 999) / 1000);
+			}
+			if (wait_ms > 0 && unanswered)
+			{
+				/*
+				 * The previous NOTIFY is unanswered: the readers have not
+				 * called tick() since. Wait for a tick() (the fmgr hook sets
+				 * the latch) or the timeout; writers need not wake us meanwhile. The
+				 * tick count is read again after holding is set, so a tick
+				 * in between is not slept through.
+				 */
+				pg_atomic_exchange_u32(&ticker_shared->holding, 1);
+				if (pg_atomic_read_u64(&ticker_shared->ticks) == ticks_at_notify)
+					(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					                 wait_ms, PG_WAIT_EXTENSION);
+				pg_atomic_exchange_u32(&ticker_shared->holding, 0);
+				continue;
 			}
 			if (wait_ms > 0)
 			{
@@ -306,6 +432,11 @@ fhir_notify_ticker_main(Datum main_arg)
 				                 PG_WAIT_EXTENSION);
 				continue;
 			}
+			/*
+			 * tick() calls from here on answer this NOTIFY: read before it is sent,
+			 * so that a reader quicker than us is not taken for silent.
+			 */
+			ticks_at_notify = pg_atomic_read_u64(&ticker_shared->ticks);
 			ticker_send_notify();
 			pg_atomic_write_u64(&ticker_shared->notified, commits);
 			last_notify = GetCurrentTimestamp();

@@ -11,7 +11,9 @@ SHOW fhir_notify.doorbell;
 RESET fhir_notify.doorbell;
 SHOW fhir_notify.ticker_database;
 SHOW fhir_notify.ticker_interval;
+SHOW fhir_notify.ticker_answer_timeout;
 -- Only a reload changes the interval, only a restart the database.
 SET fhir_notify.ticker_interval = '5ms';
+SET fhir_notify.ticker_answer_timeout = '5ms';
 SET fhir_notify.ticker_database = 'other';
 DROP EXTENSION fhir_notify CASCADE;

@@ -51,6 +51,25 @@ def write_condition(conn, fhir_id, patient="1"):
     )
 
 
+def start_writers(cluster, writers, per_writer):
+    """Threads that each commit per_writer Conditions w<n>-<000i>, one per
+    transaction; returns them, started, and the list their errors go to."""
+    errors = []
+
+    def write(n):
+        try:
+            with cluster.connect() as conn:
+                for i in range(per_writer):
+                    write_condition(conn, f"w{n}-{i:03d}", patient=str(i % 10))
+        except Exception as e:  # reported by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    return threads, errors
+
+
 class Listener:
     """A LISTENing connection that counts notifications on the doorbell channel."""
 
@@ -189,20 +208,8 @@ def test_concurrent_commits_share_ticks():
         wait_for_worker(cluster)
         listener = Listener(cluster)
         writers, per_writer = 4, 50
-        errors = []
-
-        def write(n):
-            try:
-                with cluster.connect() as conn:
-                    for i in range(per_writer):
-                        write_condition(conn, f"w{n}-{i}", patient=str(i % 10))
-            except Exception as e:  # reported below
-                errors.append(e)
-
         try:
-            threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
-            for t in threads:
-                t.start()
+            threads, errors = start_writers(cluster, writers, per_writer)
             for t in threads:
                 t.join(120)
             assert not errors
@@ -313,3 +320,115 @@ def test_bridge_delivers_in_ticker_mode():
                                   patient, updated)
         finally:
             store.close()
+
+
+class Reader(Listener):
+    """What the bridge does on a doorbell: on the LISTENing connection,
+    tick() then read() after the last tick it read (notifications that
+    arrive during its queries count too)."""
+
+    def __init__(self, cluster, dbname="postgres"):
+        super().__init__(cluster, dbname)
+        self.conn.add_notify_handler(
+            lambda n: self.received.append((n.channel, n.payload, n.pid)))
+        self.after = self.conn.execute("SELECT fhir_notify.newest_tick()").fetchone()[0]
+        self.read_ids = []
+
+    def read_round(self):
+        """One tick() and read(); returns the resource ids read, in order."""
+        tick = self.conn.execute("SELECT fhir_notify.tick()").fetchone()[0]
+        rows = self.conn.execute(
+            "SELECT (r.change).resource_id FROM fhir_notify.read(%s, %s) r "
+            "ORDER BY r.tick_id, (r.change).position", (self.after, tick - self.after)).fetchall()
+        self.after = tick
+        ids = [r[0] for r in rows]
+        self.read_ids += ids
+        return ids
+
+
+def ticker_settings(answer_timeout):
+    return {"fhir_notify.doorbell": "ticker", "log_min_messages": "log",
+            "fhir_notify.ticker_answer_timeout": answer_timeout}
+
+
+def test_unanswered_doorbell_is_held_until_a_tick_or_the_timeout():
+    """After a NOTIFY that nobody answered with tick(), the next commit's
+    NOTIFY waits for ticker_answer_timeout (here 3 s); a tick() answers, and
+    the commit after it rings at once."""
+    with Cluster(settings=ticker_settings("3s")) as cluster:
+        setup_database(cluster)
+        wait_for_worker(cluster)
+        listener = Listener(cluster)
+        try:
+            with cluster.connect() as writer:
+                write_condition(writer, "first")
+                assert listener.wait_for(1) == 1
+                write_condition(writer, "second")
+                # Unanswered: held back...
+                assert listener.poll(1.5) == 1
+                # ...but not lost.
+                assert listener.wait_for(2) == 2
+                # A reader answers with tick(); the next commit rings at once.
+                writer.execute("SELECT fhir_notify.tick()")
+                write_condition(writer, "third")
+                assert listener.wait_for(3, timeout=2.5) == 3
+        finally:
+            listener.close()
+
+
+def test_commit_right_after_a_read_reaches_the_reader_promptly():
+    """No lost wake-up: a reader that answers every doorbell with tick() and
+    read() hears, promptly, a commit made right after its read, every time.
+    ticker_answer_timeout is 20 s, so a NOTIFY held back for want of an
+    answer would show as a wait far over the bound here."""
+    with Cluster(settings=ticker_settings("20s")) as cluster:
+        setup_database(cluster)
+        wait_for_worker(cluster)
+        reader = Reader(cluster)
+        try:
+            with cluster.connect() as writer:
+                for i in range(20):
+                    write_condition(writer, f"c{i}")
+                    heard = len(reader.received)
+                    assert reader.wait_for(heard + 1, timeout=8.0) > heard, f"c{i} not rung"
+                    ids = reader.read_round()
+                    while f"c{i}" not in ids:  # a doorbell for an earlier commit
+                        assert reader.wait_for(len(reader.received) + 1, timeout=8.0)
+                        ids = reader.read_round()
+            assert reader.read_ids == [f"c{i}" for i in range(20)]
+        finally:
+            reader.close()
+
+
+def test_busy_reader_reads_every_change_once_in_order():
+    """Writers commit without pause while a reader reads on doorbells (fewer
+    of them than commits: it is busy); when the writers stop, the last
+    commits still ring (well within ticker_answer_timeout, 20 s), and the
+    reader has read every change exactly once, each writer's in order."""
+    with Cluster(settings=ticker_settings("20s")) as cluster:
+        setup_database(cluster)
+        wait_for_worker(cluster)
+        reader = Reader(cluster)
+        writers, per_writer = 4, 60
+        try:
+            threads, errors = start_writers(cluster, writers, per_writer)
+            rounds = 0
+            deadline = time.monotonic() + 120
+            while len(reader.read_ids) < writers * per_writer and time.monotonic() < deadline:
+                heard = len(reader.received)
+                # Bounded well below the answer timeout once the writers are done.
+                if reader.wait_for(heard + 1, timeout=8.0) == heard:
+                    break
+                reader.read_round()
+                rounds += 1
+            for t in threads:
+                t.join(120)
+            assert not errors
+            ids = reader.read_ids
+            assert len(ids) == len(set(ids)) == writers * per_writer, (len(ids), rounds)
+            for n in range(writers):
+                mine = [x for x in ids if x.startswith(f"w{n}-")]
+                assert mine == sorted(mine)
+            assert rounds < writers * per_writer
+        finally:
+            reader.close()
