@@ -705,6 +705,8 @@ save_at_shutdown(void)
 		log_warning("resume points: could not save %d points at shutdown: %s", npending,
 		            PQerrorMessage(conn));
 		PQfinish(conn);
+		free_points(pending, npending); /* not saved: they resume from their last saved point */
+		npending = 0;
 		return;
 	}
 	while (npending > 0)
