@@ -960,3 +960,11 @@ REVOKE ALL ON FUNCTION fhir_notify.check_resume_caller() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION fhir_notify.save_resume_points(text[], text[], text[], bigint[], bigint[],
 	bigint[], interval) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION fhir_notify.find_resume_points(text[], text[], text[], interval) TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- latency: the read functions' cached plans stay on the indexes (see tick())
+-- ---------------------------------------------------------------------------
+ALTER FUNCTION fhir_notify.tick() SET enable_seqscan = off;
+ALTER FUNCTION fhir_notify.batch(bigint) SET enable_seqscan = off;
+ALTER FUNCTION fhir_notify.read(bigint, integer) SET enable_seqscan = off;
+ALTER FUNCTION fhir_notify.read_next(text, bigint, bigint, integer) SET enable_seqscan = off;
