@@ -22,7 +22,10 @@
  *	    next(): a doorbell (or the poll) wanted -> READING (tick(), then
  *	            read_next() in one round trip; the first, after tick 0,
  *	            starts at the newest tick)
- *	            else a catch-up request queued -> CATCHING_UP
+ *	            else a catch-up request queued -> CATCHING_UP (a full read, or
+ *	            the oldest-only checks of up to OLDEST_ONLY_BATCH requests queued
+ *	            in a row, in one query: a reconnect storm of a thousand
+ *	            subscriptions costs two round trips, not a thousand)
  *	            else IDLE
  *	    READING --done--> FANNING_OUT (its changes, a batch per loop turn),
  *	            or next() after a resync (the position was lost)
@@ -72,6 +75,9 @@ struct pg_request
 	bool orphaned;  /* the reader stopped: freed by pg_request_cancel */
 	long long upto_tick;
 	bool oldest_only;
+	long long since_epoch_tick; /* oldest-only: the tick whose epoch is asked */
+	bool answered;              /* oldest-only: its row of the batch came */
+	long long oldest, since_epoch;
 	struct pg_request *next;
 };
 
@@ -98,8 +104,15 @@ static bool query_failed;
 static int query_results;  /* results of the query in flight so far */
 static bool catch_up_turn; /* reads and catch-ups alternate */
 static pg_request *requests_head, *requests_tail;
-static pg_request *request_in_flight;
-static catch_up_answer answer; /* of the request in flight */
+/*
+ * The catch-up in flight: one full read, or a batch of oldest-only checks
+ * (a subscription the ring can serve asks only whether its cursor is still
+ * readable; a reconnect storm queues hundreds of them, answered together).
+ */
+static pg_request *request_in_flight; /* the first; ->next links a batch */
+static catch_up_answer answer;        /* of a full read in flight */
+
+#define OLDEST_ONLY_BATCH 500
 static lws_sorted_usec_list_t poll_timer;
 
 /*
@@ -190,9 +203,13 @@ pg_stop(void)
 		orphan(req);
 	}
 	requests_tail = NULL;
-	if (request_in_flight)
-		orphan(request_in_flight);
-	request_in_flight = NULL;
+	while (request_in_flight)
+	{
+		pg_request *req = request_in_flight;
+
+		request_in_flight = req->next;
+		orphan(req);
+	}
 	answer_clear();
 }
 
@@ -279,20 +296,13 @@ send_catch_up(pg_request *req, const catch_up_query *q)
 	long long first_tick = q->since.tick > 0 ? q->since.tick - 1 : 0;
 
 	req->upto_tick = the_bridge.last_tick;
-	req->oldest_only = q->oldest_only;
+	req->oldest_only = false;
+	req->next = NULL;
 	request_in_flight = req;
 	query_results = 0;
 	answer_clear();
 	set_state(READER_CATCHING_UP);
 	snprintf(epoch_tick, sizeof(epoch_tick), "%lld", cursor_epoch_tick(q->since));
-	if (q->oldest_only)
-	{
-		values[0] = epoch_tick;
-		pg_link_send(&reader,
-		             "SELECT fhir_notify.oldest_tick(), fhir_notify.tick_epoch($1::bigint)", 1,
-		             values);
-		return;
-	}
 	snprintf(after, sizeof(after), "%lld", first_tick);
 	snprintf(ticks, sizeof(ticks), "%lld", req->upto_tick - first_tick);
 	snprintf(since_tick, sizeof(since_tick), "%lld", q->since.tick);
@@ -334,29 +344,100 @@ send_catch_up(pg_request *req, const catch_up_query *q)
 	strbuf_free(&types);
 }
 
-/* Starts the next catch-up request whose turn came; false if none did. */
+/*
+ * Sends the oldest-only checks of the batch in request_in_flight: the
+ * oldest readable tick, and the epoch of each cursor's tick, a row per
+ * request in its order.
+ */
+static void
+send_oldest_only(int n)
+{
+	strbuf ticks;
+	const char *values[1];
+	int i = 0;
+
+	strbuf_init(&ticks, 16 + 24 * (size_t) n);
+	strbuf_append(&ticks, "{");
+	for (pg_request *req = request_in_flight; req; req = req->next)
+		strbuf_appendf(&ticks, "%s%lld", i++ ? "," : "", req->since_epoch_tick);
+	strbuf_append(&ticks, "}");
+	values[0] = ticks.data;
+	log_debug("database: %d oldest-only catch-up checks in one read", n);
+	query_results = 0;
+	answer_clear();
+	set_state(READER_CATCHING_UP);
+	pg_link_send(&reader,
+	             "SELECT o.oldest, fhir_notify.tick_epoch(t.tick) "
+	             "FROM (SELECT fhir_notify.oldest_tick() AS oldest) o, "
+	             "     unnest($1::bigint[]) WITH ORDINALITY t(tick, i) ORDER BY t.i",
+	             1, values);
+	strbuf_free(&ticks);
+}
+
+/* Takes the next request off the queue. */
+static pg_request *
+dequeue(void)
+{
+	pg_request *req = requests_head;
+
+	requests_head = req->next;
+	if (!requests_head)
+		requests_tail = NULL;
+	req->next = NULL;
+	return req;
+}
+
+/*
+ * Starts the next catch-up whose turn came: a full read, or the
+ * oldest-only checks of up to OLDEST_ONLY_BATCH requests queued one after
+ * another, in one query. False if nothing was to be read.
+ */
 static bool
 start_catch_up(void)
 {
-	while (requests_head && the_bridge.last_tick > 0)
+	pg_request *batch_tail = NULL;
+	int nbatch = 0;
+
+	while (requests_head && the_bridge.last_tick > 0 && nbatch < OLDEST_ONLY_BATCH)
 	{
-		pg_request *req = requests_head;
+		pg_request *req = dequeue();
 		catch_up_query q;
 
-		requests_head = req->next;
-		if (!requests_head)
-			requests_tail = NULL;
-		req->next = NULL;
 		memset(&q, 0, sizeof(q));
 		if (req->cancelled || !req->ops->prepare(req->arg, &q))
 		{
 			free(req); /* cancelled, or settled without the database */
 			continue;
 		}
-		send_catch_up(req, &q);
-		return true;
+		if (!q.oldest_only)
+		{
+			if (nbatch == 0)
+			{
+				send_catch_up(req, &q);
+				return true;
+			}
+			/* its turn comes after the batch (prepare() is asked again then) */
+			req->next = requests_head;
+			requests_head = req;
+			if (!requests_tail)
+				requests_tail = req;
+			break;
+		}
+		req->upto_tick = the_bridge.last_tick;
+		req->oldest_only = true;
+		req->since_epoch_tick = cursor_epoch_tick(q.since);
+		req->answered = false;
+		if (batch_tail)
+			batch_tail->next = req;
+		else
+			request_in_flight = req;
+		batch_tail = req;
+		nbatch++;
 	}
-	return false;
+	if (nbatch == 0)
+		return false;
+	send_oldest_only(nbatch);
+	return true;
 }
 
 /* The reader has nothing in flight: picks its next work. */
@@ -425,17 +506,33 @@ reader_disconnected(pg_link *link)
 	drop_pending();
 	if (request_in_flight)
 	{
-		/* asked again after the reconnect */
-		if (request_in_flight->cancelled)
-			free(request_in_flight);
-		else
+		/* asked again after the reconnect, first and in their order */
+		pg_request *again = NULL, *again_tail = NULL;
+
+		while (request_in_flight)
 		{
-			request_in_flight->next = requests_head;
-			requests_head = request_in_flight;
-			if (!requests_tail)
-				requests_tail = request_in_flight;
+			pg_request *req = request_in_flight;
+
+			request_in_flight = req->next;
+			req->next = NULL;
+			if (req->cancelled)
+			{
+				free(req);
+				continue;
+			}
+			if (again_tail)
+				again_tail->next = req;
+			else
+				again = req;
+			again_tail = req;
 		}
-		request_in_flight = NULL;
+		if (again)
+		{
+			again_tail->next = requests_head;
+			requests_head = again;
+			if (!requests_tail)
+				requests_tail = again_tail;
+		}
 		answer_clear();
 	}
 	set_state(READER_DISCONNECTED);
@@ -476,16 +573,30 @@ collect_changes(const PGresult *res)
 	}
 }
 
-/* Turns a catch-up read's rows (the oldest tick, then a change or NULLs) into its answer. */
+/*
+ * Turns a catch-up read's rows (the oldest tick, then a change or NULLs)
+ * into its answer; or an oldest-only batch's rows (the oldest tick, the
+ * epoch of the cursor's tick) into the answers of its requests, in order.
+ */
 static void
 collect_answer(const PGresult *res)
 {
 	int rows = PQntuples(res);
 
+	if (request_in_flight->oldest_only)
+	{
+		int i = 0;
+
+		for (pg_request *req = request_in_flight; req && i < rows; req = req->next, i++)
+		{
+			req->oldest = PQgetisnull(res, i, 0) ? 0 : atoll(PQgetvalue(res, i, 0));
+			req->since_epoch = PQgetisnull(res, i, 1) ? 0 : atoll(PQgetvalue(res, i, 1));
+			req->answered = true;
+		}
+		return;
+	}
 	answer.oldest = rows > 0 && !PQgetisnull(res, 0, 0) ? atoll(PQgetvalue(res, 0, 0)) : 0;
 	answer.since_epoch = rows > 0 && !PQgetisnull(res, 0, 1) ? atoll(PQgetvalue(res, 0, 1)) : 0;
-	if (request_in_flight->oldest_only)
-		return;
 	answer.changes = xcalloc((size_t) rows + 1, sizeof(change *));
 	for (int i = 0; i < rows; i++)
 	{
@@ -669,16 +780,40 @@ catch_up_done(bool failed)
 {
 	pg_request *req = request_in_flight;
 
-	request_in_flight = NULL;
-	if (req && !req->cancelled)
+	request_in_flight = NULL; /* callbacks may queue requests: this batch is apart */
+	if (req && !req->oldest_only)
 	{
-		answer.failed = failed || query_results < 1;
-		answer.upto_tick = req->upto_tick;
-		answer.oldest_only = req->oldest_only;
-		req->cancelled = true; /* a cancel from the callback is a no-op */
-		req->ops->done(req->arg, &answer);
+		if (!req->cancelled)
+		{
+			answer.failed = failed || query_results < 1;
+			answer.upto_tick = req->upto_tick;
+			answer.oldest_only = false;
+			req->cancelled = true; /* a cancel from the callback is a no-op */
+			req->ops->done(req->arg, &answer);
+		}
+		free(req);
+		req = NULL;
 	}
-	free(req);
+	while (req)
+	{
+		pg_request *done = req;
+
+		req = req->next;
+		if (!done->cancelled)
+		{
+			catch_up_answer a;
+
+			memset(&a, 0, sizeof(a));
+			a.failed = failed || !done->answered;
+			a.oldest = done->oldest;
+			a.since_epoch = done->since_epoch;
+			a.upto_tick = done->upto_tick;
+			a.oldest_only = true;
+			done->cancelled = true; /* a cancel from the callback is a no-op */
+			done->ops->done(done->arg, &a);
+		}
+		free(done);
+	}
 	answer_clear();
 	next();
 }

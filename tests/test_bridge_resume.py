@@ -539,3 +539,38 @@ def test_resume_requested_during_a_database_outage_is_served_after_it(own_cluste
             store.close()
         assert_update(client.recv_update(), "created", "Condition", live["id"], patient, live)
         client.expect_no_message()
+
+
+def test_many_catch_ups_at_once_each_get_exactly_their_changes(bridge, store, token):
+    """A reconnect storm: many subscriptions made at once, with a cursor and without,
+    whose catch-ups the reader answers together (a batch of oldest-only checks). Each
+    resumed one gets exactly what it missed, then caught_up; every one then gets each
+    live change once."""
+    patient = new_id("pat")
+    with bridge.connect(token) as client:
+        client.subscribe("chart", [patient])
+        first = store.create(condition(patient))
+        cursor = assert_update(client.recv_update(), "created", "Condition", first["id"], patient)["cursor"]
+    missed = [store.create(condition(patient, text=f"missed {i}"))["id"] for i in range(3)]
+    clients = [bridge.connect(token) for _ in range(40)]
+    try:
+        for i, client in enumerate(clients):  # sent before any answer is read
+            data = {"subscription_id": "chart", "patient_ids": [patient], "resource_types": []}
+            if i % 2 == 0:
+                data["since"] = cursor
+            client.send_json({"type": "subscribe", "data": data})
+        for i, client in enumerate(clients):
+            answer = client.recv_json()
+            assert answer.get("type") == "subscription", answer
+            if i % 2 == 0:
+                replayed = [m["data"]["resource_id"] for m in client.recv_updates(len(missed))]
+                assert replayed == missed
+                client.recv_caught_up("chart", replayed=len(missed))
+        live = [store.create(condition(patient, text=f"live {i}"))["id"] for i in range(3)]
+        for client in clients:
+            assert [m["data"]["resource_id"] for m in client.recv_updates(len(live))] == live
+        for client in clients:
+            client.expect_no_message(within=0.1)
+    finally:
+        for client in clients:
+            client.close()
