@@ -186,6 +186,8 @@ close_link(pg_link *link)
 		PQfinish(link->conn);
 	link->conn = NULL;
 	link->connecting = link->ready = link->busy = false;
+	link->pipeline_syncs = link->nprepared = link->npreparing = 0;
+	link->pipeline_failed = link->deallocate = false;
 	lws_sul_cancel(&link->watchdog);
 }
 
@@ -228,6 +230,82 @@ deliver_notifies(pg_link *link)
 	}
 }
 
+/* The query in flight is over: the link is idle. */
+static void
+query_over(pg_link *link)
+{
+	link->busy = false;
+	lws_sul_cancel(&link->watchdog);
+	link->ops->query_done(link);
+}
+
+/*
+ * A pipeline's sync came; after the last, the pipeline is over: the
+ * statements it prepared are kept if nothing in it failed, else every one
+ * is forgotten (which of them the server has is not known).
+ */
+static void
+pipeline_synced(pg_link *link)
+{
+	if (--link->pipeline_syncs > 0)
+		return;
+	if (!link->pipeline_failed)
+	{
+		for (int i = 0; i < link->npreparing && link->nprepared < PG_LINK_MAX_PREPARED; i++)
+			link->prepared[link->nprepared++] = link->preparing[i];
+	}
+	else
+	{
+		link->nprepared = 0;
+		link->deallocate = true;
+	}
+	link->npreparing = 0;
+	link->pipeline_failed = false;
+	if (PQexitPipelineMode(link->conn) != 1)
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return;
+	}
+	query_over(link);
+}
+
+/* Hands a pipeline's results to the owner, up to its last sync. */
+static void
+consume_pipeline(pg_link *link)
+{
+	int nulls = 0;
+
+	while (link->conn && link->busy && link->pipeline_syncs > 0 && !PQisBusy(link->conn))
+	{
+		PGresult *res = PQgetResult(link->conn);
+		ExecStatusType status;
+
+		if (!res)
+		{
+			/* the end of one statement's results; two in a row: nothing more has come */
+			if (++nulls > 1)
+				break;
+			continue;
+		}
+		nulls = 0;
+		status = PQresultStatus(res);
+		if (status == PGRES_PIPELINE_SYNC)
+		{
+			PQclear(res);
+			pipeline_synced(link);
+			deliver_notifies(link);
+			continue;
+		}
+		if (status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED)
+			link->pipeline_failed = true;
+		/* a statement skipped for an earlier one's failure: that one was reported */
+		if (status != PGRES_PIPELINE_ABORTED)
+			link->ops->result(link, res);
+		PQclear(res);
+		deliver_notifies(link);
+	}
+}
+
 /* Reads what arrived: notifications and query results. */
 static void
 consume(pg_link *link)
@@ -238,15 +316,15 @@ consume(pg_link *link)
 		return;
 	}
 	deliver_notifies(link);
-	while (link->conn && link->busy && !PQisBusy(link->conn))
+	if (link->pipeline_syncs > 0)
+		consume_pipeline(link);
+	while (link->conn && link->busy && link->pipeline_syncs == 0 && !PQisBusy(link->conn))
 	{
 		PGresult *res = PQgetResult(link->conn);
 
 		if (!res)
 		{
-			link->busy = false;
-			lws_sul_cancel(&link->watchdog);
-			link->ops->query_done(link);
+			query_over(link);
 			break;
 		}
 		link->ops->result(link, res);
@@ -277,6 +355,86 @@ pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *val
 	{
 		link_fail(link, PQerrorMessage(link->conn));
 		return false;
+	}
+	link->busy = true;
+	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb,
+	                 link->query_timeout_us > 0 ? link->query_timeout_us : QUERY_TIMEOUT_US);
+	flushed = PQflush(link->conn);
+	if (flushed < 0)
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return false;
+	}
+	if (flushed > 0 && link->wsi)
+		lws_callback_on_writable(link->wsi);
+	return true;
+}
+
+static bool
+is_prepared(const pg_link *link, const char *name)
+{
+	for (int i = 0; i < link->nprepared; i++)
+	{
+		if (strcmp(link->prepared[i], name) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Queues one statement (prepared first if it is not yet) and its sync. */
+static bool
+queue_statement(pg_link *link, const pg_link_query *q)
+{
+	if (q->name && !is_prepared(link, q->name))
+	{
+		if (!PQsendPrepare(link->conn, q->name, q->sql, q->nparams, NULL))
+			return false;
+		if (link->npreparing < PG_LINK_MAX_PREPARED)
+			link->preparing[link->npreparing++] = q->name;
+	}
+	if (!(q->name
+	          ? PQsendQueryPrepared(link->conn, q->name, q->nparams, q->values, NULL, NULL, 0)
+	          : PQsendQueryParams(link->conn, q->sql, q->nparams, NULL, q->values, NULL, NULL, 0)))
+		return false;
+	if (!PQpipelineSync(link->conn))
+		return false;
+	link->pipeline_syncs++;
+	return true;
+}
+
+/* See pg_link.h. */
+bool
+pg_link_send_pipeline(pg_link *link, const pg_link_query *queries, int n)
+{
+	int flushed;
+
+	if (!link->ready || link->busy)
+		return false;
+	if (PQenterPipelineMode(link->conn) != 1)
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return false;
+	}
+	link->pipeline_syncs = link->npreparing = 0;
+	link->pipeline_failed = false;
+	if (link->deallocate)
+	{
+		static const pg_link_query deallocate = {NULL, "DEALLOCATE ALL", 0, NULL};
+
+		if (!queue_statement(link, &deallocate))
+		{
+			link_fail(link, PQerrorMessage(link->conn));
+			return false;
+		}
+		link->deallocate = false;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		if (!queue_statement(link, &queries[i]))
+		{
+			link_fail(link, PQerrorMessage(link->conn));
+			return false;
+		}
 	}
 	link->busy = true;
 	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb,

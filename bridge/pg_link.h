@@ -16,6 +16,8 @@
 
 typedef struct pg_link pg_link;
 
+#define PG_LINK_MAX_PREPARED 8 /* statement names per connection */
+
 typedef struct pg_link_ops
 {
 	void (*connected)(pg_link *link);                   /* ready for queries */
@@ -37,7 +39,14 @@ struct pg_link
 	bool ready;
 	bool busy;
 	bool stopped;
-	int failures;               /* consecutive, for the backoff */
+	int failures;         /* consecutive, for the backoff */
+	int pipeline_syncs;   /* pipeline in flight: its syncs still to come */
+	bool pipeline_failed; /* a statement of the pipeline in flight failed */
+	bool deallocate;      /* forget every prepared statement first (after a failure) */
+	int nprepared;        /* statements prepared on this connection (names) */
+	const char *prepared[PG_LINK_MAX_PREPARED];
+	int npreparing; /* prepared by the pipeline in flight, kept if it succeeds */
+	const char *preparing[PG_LINK_MAX_PREPARED];
 	long long query_timeout_us; /* 0: QUERY_TIMEOUT_US */
 	bool was_connected;
 	lws_sorted_usec_list_t retry;
@@ -57,9 +66,23 @@ void pg_link_stop(pg_link *link);
  */
 bool pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values);
 /*
- * Sends statements separated by semicolons (no parameters) in one round
- * trip; they run as one transaction and each one's result comes in turn.
+ * One statement of a pipeline: prepared (as name, a string that outlives
+ * the link) on its first use on each connection, then run with text
+ * parameters; name NULL: parsed and planned each time.
  */
-bool pg_link_send_script(pg_link *link, const char *sql);
+typedef struct pg_link_query
+{
+	const char *name;
+	const char *sql;
+	int nparams;
+	const char *const *values;
+} pg_link_query;
+/*
+ * Sends statements in one round trip (libpq's pipeline mode), each in a
+ * transaction of its own (a sync after each): a failed one does not stop
+ * the next. Their results come in order, then query_done once. False (and
+ * the link reconnects) if they could not be sent.
+ */
+bool pg_link_send_pipeline(pg_link *link, const pg_link_query *queries, int n);
 
 #endif /* BRIDGE_PG_LINK_H */
