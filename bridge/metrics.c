@@ -65,6 +65,11 @@ metrics_render(strbuf *out)
 	      the_bridge.last_tick);
 	counter(out, "fhir_notify_bridge_changes_read_total", "changes read from the change log",
 	        the_metrics.changes_read);
+	counter(out, "fhir_notify_bridge_log_reads_total", "reads of the change log",
+	        the_metrics.log_reads);
+	counter(out, "fhir_notify_bridge_doorbells_skipped_total",
+	        "doorbells for transactions a read had covered already, not read for",
+	        the_metrics.doorbells_skipped);
 	counter(out, "fhir_notify_bridge_messages_sent_total", "WebSocket messages written",
 	        the_metrics.messages_sent);
 	counter(out, "fhir_notify_bridge_updates_sent_total", "update messages written",

@@ -14,6 +14,8 @@ typedef struct bridge_metrics
 {
 	long long connections_total;
 	long long changes_read;
+	long long log_reads;         /* reads of the change log (read_next) */
+	long long doorbells_skipped; /* for transactions a read had covered already */
 	long long messages_sent;
 	long long updates_sent;
 	long long queue_drops; /* updates dropped from overflowing queues */

@@ -116,6 +116,98 @@ static catch_up_answer answer;        /* of a full read in flight */
 static lws_sorted_usec_list_t poll_timer;
 
 /*
+ * The snapshot taken just before the last tick() (pg_current_snapshot(),
+ * in the tick's statement): a transaction visible in it has its changes in
+ * that tick or an earlier one, which the reader has read or reads on to
+ * (it reads while newest_tick is ahead). A doorbell naming such a
+ * transaction (its payload, see extension/doorbell.c) asks for nothing new
+ * and is skipped; a read that fails after one was skipped is made again.
+ * A doorbell that comes while a tick() is in flight is held until its
+ * snapshot comes: the commits rung just before a read (after the read was
+ * sent, before the server took the snapshot) are in that read, and were
+ * about one read in eight, each an empty read of its own after it.
+ */
+static struct
+{
+	bool known;
+	unsigned long long xmin, xmax;
+	unsigned long long *xip;
+	int nxip;
+} seen;
+static bool doorbell_skipped; /* since the reader last read up to the newest tick */
+static bool tick_in_flight;   /* its snapshot not yet come */
+#define HELD_DOORBELLS 64
+static unsigned long long held[HELD_DOORBELLS]; /* their transactions */
+static int nheld;
+
+/* Forgets the snapshot of the last tick (a new connection, a failed read). */
+static void
+seen_forget(void)
+{
+	free(seen.xip);
+	memset(&seen, 0, sizeof(seen));
+}
+
+/* Notes the snapshot "xmin:xmax:xip,..." taken before the tick just read. */
+static void
+seen_set(const char *text)
+{
+	char *end;
+	const char *p;
+
+	seen_forget();
+	seen.xmin = strtoull(text, &end, 10);
+	if (*end != ':')
+		return;
+	seen.xmax = strtoull(end + 1, &end, 10);
+	if (*end != ':')
+		return;
+	p = end + 1;
+	while (*p)
+	{
+		unsigned long long xid = strtoull(p, &end, 10);
+
+		if (end == p || (*end != ',' && *end != '\0'))
+			return; /* not a snapshot: nothing is skipped */
+		seen.xip = xrealloc(seen.xip, (size_t) (seen.nxip + 1) * sizeof(*seen.xip));
+		seen.xip[seen.nxip++] = xid;
+		p = *end == ',' ? end + 1 : end;
+	}
+	seen.known = seen.xmin <= seen.xmax;
+}
+
+/* A doorbell's payload as a transaction id; 0 if it is not one. */
+static unsigned long long
+payload_xid(const char *payload)
+{
+	char *end;
+	unsigned long long xid;
+
+	if (!payload || *payload < '0' || *payload > '9')
+		return 0;
+	xid = strtoull(payload, &end, 10);
+	return *end == '\0' ? xid : 0;
+}
+
+/* Whether transaction xid (0: unknown) is visible in the snapshot seen. */
+static bool
+seen_covers(unsigned long long xid)
+{
+	if (!seen.known || xid == 0)
+		return false;
+	if (xid < seen.xmin)
+		return true;
+	if (xid >= seen.xmax)
+		return false;
+	for (int i = 0; i < seen.nxip; i++)
+	{
+		if (seen.xip[i] == xid)
+			return false;
+	}
+	return true;
+}
+
+/*
  * A read's changes are fanned out a few at a time, one batch per turn of
  * the event loop, so that clients write between batches: a big read (a
  * bulk import, a catch-up after an outage) must not fill the queue of a
@@ -128,6 +220,7 @@ static int pending_next;
 static lws_sorted_usec_list_t fan_out_timer;
 
 static void next(void);
+static void doorbells_unanswered(void);
 
 static void
 set_state(reader_state to)
@@ -194,6 +287,7 @@ pg_stop(void)
 	free(pending);
 	pending = NULL;
 	pg_link_stop(&reader);
+	seen_forget();
 	set_state(READER_DISCONNECTED);
 	while (requests_head)
 	{
@@ -234,7 +328,7 @@ pg_request_fetch(void)
  * analysing and planning them took about a fifth of the server's time per
  * doorbell when they were sent as text each time.
  */
-static const char tick_sql[] = "SELECT fhir_notify.tick()";
+static const char tick_sql[] = "SELECT fhir_notify.tick(), pg_catalog.pg_current_snapshot()::text";
 static const char read_next_sql[] =
     "SELECT " READ_NEXT_COLUMNS " FROM fhir_notify.read_next($1::text, $2::bigint, "
     "$3::bigint, $4::integer) r";
@@ -265,7 +359,10 @@ send_reads(bool with_tick)
 	snprintf(count, sizeof(count), "%d", MAX_TICKS_PER_READ);
 	query_results = 0;
 	read_header_seen = false;
+	tick_in_flight = with_tick;
+	nheld = 0;
 	set_state(READER_READING);
+	the_metrics.log_reads++;
 	if (with_tick)
 		pg_link_send_pipeline(&reader, queries, 2);
 	else
@@ -507,6 +604,7 @@ reader_disconnected(pg_link *link)
 	the_bridge.database_connected = false;
 	listening = false;
 	query_failed = false;
+	doorbells_unanswered();
 	if (state == READER_FANNING_OUT)
 		return; /* its changes were read whole: they go out, then the reader waits */
 	/* a read answered but not finished is read again after the reconnect */
@@ -548,8 +646,50 @@ reader_disconnected(pg_link *link)
 static void
 reader_notify(pg_link *link, const PGnotify *notify)
 {
-	/* a doorbell only: whatever the payload, the log says what happened */
+	/* a doorbell only: the log says what happened; the payload may say it is read already */
+	unsigned long long xid = payload_xid(notify->extra);
+
+	if (tick_in_flight && xid != 0 && nheld < HELD_DOORBELLS)
+	{
+		held[nheld++] = xid; /* judged by the snapshot on its way */
+		return;
+	}
+	if (seen_covers(xid))
+	{
+		doorbell_skipped = true;
+		the_metrics.doorbells_skipped++;
+		return;
+	}
 	pg_request_fetch();
+}
+
+/* The tick's snapshot came: the doorbells held meanwhile are judged by it. */
+static void
+judge_held(void)
+{
+	tick_in_flight = false;
+	for (int i = 0; i < nheld; i++)
+	{
+		if (seen_covers(held[i]))
+		{
+			doorbell_skipped = true;
+			the_metrics.doorbells_skipped++;
+		}
+		else
+			fetch_wanted = true;
+	}
+	nheld = 0;
+}
+
+/* The read did not come to its end: every doorbell it was to answer is read for. */
+static void
+doorbells_unanswered(void)
+{
+	if (doorbell_skipped || nheld > 0)
+		fetch_wanted = true;
+	doorbell_skipped = tick_in_flight = false;
+	nheld = 0;
+	seen_forget();
 }
 
 /*
@@ -677,6 +817,7 @@ after_fan_out(void)
 		return;
 	}
 	/* the state is left only here: next() may pick a doorbell that rang meanwhile */
+	doorbell_skipped = false; /* read up to the newest tick */
 	state = READER_IDLE;
 	next();
 }
@@ -705,10 +846,16 @@ reader_result(pg_link *link, const PGresult *res)
 		case READER_READING:
 			if (status != PGRES_TUPLES_OK)
 				break; /* BEGIN, COMMIT */
-			if (PQnfields(res) == 1)
+			if (PQnfields(res) == 2)
 			{
+				/* tick(): the newest tick, and the snapshot taken before it */
 				if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
 					newest_tick = atoll(PQgetvalue(res, 0, 0));
+				if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 1))
+					seen_set(PQgetvalue(res, 0, 1));
+				else
+					seen_forget();
+				judge_held();
 			}
 			else
 				collect_changes(res);
@@ -842,17 +989,13 @@ reader_query_done(pg_link *link)
 			return;
 		case READER_READING:
 			note_log_read(failed);
-			if (failed)
+			if (failed || !read_header_seen)
 			{
+				if (!failed)
+					log_warning("database: the change log's read_next() answered no position");
 				/* nothing of a failed read is delivered: it is read again */
 				drop_pending();
-				next();
-				return;
-			}
-			if (!read_header_seen)
-			{
-				log_warning("database: the change log's read_next() answered no position");
-				drop_pending();
+				doorbells_unanswered();
 				next();
 				return;
 			}

@@ -8,12 +8,17 @@
  * transaction callback: NOTIFY is transactional, so a rolled-back
  * transaction rings nothing, and a transaction that is PREPAREd (two-phase
  * commit forbids NOTIFY) does not fail because of us; its changes are read
- * at the next doorbell or the reader's safety poll. The payload is a
- * constant empty string: readers take the facts from the change log, and
- * anyone who can connect can NOTIFY on any channel.
+ * at the next doorbell or the reader's safety poll. The payload is the
+ * committing transaction's id (decimal, 64 bits, as pg_current_xact_id()),
+ * a hint only: readers take the facts from the change log, and anyone who
+ * can connect can NOTIFY on any channel. A reader that knows a snapshot in
+ * which that transaction is visible, taken before a tick it has read or is
+ * reading, may skip the read the doorbell asks for: the changes are in
+ * that tick or an earlier one.
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "access/xact.h"
 #include "commands/async.h"
 #include "utils/guc.h"
@@ -91,7 +96,15 @@ doorbell_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_COMMIT:
 			if (doorbell_mode == DOORBELL_COMMIT)
-				Async_Notify(doorbell_channel, "");
+			{
+				FullTransactionId xid = GetTopFullTransactionIdIfAny();
+				char payload[24] = "";
+
+				if (FullTransactionIdIsValid(xid))
+					snprintf(payload, sizeof(payload), UINT64_FORMAT,
+					         U64FromFullTransactionId(xid));
+				Async_Notify(doorbell_channel, payload);
+			}
 			break;
 		case XACT_EVENT_COMMIT:
 			if (doorbell_mode == DOORBELL_TICKER)
