@@ -337,10 +337,12 @@ static const char read_next_sql[] =
  * Sends a read of the ticks after the last one fanned out, with a tick
  * first or without (the log has more), in one round trip.
  *
- * With the tick, as two transactions (a sync after each): the tick commits
- * (asynchronously) before the read, so the lock that serialises ticks is
- * not held while the read runs and its rows travel, and the read, a later
- * transaction, sees the tick. The read confirms the position the bridge
+ * With the tick, as two transactions (BEGIN, tick, COMMIT, then the read,
+ * and one sync: one answer to wait for): the tick commits (asynchronously)
+ * before the read, so the lock that serialises ticks is not held while the
+ * read runs and its rows travel, and the read, a later transaction, sees
+ * the tick. A failed tick leaves its transaction aborted (and skips the
+ * read): next() rolls it back. The read confirms the position the bridge
  * has fanned out to the log (registered readers): a prune by anyone keeps
  * what this bridge has not read.
  */
@@ -349,9 +351,11 @@ send_reads(bool with_tick)
 {
 	char epoch[32], after[32], count[32];
 	const char *values[4] = {the_bridge.settings.reader_name, epoch, after, count};
-	pg_link_query queries[2] = {
-	    {"fhir_notify_tick", tick_sql, 0, NULL},
-	    {"fhir_notify_read_next", read_next_sql, 4, values},
+	pg_link_query queries[4] = {
+	    {NULL, "BEGIN", 0, NULL, false},
+	    {"fhir_notify_tick", tick_sql, 0, NULL, false},
+	    {NULL, "COMMIT", 0, NULL, false},
+	    {"fhir_notify_read_next", read_next_sql, 4, values, true},
 	};
 
 	snprintf(epoch, sizeof(epoch), "%lld", the_bridge.last_epoch);
@@ -364,9 +368,9 @@ send_reads(bool with_tick)
 	set_state(READER_READING);
 	the_metrics.log_reads++;
 	if (with_tick)
-		pg_link_send_pipeline(&reader, queries, 2);
+		pg_link_send_pipeline(&reader, queries, 4);
 	else
-		pg_link_send_pipeline(&reader, queries + 1, 1);
+		pg_link_send_pipeline(&reader, queries + 3, 1);
 }
 
 static void

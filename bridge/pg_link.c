@@ -381,9 +381,9 @@ is_prepared(const pg_link *link, const char *name)
 	return false;
 }
 
-/* Queues one statement (prepared first if it is not yet) and its sync. */
+/* Queues one statement (prepared first if it is not yet), and a sync if asked. */
 static bool
-queue_statement(pg_link *link, const pg_link_query *q)
+queue_statement(pg_link *link, const pg_link_query *q, bool sync)
 {
 	if (q->name && !is_prepared(link, q->name))
 	{
@@ -396,6 +396,8 @@ queue_statement(pg_link *link, const pg_link_query *q)
 	          ? PQsendQueryPrepared(link->conn, q->name, q->nparams, q->values, NULL, NULL, 0)
 	          : PQsendQueryParams(link->conn, q->sql, q->nparams, NULL, q->values, NULL, NULL, 0)))
 		return false;
+	if (!sync)
+		return true;
 	if (!PQpipelineSync(link->conn))
 		return false;
 	link->pipeline_syncs++;
@@ -419,9 +421,9 @@ pg_link_send_pipeline(pg_link *link, const pg_link_query *queries, int n)
 	link->pipeline_failed = false;
 	if (link->deallocate)
 	{
-		static const pg_link_query deallocate = {NULL, "DEALLOCATE ALL", 0, NULL};
+		static const pg_link_query deallocate = {NULL, "DEALLOCATE ALL", 0, NULL, true};
 
-		if (!queue_statement(link, &deallocate))
+		if (!queue_statement(link, &deallocate, true))
 		{
 			link_fail(link, PQerrorMessage(link->conn));
 			return false;
@@ -430,7 +432,7 @@ pg_link_send_pipeline(pg_link *link, const pg_link_query *queries, int n)
 	}
 	for (int i = 0; i < n; i++)
 	{
-		if (!queue_statement(link, &queries[i]))
+		if (!queue_statement(link, &queries[i], queries[i].then_sync || i == n - 1))
 		{
 			link_fail(link, PQerrorMessage(link->conn));
 			return false;

@@ -76,12 +76,14 @@ typedef struct pg_link_query
 	const char *sql;
 	int nparams;
 	const char *const *values;
+	bool then_sync; /* a sync after it (ends the implicit transaction); the last has one */
 } pg_link_query;
 /*
- * Sends statements in one round trip (libpq's pipeline mode), each in a
- * transaction of its own (a sync after each): a failed one does not stop
- * the next. Their results come in order, then query_done once. False (and
- * the link reconnects) if they could not be sent.
+ * Sends statements in one round trip (libpq's pipeline mode). Up to each
+ * sync they run as one implicit transaction (explicit BEGIN and COMMIT
+ * statements split it) and a failure skips the rest; the statements after
+ * a sync run regardless. Their results come in order, then query_done
+ * once. False (and the link reconnects) if they could not be sent.
  */
 bool pg_link_send_pipeline(pg_link *link, const pg_link_query *queries, int n);
 
