@@ -330,8 +330,8 @@ def test_without_relay_client_events_they_go_nowhere(db):
     with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
         patient = new_id("pat")
         with bridge.connect(hs256()) as sender, bridge.connect(hs256()) as peer:
-            sender.subscribe("chart", [patient])
-            peer.subscribe("chart", [patient])
+            sender.subscribe("chart-1", [patient])  # two tabs: two ids (and resume points)
+            peer.subscribe("chart-2", [patient])
             sender.send_json(event(patient))
             sender.ping()
             peer.expect_no_message(within=0.5)
