@@ -83,7 +83,7 @@ watched_layout(Oid relid)
 		char *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
 		if (value != NULL)
-			layout = MemoryContextStrdup(TopMemoryContext, value);
+			layout = MemoryContextStrdup(TopMemoryContext, value); /* SPI memory goes */
 	}
 	return layout;
 }
@@ -99,6 +99,7 @@ build_source(VersionSource *source)
 	List *names;
 	Oid relid;
 	char *layout_name;
+	bool known;
 	Relation rel;
 	LayoutHistory history;
 	StringInfoData query;
@@ -120,7 +121,11 @@ build_source(VersionSource *source)
 	if (!OidIsValid(relid))
 		return;
 	layout_name = watched_layout(relid);
-	if (layout_name == NULL || !fhir_notify_layout_kind_from_name(layout_name, &source->kind))
+	if (layout_name == NULL)
+		return;
+	known = fhir_notify_layout_kind_from_name(layout_name, &source->kind);
+	pfree(layout_name);
+	if (!known)
 		return;
 	rel = table_open(relid, NoLock);
 	source->owner = rel->rd_rel->relowner;
