@@ -120,6 +120,18 @@ WHERE g.source_table LIKE 'v.%'
 ORDER BY g.via, g.position;
 SELECT resource FROM got WHERE via = 'read' AND source_table = 'v.hfj_res_ver' ORDER BY position;
 
+-- A reader role (grant_reader) gets the bodies through read(), with a search_path
+-- of its own, and cannot call version_body() itself.
+CREATE ROLE regress_bv_reader;
+SELECT fhir_notify.grant_reader('regress_bv_reader');
+SET ROLE regress_bv_reader;
+SET search_path = public, pg_catalog;
+SELECT count(*) FILTER (WHERE (r.change).resource IS NOT NULL) AS with_body, count(*)
+FROM fhir_notify.read(0) r;
+SELECT fhir_notify.version_body('v.hfj_res_ver', '7', '1', 'Condition', 'h-7');
+RESET search_path;
+RESET ROLE;
+
 -- An expunged version: the change is still read, with the JSON null as body.
 DELETE FROM v.resource_history WHERE version_id = 1 AND resource->>'resourceType' = 'Condition';
 DELETE FROM v.hfj_res_ver WHERE res_id = 7;
@@ -136,7 +148,8 @@ DROP INDEX v.resource_history_resource_id_version_id_idx;
 SELECT fhir_notify.watch('v.resources', 'wintehr', '{"body": "by_version"}');
 SELECT trigger_arguments FROM fhir_notify.watched_tables WHERE relation = 'v.resources'::regclass;
 
--- version_body() is the extension owner's: no PUBLIC EXECUTE, fixed search_path.
+-- version_body() is the extension owner's (no PUBLIC EXECUTE), called by the
+-- read functions, which run as the owner with a fixed search_path.
 SELECT has_function_privilege('public', 'fhir_notify.version_body(text,text,text,text,text)', 'EXECUTE');
 SELECT proconfig, prosecdef FROM pg_proc WHERE proname = 'version_body';
 
@@ -145,3 +158,4 @@ DROP SCHEMA c, v CASCADE;
 DROP TABLE plain, lobs;
 DROP FUNCTION make_tables(text), write_all(text);
 DROP EXTENSION fhir_notify CASCADE;
+DROP ROLE regress_bv_reader;
