@@ -679,7 +679,9 @@ $$;
  * Starts capturing the changes of tbl. layout is 'auto', 'wintehr', 'jsonb',
  * 'fhirbase', 'hapi' or 'medplum'; options name columns ({"resource": "content", "type": ...,
  * "id": ..., "version": ..., "deleted": ...}) and {"record_unrouted": true}
- * records changes that belong to no patient. Watching again replaces.
+ * records changes that belong to no patient; {"body": "by_version"} logs the
+ * version's key instead of the body (hapi, medplum, wintehr; version_body()).
+ * Watching again replaces.
  * SECURITY DEFINER, so that a role granted EXECUTE on it (and USAGE on the
  * schema) can watch the tables it owns, and only those, without any right
  * on the trigger function or watched_tables.
