@@ -73,7 +73,13 @@ SET jit = off
 AS $$
 BEGIN
 	RETURN QUERY
-	SELECT c.*
+	SELECT c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -93,7 +99,13 @@ SET jit = off
 AS $$
 BEGIN
 	RETURN QUERY
-	SELECT cur.tick_id, c::fhir_notify.changes
+	SELECT cur.tick_id, ROW(c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key)::fhir_notify.changes
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -244,7 +256,13 @@ BEGIN
 
 	RETURN QUERY SELECT upto, upto_epoch, verdict, NULL::fhir_notify.changes;
 	RETURN QUERY
-	SELECT cur.tick_id, cur.epoch, NULL::text, c::fhir_notify.changes
+	SELECT cur.tick_id, cur.epoch, NULL::text, ROW(c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key)::fhir_notify.changes
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -877,9 +895,10 @@ REVOKE ALL ON FUNCTION fhir_notify.presence_ring(), fhir_notify.presence_set(tex
  * change of the patient up to (tick, position) that the subscription takes
  * has been written to the user's connection. A client that subscribes again
  * with the same id and no cursor (WintEHR's after every reconnect) is
- * replayed what came after, on whichever bridge it reaches. Saved on
- * disconnect, periodically and at shutdown; a point is never ahead of what
- * was delivered (a crash costs duplicates, not gaps).
+ * replayed what came after, on whichever bridge it reaches. Claimed when
+ * the subscription starts, saved on disconnect, periodically and at
+ * shutdown; a point is never ahead of what was delivered (a crash costs
+ * duplicates, not gaps).
  */
 CREATE TABLE fhir_notify.resume_points (
 	user_id text NOT NULL,
@@ -936,22 +955,36 @@ $$;
 
 /*
  * The points saved within max_age for the keys given (arrays of equal
- * length): ord is the key's place in the arrays, from 1.
+ * length): ord is the key's place in the arrays, from 1. A key without one
+ * gets the point given for it (ticks, positions, epochs), saved before the
+ * answer: a subscription that starts from there cannot lose what comes
+ * after, even if its bridge crashes before it saves a point of its own.
  */
-CREATE FUNCTION fhir_notify.find_resume_points(user_ids text[], patient_ids text[],
-	subscription_ids text[], max_age interval)
+CREATE FUNCTION fhir_notify.claim_resume_points(user_ids text[], patient_ids text[],
+	subscription_ids text[], ticks bigint[], positions bigint[], epochs bigint[],
+	max_age interval)
 RETURNS TABLE (ord integer, tick bigint, "position" bigint, epoch bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM fhir_notify.check_resume_caller();
+	DELETE FROM fhir_notify.resume_points r
+	USING unnest(user_ids, patient_ids, subscription_ids) AS k(u, p, s)
+	WHERE r.user_id = k.u AND r.patient_id = k.p AND r.subscription_id = k.s
+		AND r.saved_at < now() - max_age;
 	RETURN QUERY
 	SELECT k.ord::integer, r.tick, r."position", r.epoch
 	FROM unnest(user_ids, patient_ids, subscription_ids) WITH ORDINALITY AS k(u, p, s, ord)
 	JOIN fhir_notify.resume_points r
-		ON r.user_id = k.u AND r.patient_id = k.p AND r.subscription_id = k.s
-	WHERE r.saved_at >= now() - max_age;
+		ON r.user_id = k.u AND r.patient_id = k.p AND r.subscription_id = k.s;
+	INSERT INTO fhir_notify.resume_points AS r
+		(user_id, patient_id, subscription_id, tick, "position", epoch, saved_at)
+	SELECT DISTINCT ON (k.u, k.p, k.s) k.u, k.p, k.s, k.t, k.pos, k.e, now()
+	FROM unnest(user_ids, patient_ids, subscription_ids, ticks, positions, epochs)
+		WITH ORDINALITY AS k(u, p, s, t, pos, e, ord)
+	ORDER BY k.u, k.p, k.s, k.ord
+	ON CONFLICT (user_id, patient_id, subscription_id) DO NOTHING;
 END
 $$;
 
@@ -959,7 +992,31 @@ REVOKE ALL ON fhir_notify.resume_points FROM PUBLIC;
 REVOKE ALL ON FUNCTION fhir_notify.check_resume_caller() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION fhir_notify.save_resume_points(text[], text[], text[], bigint[], bigint[],
 	bigint[], interval) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION fhir_notify.find_resume_points(text[], text[], text[], interval) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION fhir_notify.claim_resume_points(text[], text[], text[], bigint[],
+	bigint[], bigint[], interval) TO PUBLIC;
+
+-- body by_version (issue 9): the log keeps the version's key instead of the
+-- body for tables watched with "body": "by_version"; batch(), read() and
+-- read_next() (above) read the body back with version_body().
+ALTER TABLE fhir_notify.changes ADD COLUMN source_key text;
+/*
+ * The body of a change logged with "body": "by_version" (resource NULL,
+ * source_key set), read back from the FHIR server's table of versions and
+ * completed as the trigger completes what it copies (version_body.c);
+ * NULL when the version is gone (expunged) or cannot be read, which the
+ * read functions return as the JSON null. Runs the lookup as the watched
+ * table's owner. Not SECURITY DEFINER and without SET, on purpose: only the
+ * extension's owner may execute it, and it is called by batch(), read() and
+ * read_next(), which run as that owner with a fixed search_path; its own
+ * queries are fully qualified. The SET would cost 5-8 us on every change
+ * read (docs/benchmarks.md).
+ */
+CREATE FUNCTION fhir_notify.version_body(source_table text, source_key text, version_id text,
+                                         resource_type text, resource_id text)
+RETURNS jsonb
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'fhir_notify_version_body';
+REVOKE ALL ON FUNCTION fhir_notify.version_body(text, text, text, text, text) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------
 -- latency: the read functions' cached plans stay on the indexes (see tick())
