@@ -341,21 +341,12 @@ consume(pg_link *link)
 		link_fail(link, PQerrorMessage(link->conn));
 }
 
-/* See pg_link.h. */
-bool
-pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values)
+/* A query was queued: the link is busy until its answer; sends what libpq holds. */
+static bool
+sent(pg_link *link)
 {
 	int flushed;
 
-	if (!link->ready || link->busy)
-		return false;
-	/* without parameters the simple protocol, which also takes several statements */
-	if (!(nparams == 0 ? PQsendQuery(link->conn, sql)
-	                   : PQsendQueryParams(link->conn, sql, nparams, NULL, values, NULL, NULL, 0)))
-	{
-		link_fail(link, PQerrorMessage(link->conn));
-		return false;
-	}
 	link->busy = true;
 	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb,
 	                 link->query_timeout_us > 0 ? link->query_timeout_us : QUERY_TIMEOUT_US);
@@ -368,6 +359,22 @@ pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *val
 	if (flushed > 0 && link->wsi)
 		lws_callback_on_writable(link->wsi);
 	return true;
+}
+
+/* See pg_link.h. */
+bool
+pg_link_send(pg_link *link, const char *sql, int nparams, const char *const *values)
+{
+	if (!link->ready || link->busy)
+		return false;
+	/* without parameters the simple protocol, which also takes several statements */
+	if (!(nparams == 0 ? PQsendQuery(link->conn, sql)
+	                   : PQsendQueryParams(link->conn, sql, nparams, NULL, values, NULL, NULL, 0)))
+	{
+		link_fail(link, PQerrorMessage(link->conn));
+		return false;
+	}
+	return sent(link);
 }
 
 static bool
@@ -408,8 +415,6 @@ queue_statement(pg_link *link, const pg_link_query *q, bool sync)
 bool
 pg_link_send_pipeline(pg_link *link, const pg_link_query *queries, int n)
 {
-	int flushed;
-
 	if (!link->ready || link->busy)
 		return false;
 	if (PQenterPipelineMode(link->conn) != 1)
@@ -438,18 +443,7 @@ pg_link_send_pipeline(pg_link *link, const pg_link_query *queries, int n)
 			return false;
 		}
 	}
-	link->busy = true;
-	lws_sul_schedule(the_bridge.context, 0, &link->watchdog, watchdog_cb,
-	                 link->query_timeout_us > 0 ? link->query_timeout_us : QUERY_TIMEOUT_US);
-	flushed = PQflush(link->conn);
-	if (flushed < 0)
-	{
-		link_fail(link, PQerrorMessage(link->conn));
-		return false;
-	}
-	if (flushed > 0 && link->wsi)
-		lws_callback_on_writable(link->wsi);
-	return true;
+	return sent(link);
 }
 
 /* See pg_link.h. */
