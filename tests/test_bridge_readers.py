@@ -295,8 +295,9 @@ def test_writers_without_pause_every_change_once_in_order_with_doorbells_skipped
                 args=VALIDATION_ARGS + ["--poll-interval", "60"]) as bridge:
         clients = [bridge.connect(token) for _ in range(3)]
         try:
-            clients[0].subscribe("a", [patients[0]])
-            clients[1].subscribe("a", [patients[0]])
+            # ids of their own: no resume point of another connection applies
+            clients[0].subscribe("a0", [patients[0]])
+            clients[1].subscribe("a1", [patients[0]])
             clients[2].subscribe("both", patients)
             errors = []
 

@@ -555,7 +555,8 @@ def test_many_catch_ups_at_once_each_get_exactly_their_changes(bridge, store, to
     clients = [bridge.connect(token) for _ in range(40)]
     try:
         for i, client in enumerate(clients):  # sent before any answer is read
-            data = {"subscription_id": "chart", "patient_ids": [patient], "resource_types": []}
+            # ids of their own: no resume point of another connection applies
+            data = {"subscription_id": f"chart-{i}", "patient_ids": [patient], "resource_types": []}
             if i % 2 == 0:
                 data["since"] = cursor
             client.send_json({"type": "subscribe", "data": data})
@@ -565,7 +566,7 @@ def test_many_catch_ups_at_once_each_get_exactly_their_changes(bridge, store, to
             if i % 2 == 0:
                 replayed = [m["data"]["resource_id"] for m in client.recv_updates(len(missed))]
                 assert replayed == missed
-                client.recv_caught_up("chart", replayed=len(missed))
+                client.recv_caught_up(f"chart-{i}", replayed=len(missed))
         live = [store.create(condition(patient, text=f"live {i}"))["id"] for i in range(3)]
         for client in clients:
             assert [m["data"]["resource_id"] for m in client.recv_updates(len(live))] == live
