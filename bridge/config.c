@@ -64,6 +64,9 @@ static const setting settings_table[] = {
      "failed authentications per source address in 10 s answered 401; more: 429 (0: no limit)"},
     {"insecure-no-auth", SETTING_BOOL, S(insecure_no_auth), "false", false, 0,
      "run without token checks: every client sees every patient (testing only)"},
+    {"trusted-proxy", SETTING_LIST, S(trusted_proxies), NULL, true, 0,
+     "reverse proxy addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8): a connection from one is "
+     "from the address it appended to X-Forwarded-For (rate limits, logs)"},
     {"allowed-origin", SETTING_LIST, S(allowed_origins), NULL, true, 0,
      "Origin allowed to open a WebSocket (none given: any origin)"},
     {"tls-cert", SETTING_STRING, S(tls_cert), NULL, false, 0,

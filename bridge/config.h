@@ -30,6 +30,7 @@ typedef struct bridge_settings
 	bool relay_client_events; /* failed authentications per address per 10 s before 429; 0: none */
 	bool insecure_no_auth;
 	char **allowed_origins; /* NULL-terminated; empty means any origin */
+	char **trusted_proxies; /* NULL-terminated addresses or networks (proxy.c) */
 	char *tls_cert;
 	char *tls_key;
 	int max_connections;

@@ -15,6 +15,7 @@
 #include "bridge.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 
 /* Answers an HTTP request with a small body from memory, written when writeable. */
 static int
@@ -125,7 +126,7 @@ check_upgrade_token(struct lws *wsi)
 		return 0;
 	expired = result == AUTH_EXPIRED;
 	the_metrics.auth_failures++;
-	lws_get_peer_simple(wsi, peer, sizeof(peer));
+	proxy_address_of(wsi, peer, sizeof(peer));
 	if (auth_failure_record(peer, "upgrade", err[0] ? err : "invalid",
 	                        the_bridge.settings.auth_failure_limit, now_monotonic_us(),
 	                        &retry_after))

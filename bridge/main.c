@@ -27,6 +27,7 @@
 #include "pg_link.h"
 #include "presence.h"
 #include "prune.h"
+#include "proxy.h"
 #include "resume_points.h"
 #include "rooms.h"
 #include "subscription.h"
@@ -111,12 +112,15 @@ static void
 reload(void)
 {
 	log_level level;
+	char err[256] = "";
 
 	log_info("reloading settings and keys");
 	if (!config_reload(the_bridge.argc, the_bridge.argv, &the_bridge.settings))
 		return;
 	if (log_parse_level(the_bridge.settings.log_level, &level))
 		log_min_level = level;
+	if (!proxy_configure(the_bridge.settings.trusted_proxies, err, sizeof(err)))
+		log_error("%s: keeping the previous trusted proxies", err);
 	if (keys_configured(&the_bridge.settings))
 	{
 		auth_keys *keys = load_keys(&the_bridge.settings);
@@ -262,6 +266,7 @@ main(int argc, char **argv)
 	long long drain_deadline = 0;
 	config_outcome outcome;
 	event_loop_kind event_loop;
+	char err[256] = "";
 
 	the_bridge.argc = argc;
 	the_bridge.argv = argv;
@@ -293,6 +298,11 @@ main(int argc, char **argv)
 	if (!!the_bridge.settings.tls_cert != !!the_bridge.settings.tls_key)
 	{
 		fprintf(stderr, "fhir-notify-bridge: --tls-cert and --tls-key go together\n");
+		return 2;
+	}
+	if (!proxy_configure(the_bridge.settings.trusted_proxies, err, sizeof(err)))
+	{
+		fprintf(stderr, "fhir-notify-bridge: %s\n", err);
 		return 2;
 	}
 	if (keys_configured(&the_bridge.settings))
@@ -404,6 +414,7 @@ main(int argc, char **argv)
 	ring_free();
 	rooms_free();
 	auth_keys_free(the_bridge.keys);
+	proxy_free();
 	config_free(&the_bridge.settings);
 	log_info("stopped");
 	return 0;

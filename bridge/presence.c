@@ -26,6 +26,7 @@
 #include "log.h"
 #include "message.h"
 #include "pg_link.h"
+#include "request.h"
 
 #define MAX_EDITING        8  /* resources one connection edits in one patient */
 #define MAX_PERSON_EDITING 16 /* resources listed per person */
@@ -173,14 +174,6 @@ room_get(const char *patient_id)
 }
 
 static void
-free_strings(char **list, int n)
-{
-	for (int i = 0; i < n; i++)
-		free(list[i]);
-	free(list);
-}
-
-static void
 remote_clear(proom *r)
 {
 	for (int i = 0; i < r->nremote; i++)
@@ -191,7 +184,7 @@ remote_clear(proom *r)
 		free(row->name);
 		free(row->role);
 		free(row->fhir_user);
-		free_strings(row->editing, row->nediting);
+		request_free_strings(row->editing, row->nediting);
 	}
 	free(r->remote);
 	r->remote = NULL;
@@ -217,8 +210,8 @@ room_maybe_free(proom *r)
 	nrooms--;
 	remote_clear(r);
 	free(r->members);
-	free_strings(r->gone, r->ngone);
-	free_strings(r->last_users, r->nlast);
+	request_free_strings(r->gone, r->ngone);
+	request_free_strings(r->last_users, r->nlast);
 	free(r->last_json);
 	free(r->patient_id);
 	free(r);
@@ -652,7 +645,7 @@ broadcast_to(proom *r, bool quiet)
 	message_unref(shared);
 	json_decref(joined);
 	json_decref(left);
-	free_strings(r->last_users, r->nlast);
+	request_free_strings(r->last_users, r->nlast);
 	r->last_users = now_users;
 	r->nlast = n;
 	free(r->last_json);
@@ -868,21 +861,6 @@ valid_resource(const char *s, char *type, size_t typelen, char *id, size_t idlen
 	return true;
 }
 
-static bool
-valid_patient(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-
-	if (n < 1 || n > 64)
-		return false;
-	for (const char *p = s; *p; p++)
-	{
-		if (!isalnum((unsigned char) *p) && *p != '.' && *p != '-')
-			return false;
-	}
-	return true;
-}
-
 static void
 member_set_editing_count(proom *r, member *m, int n)
 {
@@ -927,7 +905,7 @@ presence_handle_editing(client *c, json_t *root, bool start)
 
 	if (data && !json_is_object(data))
 		data = NULL;
-	if ((start && !data) || (patient && !valid_patient(patient)) ||
+	if ((start && !data) || (patient && !request_valid_patient_id(patient)) ||
 	    (json_object_get(data, "patient_id") && !patient) ||
 	    (json_object_get(data, "resource") && !resource) ||
 	    (resource && !valid_resource(resource, type, sizeof(type), id, sizeof(id))) ||
@@ -1206,7 +1184,7 @@ send_set(bool full)
 
 			for (int i = 0; i < r->nmembers; i++)
 				r->members[i]->db_dirty = false;
-			free_strings(r->gone, r->ngone);
+			request_free_strings(r->gone, r->ngone);
 			r->gone = NULL;
 			r->ngone = 0;
 			r->db_dirty = false;
@@ -1519,7 +1497,7 @@ presence_stop(void)
 			for (int i = 0; i < r->nmembers; i++)
 				free(r->members[i]);
 			r->nmembers = 0;
-			free_strings(r->gone, r->ngone);
+			request_free_strings(r->gone, r->ngone);
 			r->gone = NULL;
 			r->ngone = 0;
 			r->db_dirty = false;

@@ -13,7 +13,10 @@
  * replayed, then `caught_up`, exactly as if the cursor had been sent.
  *
  * The points live in fhir_notify.resume_points, so they survive a restart
- * and serve another bridge. They are written cheaply, in batches on a
+ * and serve another bridge. The lookup itself saves the starting point of
+ * every patient that has none (fhir_notify.claim_resume_points), so a
+ * subscription is live only once a point of it is in the database. Later
+ * points are written cheaply, in batches on a
  * connection of their own: a disconnecting client's points within a second,
  * every live one's every RESUME_POINTS_SAVE_US when it moved, and all of
  * them at shutdown. A point is never ahead of what was written to the
@@ -50,10 +53,12 @@ struct resume_lookup
 	char **patient_ids;
 	int npatients;
 	char *subscription_id;
+	cursor claim; /* saved for the patients without a point */
 	resume_lookup_cb cb;
 	void *arg; /* NULL once cancelled */
 	long long deadline_us;
 	bool answered;
+	bool claimed; /* the database answered: the claim is saved */
 	bool found;
 	cursor at;
 	struct resume_lookup *next;
@@ -303,10 +308,9 @@ save_params(saved_point *points, int n, char *values[7], char *age, size_t agele
 #define SAVE_SQL                                                                                   \
 	"SELECT fhir_notify.save_resume_points($1::text[], $2::text[], $3::text[], $4::bigint[], "     \
 	"$5::bigint[], $6::bigint[], $7::interval)"
-#define FIND_SQL                                                                                   \
-	"SELECT ord, tick, \"position\", epoch FROM fhir_notify.find_resume_points($1::text[], "       \
-	"$2::text[], "                                                                                 \
-	"$3::text[], $4::interval)"
+#define CLAIM_SQL                                                                                  \
+	"SELECT ord, tick, \"position\", epoch FROM fhir_notify.claim_resume_points($1::text[], "      \
+	"$2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::interval)"
 
 /* Flattened (user, patient, id) of the lookups in flight, for the query. */
 typedef struct lookup_keys
@@ -335,6 +339,32 @@ key_sid(int i, void *arg)
 	return ((lookup_keys *) arg)->lookups[i]->subscription_id;
 }
 
+/* The claims of the lookups in flight, as the bigint[]s the query takes. */
+static void
+claim_arrays(char *values[3])
+{
+	strbuf buf[3];
+
+	for (int w = 0; w < 3; w++)
+	{
+		strbuf_init(&buf[w], 16 + (size_t) nin_flight * 12);
+		strbuf_append(&buf[w], "{");
+	}
+	for (int i = 0; i < nin_flight; i++)
+	{
+		cursor c = in_flight[i]->claim;
+
+		strbuf_appendf(&buf[0], "%s%lld", i > 0 ? "," : "", c.tick);
+		strbuf_appendf(&buf[1], "%s%lld", i > 0 ? "," : "", c.position);
+		strbuf_appendf(&buf[2], "%s%lld", i > 0 ? "," : "", c.epoch);
+	}
+	for (int w = 0; w < 3; w++)
+	{
+		strbuf_append(&buf[w], "}");
+		values[w] = buf[w].data;
+	}
+}
+
 static int *in_flight_patient;
 
 /* Sends the waiting lookups as one query; true if sent. */
@@ -343,7 +373,7 @@ send_lookups(void)
 {
 	int rows = 0;
 	lookup_keys keys;
-	char *values[4];
+	char *values[7];
 	char age[64];
 	bool sent;
 
@@ -373,10 +403,11 @@ send_lookups(void)
 	values[0] = text_array(nin_flight, key_user, &keys);
 	values[1] = text_array(nin_flight, key_patient, &keys);
 	values[2] = text_array(nin_flight, key_sid, &keys);
+	claim_arrays(&values[3]);
 	max_age_text(age, sizeof(age));
-	values[3] = age;
-	sent = pg_link_send(&link_, FIND_SQL, 4, (const char *const *) values);
-	for (int i = 0; i < 3; i++)
+	values[6] = age;
+	sent = pg_link_send(&link_, CLAIM_SQL, 7, (const char *const *) values);
+	for (int i = 0; i < 6; i++)
 		free(values[i]);
 	return sent;
 }
@@ -403,11 +434,12 @@ send_saves(void)
 
 /* Settles a lookup: its callback runs from the timer (never inside a caller's stack). */
 static void
-settle(resume_lookup *l, bool found, cursor at)
+settle(resume_lookup *l, bool claimed, bool found, cursor at)
 {
 	if (l->answered)
 		return;
 	l->answered = true;
+	l->claimed = claimed;
 	l->found = found;
 	l->at = at;
 	l->next = answered;
@@ -434,7 +466,7 @@ end_lookup_batch(void)
 		resume_lookup *l = in_flight[i];
 
 		if (l && !l->answered)
-			settle(l, l->found, l->at);
+			settle(l, true, l->found, l->at);
 		/* the same lookup may fill several rows */
 		for (int j = i + 1; j < nin_flight; j++)
 		{
@@ -458,7 +490,7 @@ run_callbacks(void)
 
 		answered = l->next;
 		if (l->arg)
-			l->cb(l->arg, l->found, l->at);
+			l->cb(l->arg, l->claimed, l->found, l->at);
 		free_lookup(l);
 	}
 }
@@ -560,7 +592,7 @@ link_disconnected(pg_link *link)
 				if (in_flight[j] == l)
 					in_flight[j] = NULL;
 			}
-			settle(l, false, (cursor){0, 0});
+			settle(l, false, false, (cursor){0, 0});
 		}
 	}
 	free(in_flight);
@@ -607,7 +639,7 @@ check_cb(lws_sorted_usec_list_t *sul)
 		}
 		*lp = l->next;
 		l->next = NULL;
-		settle(l, false, (cursor){0, 0});
+		settle(l, false, false, (cursor){0, 0});
 	}
 	waiting_tail = NULL;
 	for (resume_lookup *l = waiting; l; l = l->next)
@@ -644,7 +676,7 @@ resume_points_enabled(void)
 /* See resume_points.h. */
 resume_lookup *
 resume_points_lookup(const char *user, char **patient_ids, int npatients,
-                     const char *subscription_id, resume_lookup_cb cb, void *arg)
+                     const char *subscription_id, cursor claim, resume_lookup_cb cb, void *arg)
 {
 	resume_lookup *l = xcalloc(1, sizeof(resume_lookup));
 
@@ -654,6 +686,7 @@ resume_points_lookup(const char *user, char **patient_ids, int npatients,
 		l->patient_ids[i] = xstrdup(patient_ids[i]);
 	l->npatients = npatients;
 	l->subscription_id = xstrdup(subscription_id);
+	l->claim = claim;
 	l->cb = cb;
 	l->arg = arg;
 	l->deadline_us = now_monotonic_us() + RESUME_POINTS_LOOKUP_TIMEOUT_US;

@@ -22,18 +22,25 @@ struct subscription;
 
 typedef struct resume_lookup resume_lookup;
 
-/* found: a point within --resume-max-age; at: the earliest of the subscription's patients'. */
-typedef void (*resume_lookup_cb)(void *arg, bool found, cursor at);
+/*
+ * claimed: the database answered, so every patient without a point now has
+ * the claim saved as its point (a crash from then on costs duplicates, never
+ * a gap); false when it did not answer in time. found: a point within
+ * --resume-max-age; at: the earliest of the subscription's patients'.
+ */
+typedef void (*resume_lookup_cb)(void *arg, bool claimed, bool found, cursor at);
 
 /* Whether cursorless subscriptions are resumed (setting on, database functions usable). */
 bool resume_points_enabled(void);
 
 /*
- * Asks for the point of (user, each patient, subscription id); cb is called
- * later, never from inside this call. Cancel with resume_points_cancel.
+ * Asks for the point of (user, each patient, subscription id), saving claim
+ * as the point of the patients that have none; cb is called later, never
+ * from inside this call. Cancel with resume_points_cancel.
  */
 resume_lookup *resume_points_lookup(const char *user, char **patient_ids, int npatients,
-                                    const char *subscription_id, resume_lookup_cb cb, void *arg);
+                                    const char *subscription_id, cursor claim, resume_lookup_cb cb,
+                                    void *arg);
 void resume_points_cancel(resume_lookup *lookup);
 
 /*

@@ -496,7 +496,7 @@ strings_json(char **list, int n)
  * the lookup.
  */
 static void
-point_answered(void *arg, bool found, cursor at)
+point_answered(void *arg, bool claimed, bool found, cursor at)
 {
 	subscription *sub = arg;
 
@@ -517,8 +517,18 @@ point_answered(void *arg, bool found, cursor at)
 		sub->since = sub->confirmed_at;
 		sub->quiet_catch_up = true;
 	}
+	/*
+	 * The database saved the confirmation's cursor as the point of every
+	 * patient that had none before it answered, so the subscription goes
+	 * live only once a crash of this bridge costs duplicates, never a gap.
+	 */
+	if (claimed && !found)
+	{
+		sub->saved_point = sub->since;
+		sub->point_saved = true;
+	}
 	catch_up_start(sub);
-	/* saved at once: a crash from now on costs duplicates, never a gap */
+	/* a point found: saved for all of its patients; unanswered: saved soon */
 	if (sub->state != SUB_CLOSED)
 		resume_points_note(sub);
 }
@@ -573,7 +583,7 @@ authorized(subscription *sub, bool allowed)
 		sub->confirmed_at = bridge_current_cursor();
 		sub->state = SUB_CATCHING_UP;
 		sub->point_lookup = resume_points_lookup(c->grant.subject, sub->patient_ids, sub->npatients,
-		                                         sub->id, point_answered, sub);
+		                                         sub->id, sub->confirmed_at, point_answered, sub);
 	}
 	else
 	{

@@ -2,7 +2,8 @@
  * test_wintehr.c
  *	  Unit tests of what running beside WintEHR needs: scopes for tokens
  *	  that carry none (--default-scopes, --scopes-by-claim), the per-address
- *	  count of failed authentications, and the update a delete of a
+ *	  count of failed authentications, the client address behind a
+ *	  trusted reverse proxy, and the update a delete of a
  *	  Condition or an AllergyIntolerance becomes.
  */
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include "auth_limit.h"
 #include "change.h"
 #include "log.h"
+#include "proxy.h"
 
 static int failures;
 
@@ -320,6 +322,64 @@ test_delete_events(void)
 	CHECK(change_bodies_count() == 0);
 }
 
+/* proxy_client_address(peer, forwarded) equals expected. */
+static bool
+address_is(const char *peer, const char *forwarded, const char *expected)
+{
+	char out[PROXY_ADDRESS_LEN];
+
+	proxy_client_address(peer, forwarded, out, sizeof(out));
+	if (strcmp(out, expected) != 0)
+		fprintf(stderr, "peer %s, X-Forwarded-For \"%s\": %s, expected %s\n", peer,
+		        forwarded ? forwarded : "(none)", out, expected);
+	return strcmp(out, expected) == 0;
+}
+
+static void
+test_trusted_proxies(void)
+{
+	char *none[] = {NULL};
+	char *lists[] = {"127.0.0.1, 10.0.0.0/8", "fd00::/8 ::1", NULL};
+	char *bad[][2] = {
+	    {"10.0.0.0/33", NULL}, {"nginx", NULL}, {"10.0.0.1/", NULL}, {"::1/129", NULL}};
+	char err[256];
+
+	/* no trusted proxy: the header is the client's to forge, so ignored */
+	CHECK(proxy_configure(none, err, sizeof(err)));
+	CHECK(address_is("127.0.0.1", "203.0.113.7", "127.0.0.1"));
+
+	CHECK(proxy_configure(lists, err, sizeof(err)));
+	CHECK(address_is("127.0.0.1", "203.0.113.7", "203.0.113.7"));
+	CHECK(address_is("127.0.0.1", NULL, "127.0.0.1"));
+	CHECK(address_is("::ffff:127.0.0.1", " 203.0.113.7 ", "203.0.113.7"));
+	/* from a peer that is not a proxy, the header counts for nothing */
+	CHECK(address_is("198.51.100.2", "203.0.113.7", "198.51.100.2"));
+	/* a forged entry left of the proxy's is not believed; trusted hops are skipped */
+	CHECK(address_is("127.0.0.1", "1.1.1.1, 203.0.113.7, 10.1.2.3", "203.0.113.7"));
+	CHECK(address_is("10.9.9.9", "203.0.113.7:51234", "203.0.113.7"));
+	CHECK(address_is("::1", "[2001:db8::5]:443", "2001:db8::5"));
+	CHECK(address_is("fd12::1", "2001:db8::6", "2001:db8::6"));
+	/* every hop trusted: the left-most one */
+	CHECK(address_is("127.0.0.1", "10.0.0.5, 10.0.0.6", "10.0.0.5"));
+	/* not an address: nothing left of it is vouched for */
+	CHECK(address_is("127.0.0.1", "203.0.113.7, unknown", "127.0.0.1"));
+	CHECK(address_is("127.0.0.1", "203.0.113.7, unknown, 10.0.0.1", "10.0.0.1"));
+	CHECK(address_is("127.0.0.1", "", "127.0.0.1"));
+	/* 10.0.0.0/8 is not 11.x; a /8 is not a /9 */
+	CHECK(address_is("11.0.0.1", "203.0.113.7", "11.0.0.1"));
+
+	/* a bad entry is refused with the entry named, and the list kept */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	{
+		err[0] = '\0';
+		CHECK(!proxy_configure(bad[i], err, sizeof(err)));
+		CHECK(strstr(err, bad[i][0]) != NULL);
+	}
+	CHECK(address_is("127.0.0.1", "203.0.113.7", "203.0.113.7"));
+	proxy_free();
+	CHECK(address_is("127.0.0.1", "203.0.113.7", "127.0.0.1"));
+}
+
 int
 main(void)
 {
@@ -327,6 +387,7 @@ main(void)
 	test_scope_defaults_errors();
 	test_failure_limit();
 	test_delete_events();
+	test_trusted_proxies();
 	if (failures)
 	{
 		fprintf(stderr, "test_wintehr: %d checks failed\n", failures);

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "presence.h"
+#include "proxy.h"
 #include "request.h"
 #include "subscription.h"
 
@@ -150,7 +151,7 @@ on_established(struct lws *wsi, client *c)
 		setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 	}
 	make_uuid(c->id);
-	lws_get_peer_simple(wsi, c->peer, sizeof(c->peer));
+	proxy_address_of(wsi, c->peer, sizeof(c->peer));
 	c->connected_us = now_monotonic_us();
 	c->last_rx_us = c->connected_us;
 	c->next = the_bridge.clients;

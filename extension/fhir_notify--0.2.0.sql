@@ -1158,9 +1158,10 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA fhir_notify FROM PUBLIC;
  * change of the patient up to (tick, position) that the subscription takes
  * has been written to the user's connection. A client that subscribes again
  * with the same id and no cursor (WintEHR's after every reconnect) is
- * replayed what came after, on whichever bridge it reaches. Saved on
- * disconnect, periodically and at shutdown; a point is never ahead of what
- * was delivered (a crash costs duplicates, not gaps).
+ * replayed what came after, on whichever bridge it reaches. Claimed when
+ * the subscription starts, saved on disconnect, periodically and at
+ * shutdown; a point is never ahead of what was delivered (a crash costs
+ * duplicates, not gaps).
  */
 CREATE TABLE fhir_notify.resume_points (
 	user_id text NOT NULL,
@@ -1217,22 +1218,36 @@ $$;
 
 /*
  * The points saved within max_age for the keys given (arrays of equal
- * length): ord is the key's place in the arrays, from 1.
+ * length): ord is the key's place in the arrays, from 1. A key without one
+ * gets the point given for it (ticks, positions, epochs), saved before the
+ * answer: a subscription that starts from there cannot lose what comes
+ * after, even if its bridge crashes before it saves a point of its own.
  */
-CREATE FUNCTION fhir_notify.find_resume_points(user_ids text[], patient_ids text[],
-	subscription_ids text[], max_age interval)
+CREATE FUNCTION fhir_notify.claim_resume_points(user_ids text[], patient_ids text[],
+	subscription_ids text[], ticks bigint[], positions bigint[], epochs bigint[],
+	max_age interval)
 RETURNS TABLE (ord integer, tick bigint, "position" bigint, epoch bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM fhir_notify.check_resume_caller();
+	DELETE FROM fhir_notify.resume_points r
+	USING unnest(user_ids, patient_ids, subscription_ids) AS k(u, p, s)
+	WHERE r.user_id = k.u AND r.patient_id = k.p AND r.subscription_id = k.s
+		AND r.saved_at < now() - max_age;
 	RETURN QUERY
 	SELECT k.ord::integer, r.tick, r."position", r.epoch
 	FROM unnest(user_ids, patient_ids, subscription_ids) WITH ORDINALITY AS k(u, p, s, ord)
 	JOIN fhir_notify.resume_points r
-		ON r.user_id = k.u AND r.patient_id = k.p AND r.subscription_id = k.s
-	WHERE r.saved_at >= now() - max_age;
+		ON r.user_id = k.u AND r.patient_id = k.p AND r.subscription_id = k.s;
+	INSERT INTO fhir_notify.resume_points AS r
+		(user_id, patient_id, subscription_id, tick, "position", epoch, saved_at)
+	SELECT DISTINCT ON (k.u, k.p, k.s) k.u, k.p, k.s, k.t, k.pos, k.e, now()
+	FROM unnest(user_ids, patient_ids, subscription_ids, ticks, positions, epochs)
+		WITH ORDINALITY AS k(u, p, s, t, pos, e, ord)
+	ORDER BY k.u, k.p, k.s, k.ord
+	ON CONFLICT (user_id, patient_id, subscription_id) DO NOTHING;
 END
 $$;
 
@@ -1240,4 +1255,5 @@ REVOKE ALL ON fhir_notify.resume_points FROM PUBLIC;
 REVOKE ALL ON FUNCTION fhir_notify.check_resume_caller() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION fhir_notify.save_resume_points(text[], text[], text[], bigint[], bigint[],
 	bigint[], interval) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION fhir_notify.find_resume_points(text[], text[], text[], interval) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION fhir_notify.claim_resume_points(text[], text[], text[], bigint[],
+	bigint[], bigint[], interval) TO PUBLIC;

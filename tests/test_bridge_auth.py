@@ -219,8 +219,8 @@ def test_token_expiry_closes_the_socket_and_authenticate_extends_it(hs_bridge, s
     short = tokens.claims_for(exp_in=lifetime, aud=AUDIENCE, iss=ISSUER)
     with hs_bridge.connect(hs256(claims=short)) as expiring, \
             hs_bridge.connect(hs256(claims=short)) as renewed:
-        expiring.subscribe("chart", [patient])
-        renewed.subscribe("chart", [patient])
+        expiring.subscribe("chart-1", [patient])  # two tabs: two ids (and resume points)
+        renewed.subscribe("chart-2", [patient])
         renewed.send_json({"type": "authenticate", "token": hs256(sub=short["sub"], exp_in=600)})
         assert renewed.recv_json()["type"] == "auth_success"
         before = store.create(condition(patient))

@@ -91,8 +91,9 @@ def cut_off_while_others_prune(token, max_lag=None):
                 Bridge(cluster, db, secret_file=SECRET_FILE,
                        args=ARGS + ["--prune-keep", "1", "--resume-max-age", "1"]) as c:
             with a.connect(token) as on_a, b.connect(token) as on_b, c.connect(token) as on_c:
-                for client in (on_a, on_b, on_c):
-                    client.subscribe("chart", [patient])
+                # one id each: a user's same id to the same patient shares a resume point
+                for n, client in enumerate((on_a, on_b, on_c)):
+                    client.subscribe(f"chart-{n}", [patient])
                 first = store.create(condition(patient))
                 for client in (on_a, on_b, on_c):
                     assert_update(client.recv_update(), "created", "Condition", first["id"],
@@ -160,8 +161,8 @@ def test_a_late_joiner_during_a_large_fan_out_gets_the_cursor_it_was_served_up_t
                 watchers = [bridge.connect(token) for _ in range(6)]
                 late = bridge.connect(token)
                 try:
-                    for w in watchers:
-                        w.subscribe("watch", [patient])
+                    for n, w in enumerate(watchers):
+                        w.subscribe(f"watch-{n}", [patient])  # one resume point each
                     with store.transaction():
                         written = [store.create(condition(patient, note=[{"text": "x" * 4000}]))
                                    for _ in range(800)]

@@ -44,8 +44,9 @@ def store(db):
     s.close()
 
 
-def upgrade(bridge, token=None, source="127.0.0.1", timeout=10):
-    """(status, lower-cased headers) of one WebSocket upgrade request from address source."""
+def upgrade(bridge, token=None, source="127.0.0.1", timeout=10, forwarded_for=None):
+    """(status, lower-cased headers) of one WebSocket upgrade request from address source
+    (through a proxy that says it forwards forwarded_for, when given)."""
     sock = socket.socket()
     sock.settimeout(timeout)
     try:
@@ -54,7 +55,8 @@ def upgrade(bridge, token=None, source="127.0.0.1", timeout=10):
         key = base64.b64encode(os.urandom(16)).decode()
         path = "/api/ws" + (f"?token={token}" if token else "")
         request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{bridge.port}\r\nUpgrade: websocket\r\n"
-                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                   + (f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else "") + "\r\n")
         sock.sendall(request.encode())
         response = b""
         while b"\r\n\r\n" not in response:
@@ -120,6 +122,40 @@ def test_failed_tokens_are_limited_per_address_and_summarised(db):
         while upgrade(bridge, bad)[0] == 429:
             assert time.monotonic() < deadline
             time.sleep(0.5)
+
+
+def test_behind_a_trusted_proxy_failures_count_per_forwarded_address(db):
+    """Behind WintEHR's reverse proxy every connection comes from the proxy: with
+    --trusted-proxy, one tab's stale token limits its own address, not the ward's."""
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                args=ARGS + ["--auth-failure-limit", "2", "--trusted-proxy", "127.0.0.1, ::1"]) as bridge:
+        offset = bridge.log_size()
+        bad = hs256(secret=b"not-the-secret-of-this-bridge-0123456789")
+        storm = [upgrade(bridge, bad, forwarded_for="203.0.113.7")[0] for _ in range(4)]
+        assert storm == [401, 401, 429, 429], storm
+        # another user behind the same proxy still gets a plain 401
+        assert upgrade(bridge, bad, forwarded_for="198.51.100.9")[0] == 401
+        # a forged entry left of the proxy's own is not believed
+        assert upgrade(bridge, bad, forwarded_for="198.51.100.10, 203.0.113.7")[0] == 429
+        log = bridge.wait_for_log("auth: refused a token from 198.51.100.9 (upgrade)", since=offset)
+        assert "auth: refused a token from 203.0.113.7 (upgrade)" in log, log
+        assert "from 127.0.0.1" not in log, log
+        with bridge.connect(hs256(), headers={"X-Forwarded-For": "192.0.2.44"}) as client:
+            client.ping()
+        bridge.wait_for_log("connected from 192.0.2.44", since=offset)
+    # without --trusted-proxy the header is the client's own claim: ignored
+    with Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                args=ARGS + ["--auth-failure-limit", "2"]) as bridge:
+        statuses = [upgrade(bridge, bad, forwarded_for=f"203.0.113.{i}")[0] for i in range(3)]
+        assert statuses == [401, 401, 429], statuses
+
+
+def test_a_bad_trusted_proxy_stops_the_bridge_with_a_message(db):
+    bridge = Bridge(shared_cluster(), db, secret_file=SECRET_FILE,
+                    args=ARGS + ["--trusted-proxy", "127.0.0.1,nginx"], wait=False)
+    with bridge:
+        assert bridge.wait_exit(20) == 2
+        assert 'trusted-proxy: "nginx" is not an address or network' in bridge.log(), bridge.log()
 
 
 def test_expired_token_of_a_live_connection_then_refused_at_the_upgrade(db):
@@ -330,8 +366,8 @@ def test_without_relay_client_events_they_go_nowhere(db):
     with Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as bridge:
         patient = new_id("pat")
         with bridge.connect(hs256()) as sender, bridge.connect(hs256()) as peer:
-            sender.subscribe("chart", [patient])
-            peer.subscribe("chart", [patient])
+            sender.subscribe("chart-1", [patient])  # two tabs: two ids (and resume points)
+            peer.subscribe("chart-2", [patient])
             sender.send_json(event(patient))
             sender.ping()
             peer.expect_no_message(within=0.5)
@@ -433,6 +469,8 @@ def test_resume_without_cursor_survives_a_restart_and_a_switch_of_bridge(db, sto
 
 
 def test_a_crashed_bridge_costs_duplicates_not_gaps(db, store):
+    """Even a crash right after the subscription went live: its starting point
+    was saved before it did (the periodic and disconnect saves come later)."""
     patient = new_id("pat")
     sid = f"patient-{patient}-{int(time.time() * 1000)}"
     token = hs256(sub="dr.crash")
@@ -440,7 +478,6 @@ def test_a_crashed_bridge_costs_duplicates_not_gaps(db, store):
             Bridge(shared_cluster(), db, secret_file=SECRET_FILE, args=ARGS) as other:
         client = crashing.connect(token)
         wintehr_subscribe(client, sid, patient)
-        time.sleep(1.5)  # its starting point is saved
         seen = [store.create(condition(patient, text=f"seen {i}")) for i in range(2)]
         for s in seen:
             assert client.recv_update()["data"]["resource_id"] == s["id"]
