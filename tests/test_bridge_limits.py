@@ -2,7 +2,6 @@
 says how many connections it can hold, and refuses connections past the
 limit cleanly (closed at accept) instead of spinning on a failing accept()."""
 
-import os
 import re
 import resource
 import socket
@@ -14,8 +13,8 @@ import pytest
 import bridgeproc
 from bridgeproc import (Bridge, bridge_logs, create_fhir_database, hs256, shared_cluster,  # noqa: F401
                         VALIDATION_ARGS, SECRET_FILE)
+from test_bridge_idle import cpu_seconds
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The hard (and soft) open-files limit the bridge is started under.
 FD_LIMIT = 256
 # What bridge/client.c reserves: connections + connections/64 + 64 <= the limit.
@@ -41,12 +40,6 @@ class LimitedBridge(Bridge):
 @pytest.fixture(scope="module")
 def db():
     return create_fhir_database(shared_cluster())
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def test_the_bridge_says_how_many_connections_its_limit_holds(db):
