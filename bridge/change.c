@@ -257,6 +257,14 @@ build_update(const PGresult *res, int row, int first, const char *patient_id,
 		strbuf_append(&buf, resource);
 	else
 		strbuf_append(&buf, "null");
+	/*
+	 * The JSON null (not SQL NULL) as the resource of a created or updated
+	 * change: its version was read back by version and is gone (expunged
+	 * before delivery). Clients re-read the resource.
+	 */
+	if (!delete_event && resource && strcmp(resource, "null") == 0 &&
+	    strcmp(action, "deleted") != 0)
+		strbuf_append(&buf, ",\"resource_gone\":true");
 	strbuf_append(&buf, ",\"version_id\":");
 	strbuf_append_json_string(&buf, column(res, row, first + 5));
 	strbuf_append(&buf, ",\"actor\":");
@@ -340,7 +348,7 @@ change_from_row(const PGresult *res, int row, int first)
 			delete_event = change_delete_event(type);
 			stub = stub_body(type, id);
 		}
-		else if (resource)
+		else if (resource && strcmp(resource, "null") != 0)
 			remember_body(key, c->at, patients, resource);
 	}
 	n = json_array_size(patients);

@@ -66,6 +66,8 @@ enum
 	COL_ACTOR,
 	COL_CHANGED_AT,
 	COL_SOURCE_TABLE,
+	COL_SOURCE_KEY, /* 0.2.0; a 0.1.0 table (the new library before ALTER EXTENSION UPDATE) lacks it
+	                 */
 	N_COLUMNS
 };
 
@@ -77,7 +79,7 @@ static const struct
     {"position", INT8OID},          {"xid", XID8OID},          {"action", TEXTOID},
     {"resource_type", TEXTOID},     {"resource_id", TEXTOID},  {"version_id", TEXTOID},
     {"patient_ids", TEXTARRAYOID},  {"resource", JSONBOID},    {"actor", TEXTOID},
-    {"changed_at", TIMESTAMPTZOID}, {"source_table", TEXTOID},
+    {"changed_at", TIMESTAMPTZOID}, {"source_table", TEXTOID}, {"source_key", TEXTOID},
 };
 
 /* fhir_notify.direct_insert */
@@ -94,9 +96,11 @@ static Oid log_sequence = InvalidOid;
 static int log_natts = 0;       /* columns of the table, dropped ones included */
 static bool log_direct = false; /* the table fits the direct way */
 static AttrNumber log_attnums[N_COLUMNS];
+static bool log_has_source_key = false; /* the table has source_key */
 
 /* The SPI way's plan, kept for the life of the backend. */
 static SPIPlanPtr insert_plan = NULL;
+static bool insert_plan_source_key = false; /* the plan writes source_key */
 
 /*
  * Forgets what is known about the change log when it (or anything, for
@@ -203,10 +207,11 @@ change_log_describe(Relation rel)
 			    attr->atttypid == change_columns[c].type)
 				log_attnums[c] = attr->attnum;
 	}
-	if (live_columns != N_COLUMNS)
+	log_has_source_key = log_attnums[COL_SOURCE_KEY] != InvalidAttrNumber;
+	if (live_columns != N_COLUMNS - (log_has_source_key ? 0 : 1))
 		log_direct = false;
 	for (int c = 0; c < N_COLUMNS; c++)
-		if (log_attnums[c] == InvalidAttrNumber)
+		if (log_attnums[c] == InvalidAttrNumber && c != COL_SOURCE_KEY)
 			log_direct = false;
 	/* The direct way may write NULL there; a NOT NULL added later is the executor's. */
 	if (log_direct && (TupleDescAttr(desc, log_attnums[COL_VERSION_ID] - 1)->attnotnull ||
@@ -317,6 +322,10 @@ append_direct(Relation rel, const ChangeRow *row)
 	values[COL_ACTOR] = CStringGetTextDatum(row->actor);
 	values[COL_CHANGED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[COL_SOURCE_TABLE] = CStringGetTextDatum(row->source_table);
+	if (row->source_key != NULL)
+		values[COL_SOURCE_KEY] = CStringGetTextDatum(row->source_key);
+	else
+		nulls[COL_SOURCE_KEY] = true;
 
 	/*
 	 * The table's column order; dropped columns (NULL) may sit between the
@@ -328,6 +337,8 @@ append_direct(Relation rel, const ChangeRow *row)
 	memset(tuple_nulls, true, sizeof(bool) * log_natts);
 	for (int c = 0; c < N_COLUMNS; c++)
 	{
+		if (log_attnums[c] == InvalidAttrNumber)
+			continue; /* source_key of a 0.1.0 table: the row has none (see append) */
 		tuple_values[log_attnums[c] - 1] = values[c];
 		tuple_nulls[log_attnums[c] - 1] = nulls[c];
 	}
@@ -344,10 +355,10 @@ append_direct(Relation rel, const ChangeRow *row)
 static void
 append_spi(const ChangeRow *row)
 {
-	static Oid argtypes[8] = {TEXTOID,      TEXTOID,  TEXTOID, TEXTOID,
-	                          TEXTARRAYOID, JSONBOID, TEXTOID, TEXTOID};
-	Datum values[8];
-	char nulls[8];
+	static Oid argtypes[9] = {TEXTOID,  TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+	                          JSONBOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum values[9];
+	char nulls[9];
 	int rc;
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -365,21 +376,34 @@ append_spi(const ChangeRow *row)
 		nulls[5] = 'n';
 	values[6] = CStringGetTextDatum(row->actor);
 	values[7] = CStringGetTextDatum(row->source_table);
+	if (row->source_key != NULL)
+		values[8] = CStringGetTextDatum(row->source_key);
+	else
+		nulls[8] = 'n';
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (insert_plan == NULL)
+	if (insert_plan == NULL || insert_plan_source_key != log_has_source_key)
 	{
 		SPIPlanPtr plan = SPI_prepare(
-		    "INSERT INTO fhir_notify.changes (action, resource_type, resource_id, version_id, "
-		    "patient_ids, resource, actor, source_table) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-		    8, argtypes);
+		    log_has_source_key ? "INSERT INTO fhir_notify.changes (action, resource_type, "
+		                         "resource_id, version_id, "
+		                         "patient_ids, resource, actor, source_table, source_key) "
+		                         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+		                       : "INSERT INTO fhir_notify.changes (action, resource_type, "
+		                         "resource_id, version_id, "
+		                         "patient_ids, resource, actor, source_table) "
+		                         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+		    log_has_source_key ? 9 : 8, argtypes);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "SPI_keepplan failed");
+		if (insert_plan != NULL)
+			SPI_freeplan(insert_plan);
 		insert_plan = plan;
+		insert_plan_source_key = log_has_source_key;
 	}
 	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
@@ -410,6 +434,15 @@ fhir_notify_reader_max_lag(PG_FUNCTION_ARGS)
  * Appends one row to fhir_notify.changes with the rights of the table's
  * owner (like SECURITY DEFINER), so the writing role needs no grant.
  */
+bool
+fhir_notify_change_log_has_source_key(void)
+{
+	Relation rel = change_log_open();
+
+	table_close(rel, NoLock);
+	return log_has_source_key;
+}
+
 void
 fhir_notify_change_log_append(const ChangeRow *row)
 {

@@ -23,9 +23,11 @@ typedef struct ChangeRow
 	Datum resource;
 	const char *actor;
 	const char *source_table;
+	const char *source_key; /* body by_version: the key of the version's row, else NULL */
 } ChangeRow;
 
 extern void fhir_notify_change_log_init(void);
 extern void fhir_notify_change_log_append(const ChangeRow *row);
+extern bool fhir_notify_change_log_has_source_key(void);
 
 #endif /* FHIR_NOTIFY_CHANGE_LOG_H */

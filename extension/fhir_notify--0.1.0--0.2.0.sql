@@ -73,7 +73,13 @@ SET jit = off
 AS $$
 BEGIN
 	RETURN QUERY
-	SELECT c.*
+	SELECT c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -93,7 +99,13 @@ SET jit = off
 AS $$
 BEGIN
 	RETURN QUERY
-	SELECT cur.tick_id, c::fhir_notify.changes
+	SELECT cur.tick_id, ROW(c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key)::fhir_notify.changes
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -244,7 +256,13 @@ BEGIN
 
 	RETURN QUERY SELECT upto, upto_epoch, verdict, NULL::fhir_notify.changes;
 	RETURN QUERY
-	SELECT cur.tick_id, cur.epoch, NULL::text, c::fhir_notify.changes
+	SELECT cur.tick_id, cur.epoch, NULL::text, ROW(c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key)::fhir_notify.changes
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -976,3 +994,26 @@ GRANT EXECUTE ON FUNCTION fhir_notify.save_resume_points(text[], text[], text[],
 	bigint[], interval) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION fhir_notify.claim_resume_points(text[], text[], text[], bigint[],
 	bigint[], bigint[], interval) TO PUBLIC;
+
+-- body by_version (issue 9): the log keeps the version's key instead of the
+-- body for tables watched with "body": "by_version"; batch(), read() and
+-- read_next() (above) read the body back with version_body().
+ALTER TABLE fhir_notify.changes ADD COLUMN source_key text;
+/*
+ * The body of a change logged with "body": "by_version" (resource NULL,
+ * source_key set), read back from the FHIR server's table of versions and
+ * completed as the trigger completes what it copies (version_body.c);
+ * NULL when the version is gone (expunged) or cannot be read, which the
+ * read functions return as the JSON null. Runs the lookup as the watched
+ * table's owner. Not SECURITY DEFINER and without SET, on purpose: only the
+ * extension's owner may execute it, and it is called by batch(), read() and
+ * read_next(), which run as that owner with a fixed search_path; its own
+ * queries are fully qualified. The SET would cost 5-8 us on every change
+ * read (docs/benchmarks.md).
+ */
+CREATE FUNCTION fhir_notify.version_body(source_table text, source_key text, version_id text,
+                                         resource_type text, resource_id text)
+RETURNS jsonb
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'fhir_notify_version_body';
+REVOKE ALL ON FUNCTION fhir_notify.version_body(text, text, text, text, text) FROM PUBLIC;

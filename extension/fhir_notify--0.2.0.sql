@@ -20,7 +20,9 @@ CREATE TABLE fhir_notify.changes (
 	resource jsonb,
 	actor text,
 	changed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-	source_table text NOT NULL
+	source_table text NOT NULL,
+	-- "body": "by_version": the key of the version's row (resource is NULL)
+	source_key text
 );
 CREATE INDEX changes_xid_idx ON fhir_notify.changes (xid);
 
@@ -108,6 +110,24 @@ AS $$
 $$;
 
 /*
+ * The body of a change logged with "body": "by_version" (resource NULL,
+ * source_key set), read back from the FHIR server's table of versions and
+ * completed as the trigger completes what it copies (version_body.c);
+ * NULL when the version is gone (expunged) or cannot be read, which the
+ * read functions return as the JSON null. Runs the lookup as the watched
+ * table's owner. Not SECURITY DEFINER and without SET, on purpose: only the
+ * extension's owner may execute it, and it is called by batch(), read() and
+ * read_next(), which run as that owner with a fixed search_path; its own
+ * queries are fully qualified. The SET would cost 5-8 us on every change
+ * read (docs/benchmarks.md).
+ */
+CREATE FUNCTION fhir_notify.version_body(source_table text, source_key text, version_id text,
+                                         resource_type text, resource_id text)
+RETURNS jsonb
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'fhir_notify_version_body';
+
+/*
  * Records a new tick if any change became visible since the newest tick, and
  * returns the newest tick's id. Callers run it in its own READ COMMITTED
  * transaction (autocommit), before and apart from their read: its lock
@@ -173,7 +193,13 @@ SET jit = off
 AS $$
 BEGIN
 	RETURN QUERY
-	SELECT c.*
+	SELECT c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -198,7 +224,13 @@ SET jit = off
 AS $$
 BEGIN
 	RETURN QUERY
-	SELECT cur.tick_id, c::fhir_notify.changes
+	SELECT cur.tick_id, ROW(c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key)::fhir_notify.changes
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -413,7 +445,13 @@ BEGIN
 
 	RETURN QUERY SELECT upto, upto_epoch, verdict, NULL::fhir_notify.changes;
 	RETURN QUERY
-	SELECT cur.tick_id, cur.epoch, NULL::text, c::fhir_notify.changes
+	SELECT cur.tick_id, cur.epoch, NULL::text, ROW(c.position, c.xid, c.action, c.resource_type, c.resource_id, c.version_id,
+	       c.patient_ids, CASE WHEN c.resource IS NULL AND c.source_key IS NOT NULL
+	            THEN coalesce(fhir_notify.version_body(c.source_table, c.source_key,
+	                                                   c.version_id, c.resource_type,
+	                                                   c.resource_id), 'null')
+	            ELSE c.resource END, c.actor, c.changed_at,
+	       c.source_table, c.source_key)::fhir_notify.changes
 	FROM fhir_notify.ticks cur
 	-- the predecessor by its key, whatever a generic plan guesses of the range
 	CROSS JOIN LATERAL (SELECT p.snapshot FROM fhir_notify.ticks p
@@ -641,7 +679,9 @@ $$;
  * Starts capturing the changes of tbl. layout is 'auto', 'wintehr', 'jsonb',
  * 'fhirbase', 'hapi' or 'medplum'; options name columns ({"resource": "content", "type": ...,
  * "id": ..., "version": ..., "deleted": ...}) and {"record_unrouted": true}
- * records changes that belong to no patient. Watching again replaces.
+ * records changes that belong to no patient; {"body": "by_version"} logs the
+ * version's key instead of the body (hapi, medplum, wintehr; version_body()).
+ * Watching again replaces.
  * SECURITY DEFINER, so that a role granted EXECUTE on it (and USAGE on the
  * schema) can watch the tables it owns, and only those, without any right
  * on the trigger function or watched_tables.

@@ -10,6 +10,7 @@
  *	  trigger.c       the capture trigger: writes the change log
  *	  json_text.c     resources kept as JSON text or gzip, read without errors
  *	  hapi.c          the hapi layout's lookups in hfj_resource and large objects
+ *	  version_body.c  bodies read back by version at delivery (body by_version)
  *	  doorbell.c      the NOTIFY doorbell rung once per committing transaction
  *	  ticker.c        the background worker that rings for everybody (ticker mode)
  *	  ownership.c     who may watch a table (its owner, through watch())
@@ -42,6 +43,7 @@ extern bool fhir_notify_reference_patient_id(JsonbContainer *element, const char
 
 /* trigger.c */
 extern void fhir_notify_capture_init(void);
+extern Jsonb *fhir_notify_complete_resource(Jsonb *resource, const char *type, const char *id);
 
 /* doorbell.c */
 extern void fhir_notify_doorbell_init(void);

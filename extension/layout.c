@@ -15,9 +15,12 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/genam.h"
 #include "access/table.h"
+#include "catalog/pg_am.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -213,6 +216,7 @@ static const LayoutOption layout_options[] = {
     {"deleted_value", OPTION_TEXT, false, L(deleted_value)},
     {"type_name", OPTION_TEXT, false, L(type_name)},
     {"record_unrouted", OPTION_BOOL, false, L(record_unrouted)},
+    {"body", OPTION_TEXT, false, L(body)},
 };
 
 #undef L
@@ -641,6 +645,174 @@ check_hapi(Relation rel, Layout *layout)
 }
 
 /*
+ * Whether a layout's rows log the version's key instead of the body.
+ */
+bool
+fhir_notify_layout_by_version(const Layout *layout)
+{
+	return layout->body != NULL && strcmp(layout->body, "by_version") == 0;
+}
+
+/* Whether relid has a btree index whose leading columns are exactly attnums (any order). */
+static bool
+has_leading_index(Oid relid, const AttrNumber *attnums, int n)
+{
+	Relation rel = table_open(relid, AccessShareLock);
+	List *indexes = RelationGetIndexList(rel);
+	ListCell *lc;
+	bool found = false;
+
+	foreach (lc, indexes)
+	{
+		Relation index = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index form = index->rd_index;
+		int matched = 0;
+
+		if (form->indisvalid && index->rd_rel->relam == BTREE_AM_OID && form->indnkeyatts >= n &&
+		    heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL))
+			for (int i = 0; i < n; i++)
+				for (int j = 0; j < n; j++)
+					if (form->indkey.values[i] == attnums[j])
+						matched++;
+		index_close(index, AccessShareLock);
+		if (matched == n)
+		{
+			found = true;
+			break;
+		}
+	}
+	list_free(indexes);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * Where the server of a layout keeps every version of the resources of
+ * rel, when it does and the versions can be found by an index: HAPI's
+ * hfj_res_ver is rel itself (res_id, res_ver), Medplum's "<Type>_History"
+ * ("versionId"), WintEHR's fhir.resource_history (resource_id,
+ * version_id), in rel's schema. history->relid is InvalidOid, with
+ * history->problem, when none fits.
+ */
+void
+fhir_notify_layout_history(Relation rel, LayoutKind kind, LayoutHistory *history)
+{
+	Oid namespace = RelationGetNamespace(rel);
+	const char *schema = get_namespace_name(namespace);
+	const char *name = NULL;
+	const char *keys[2] = {NULL, NULL};
+	const char *body = NULL;
+	Oid relid;
+	AttrNumber attnums[2];
+
+	memset(history, 0, sizeof(*history));
+	switch (kind)
+	{
+		case LAYOUT_HAPI:
+			name = RelationGetRelationName(rel);
+			keys[0] = "res_id";
+			keys[1] = "res_ver";
+			body = "res_text_vc";
+			break;
+		case LAYOUT_MEDPLUM:
+			name = psprintf("%s_History", RelationGetRelationName(rel));
+			keys[0] = "versionId";
+			body = "content";
+			break;
+		case LAYOUT_WINTEHR:
+			name = "resource_history";
+			keys[0] = "resource_id";
+			keys[1] = "version_id";
+			body = "resource";
+			if (get_attnum(RelationGetRelid(rel), "id") == InvalidAttrNumber)
+			{
+				history->problem = "the table has no column \"id\" (the key of resource_history)";
+				return;
+			}
+			break;
+		default:
+			history->problem = "the layout keeps no history of versions";
+			return;
+	}
+	relid = get_relname_relid(name, namespace);
+	if (relid == InvalidOid)
+	{
+		history->problem = psprintf("schema \"%s\" has no table \"%s\"", schema, name);
+		return;
+	}
+	history->nkeys = keys[1] != NULL ? 2 : 1;
+	for (int i = 0; i < history->nkeys; i++)
+	{
+		attnums[i] = get_attnum(relid, keys[i]);
+		if (attnums[i] == InvalidAttrNumber)
+		{
+			history->problem = psprintf("table \"%s\" has no column \"%s\"", name, keys[i]);
+			return;
+		}
+		history->key_columns[i] = pstrdup(quote_identifier(keys[i]));
+		history->key_types[i] = get_atttype(relid, attnums[i]);
+	}
+	if (get_attnum(relid, body) == InvalidAttrNumber)
+	{
+		history->problem = psprintf("table \"%s\" has no column \"%s\"", name, body);
+		return;
+	}
+	if (!has_leading_index(relid, attnums, history->nkeys))
+	{
+		history->problem =
+		    history->nkeys == 2
+		        ? psprintf("table \"%s\" has no index on (%s, %s)", name, keys[0], keys[1])
+		        : psprintf("table \"%s\" has no index on (%s)", name, keys[0]);
+		return;
+	}
+	history->relid = relid;
+	history->table = quote_qualified_identifier(schema, name);
+	history->body_column = pstrdup(quote_identifier(body));
+}
+
+/*
+ * Checks the option "body": 'copy' (the default) or 'by_version', which
+ * needs a layout whose server keeps every version, and the versions'
+ * table and index. A table without them is watched with 'copy' and a
+ * warning; a layout without history is an error.
+ */
+static void
+check_body(Relation rel, Layout *layout)
+{
+	LayoutHistory history;
+
+	if (layout->body == NULL || strcmp(layout->body, "copy") == 0)
+	{
+		layout->body = NULL;
+		return;
+	}
+	if (strcmp(layout->body, "by_version") != 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("watch() option \"body\" must be \"copy\" or \"by_version\"")));
+	if (layout->kind != LAYOUT_HAPI && layout->kind != LAYOUT_MEDPLUM &&
+	    layout->kind != LAYOUT_WINTEHR)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("the %s layout keeps no versions to read bodies back from",
+		                       fhir_notify_layout_kind_name(layout->kind)),
+		                errdetail("\"body\": \"by_version\" is for the hapi, medplum and wintehr "
+		                          "layouts."),
+		                errhint("Leave out the option \"body\" (the log copies the body).")));
+	fhir_notify_layout_history(rel, layout->kind, &history);
+	if (history.relid == InvalidOid)
+	{
+		ereport(WARNING,
+		        (errmsg("table \"%s\" is watched with \"body\": \"copy\"",
+		                RelationGetRelationName(rel)),
+		         errdetail("Bodies cannot be read back by version: %s.", history.problem),
+		         layout->kind == LAYOUT_WINTEHR
+		             ? errhint("CREATE INDEX ON %s.resource_history (resource_id, version_id);",
+		                       quote_identifier(get_namespace_name(RelationGetNamespace(rel))))
+		             : 0));
+		layout->body = NULL;
+	}
+}
+
+/*
  * The layout a table's columns look like, for layout 'auto'.
  */
 static LayoutKind
@@ -779,6 +951,7 @@ fhir_notify_layout_resolve(Relation rel, const char *layout_name, Jsonb *options
 	check_columns(rel, layout, deleted_value_given);
 	if (layout->kind == LAYOUT_HAPI)
 		check_hapi(rel, layout);
+	check_body(rel, layout);
 
 	if (automatic && layout->kind == LAYOUT_HAPI)
 		ereport(NOTICE,

@@ -43,7 +43,21 @@ typedef struct Layout
 	char *deleted_value;  /* for DELETED_STATUS */
 	char *type_name;      /* fixed resource type of every row (one table per type) */
 	bool record_unrouted; /* record changes that belong to no patient */
+	char *body;           /* "by_version": the log keeps the version's key, not the body;
+	                       * NULL or "copy": the log copies the body */
 } Layout;
+
+/* Where a layout that keeps every version keeps them (for body by_version). */
+typedef struct LayoutHistory
+{
+	Oid relid;            /* the history table; InvalidOid: none fits */
+	char *table;          /* its schema-qualified, quoted name */
+	char *key_columns[2]; /* quoted columns source_key (and version_id) are looked up by */
+	Oid key_types[2];
+	int nkeys;
+	char *body_column;   /* quoted column of the body */
+	const char *problem; /* why none fits */
+} LayoutHistory;
 
 extern const char *fhir_notify_layout_kind_name(LayoutKind kind);
 extern bool fhir_notify_layout_kind_from_name(const char *name, LayoutKind *kind);
@@ -53,6 +67,8 @@ extern void fhir_notify_layout_resolve(Relation rel, const char *layout_name, Js
 extern int fhir_notify_layout_to_args(const Layout *layout, char **args);
 extern void fhir_notify_layout_from_args(int nargs, char **args, Layout *layout);
 extern const char *fhir_notify_layout_fhir_type_name(const char *name);
+extern bool fhir_notify_layout_by_version(const Layout *layout);
+extern void fhir_notify_layout_history(Relation rel, LayoutKind kind, LayoutHistory *history);
 
 /* Most trigger arguments fhir_notify_layout_to_args() produces. */
 #define LAYOUT_MAX_ARGS 10

@@ -85,6 +85,8 @@ typedef struct CaptureTarget
 	CaptureColumn partition; /* partition_id, attnum 0 when absent */
 	CaptureColumn updated;   /* res_updated */
 	HapiTables hapi;
+	bool by_version;   /* body by_version: log the version's key, not the body */
+	CaptureColumn key; /* wintehr by_version: the internal id, resource_history's key */
 } CaptureTarget;
 
 /* One side (OLD or NEW) of a change, read from the row. */
@@ -100,6 +102,7 @@ typedef struct RowImage
 	char *type;
 	char *id;
 	char *version;
+	char *source_key; /* body by_version: the key of the version's row */
 	PatientIds patients;
 	const char *problem; /* what is odd about the content, for the warning */
 } RowImage;
@@ -378,6 +381,11 @@ capture_target(TriggerData *trigdata)
 		target->hapi.owner = rel->rd_rel->relowner;
 		target->hapi.version_relid = RelationGetRelid(rel);
 	}
+	memset(&target->key, 0, sizeof(target->key));
+	target->by_version = fhir_notify_layout_by_version(&target->layout);
+	if (target->by_version && target->layout.kind == LAYOUT_WINTEHR &&
+	    !resolve_column(desc, "id", &target->key, target->context))
+		target->by_version = false; /* no key: the body is copied */
 	target->columns_ok = true;
 	target->problem = NULL;
 	for (int i = 0; i < ncolumns && target->columns_ok; i++)
@@ -769,6 +777,16 @@ read_image(CaptureTarget *target, HeapTuple tuple, TupleDesc desc, RowImage *ima
 			image->version = json_version(&image->resource->root);
 	}
 
+	if (target->by_version)
+	{
+		if (target->layout.kind == LAYOUT_HAPI && image->version != NULL)
+			image->source_key = psprintf(INT64_FORMAT, image->res_id);
+		else if (target->layout.kind == LAYOUT_MEDPLUM)
+			image->source_key = image->version;
+		else if (target->layout.kind == LAYOUT_WINTEHR)
+			image->source_key = column_text(tuple, desc, &target->key);
+	}
+
 	image->usable = image->type != NULL && image->id != NULL;
 	if (image->problem != NULL)
 		;
@@ -841,8 +859,8 @@ patients_removed(PatientIds *a, PatientIds *b)
  * Adds the type and id to a resource that lacks them (fhirbase keeps both
  * outside the JSON), so readers always get a complete resource.
  */
-static Jsonb *
-complete_resource(RowImage *image)
+Jsonb *
+fhir_notify_complete_resource(Jsonb *resource, const char *type, const char *id)
 {
 	JsonbParseState *state = NULL;
 	JsonbIterator *it;
@@ -851,12 +869,12 @@ complete_resource(RowImage *image)
 	JsonbIteratorToken token;
 	bool has_type;
 	bool has_id;
-	JsonbContainer *root = &image->resource->root;
+	JsonbContainer *root = &resource->root;
 
 	has_type = getKeyJsonValueFromContainer(root, "resourceType", 12, &value) != NULL;
 	has_id = getKeyJsonValueFromContainer(root, "id", 2, &value) != NULL;
 	if (has_type && has_id)
-		return image->resource;
+		return resource;
 
 	it = JsonbIteratorInit(root);
 	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE)
@@ -872,8 +890,8 @@ complete_resource(RowImage *image)
 			{
 				key.val.string.val = "resourceType";
 				key.val.string.len = 12;
-				text.val.string.val = image->type;
-				text.val.string.len = strlen(image->type);
+				text.val.string.val = (char *) type;
+				text.val.string.len = strlen(type);
 				pushJsonbValue(&state, WJB_KEY, &key);
 				pushJsonbValue(&state, WJB_VALUE, &text);
 			}
@@ -881,8 +899,8 @@ complete_resource(RowImage *image)
 			{
 				key.val.string.val = "id";
 				key.val.string.len = 2;
-				text.val.string.val = image->id;
-				text.val.string.len = strlen(image->id);
+				text.val.string.val = (char *) id;
+				text.val.string.len = strlen(id);
 				pushJsonbValue(&state, WJB_KEY, &key);
 				pushJsonbValue(&state, WJB_VALUE, &text);
 			}
@@ -930,9 +948,24 @@ record_change(CaptureTarget *target, const char *action, RowImage *image, Patien
 	row.patients = patients;
 	row.has_resource = with_resource && image->resource != NULL;
 	row.resource = (Datum) 0;
+	row.source_key = NULL;
+	/*
+	 * body by_version: the version's row holds the body, written in this
+	 * transaction; the log keeps its key and read() reads it back. Only a
+	 * JSON object (what is read back is completed the same way), and only
+	 * once the log has the column (a 0.1.0 table before the update copies).
+	 */
+	if (row.has_resource && target->by_version && image->source_key != NULL &&
+	    image->version != NULL && image->is_object && fhir_notify_change_log_has_source_key())
+	{
+		row.has_resource = false;
+		row.source_key = image->source_key;
+	}
 	if (row.has_resource)
 	{
-		Jsonb *complete = image->is_object ? complete_resource(image) : image->resource;
+		Jsonb *complete = image->is_object ? fhir_notify_complete_resource(image->resource,
+		                                                                   image->type, image->id)
+		                                   : image->resource;
 
 		/*
 		 * Unchanged JSON is logged as the table stored it: a large resource

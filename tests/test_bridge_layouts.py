@@ -245,3 +245,69 @@ def test_medplum_watch_survives_dump_and_restore(tmp_path):
         # Tables added after the restore are still watched.
         c.execute(MEDPLUM_TABLE.format("Flag"))
         assert c.execute("SELECT count(*) FROM fhir_notify.watched").fetchone()[0] == 2
+
+
+def test_bodies_read_back_by_version_and_an_expunged_version(tmp_path):
+    """Watched with "body": "by_version", the log keeps the version's key and
+    the bridge delivers the body read back from hfj_res_ver and
+    "<Type>_History": the same update as with the copy. A version gone
+    before delivery (written and expunged in one transaction here, so the
+    bridge cannot read it first) still arrives, without a body and with
+    "resource_gone": true."""
+    cluster = shared_cluster()
+    dbname = "by_version_" + uuid.uuid4().hex[:10]
+    cluster.execute(f'CREATE DATABASE "{dbname}"')
+    with cluster.connect(dbname) as c:
+        c.execute(HAPI_SCHEMA)
+        c.execute(MEDPLUM_TABLE.format("Observation"))
+        c.execute("CREATE EXTENSION fhir_notify")
+        c.execute("""SELECT fhir_notify.watch('hfj_res_ver', 'auto', '{"body": "by_version"}')""")
+        c.execute("""SELECT fhir_notify.watch_medplum('public', '{"body": "by_version"}')""")
+    with Bridge(cluster, dbname, secret_file=SECRET_FILE,
+                args=["--jwt-audience", AUDIENCE, "--jwt-issuer", ISSUER]) as bridge, \
+            cluster.connect(dbname) as conn:
+        patient = str(uuid.uuid4())
+        with bridge.connect(hs256()) as client:
+            client.subscribe("s", [patient])
+            hapi = Hapi(conn)
+            obs_id = new_id("obs")
+            body = {"resourceType": "Observation", "status": "final",
+                    "subject": {"reference": f"Patient/{patient}"}}
+            res_id = hapi.create("Observation", obs_id, body)
+            data = assert_update(client.recv_update(), "created", "Observation", obs_id, patient)
+            assert data["resource"]["id"] == obs_id
+            assert data["resource"]["meta"]["versionId"] == "1"
+            assert data["resource"]["meta"]["lastUpdated"].endswith("Z")
+            assert data["resource"]["subject"] == body["subject"]
+            assert "resource_gone" not in data
+
+            # HAPI: version 2 written and expunged before the bridge reads it.
+            with conn.transaction():
+                hapi.new_version(res_id, "Observation", 2, dict(body, status="amended"))
+                conn.execute("DELETE FROM hfj_res_ver WHERE res_id = %s AND res_ver = 2", (res_id,))
+            data = assert_update(client.recv_update(), "updated", "Observation", obs_id, patient)
+            assert data["resource"] is None and data["resource_gone"] is True, data
+            assert data["version_id"] == "2"
+
+            # Medplum: the _History row's versionId is meta.versionId, as Medplum writes it.
+            mp_id, version = str(uuid.uuid4()), str(uuid.uuid4())
+            resource = {"resourceType": "Observation", "id": mp_id,
+                        "meta": {"versionId": version, "lastUpdated": "2025-10-01T10:00:00.000Z"},
+                        "status": "final", "subject": {"reference": f"Patient/{patient}"}}
+            with conn.transaction():
+                conn.execute(
+                    'INSERT INTO "Observation" (id, content, "lastUpdated", deleted, "projectId",'
+                    ' __version, compartments, subject) VALUES (%s, %s, now(), false, %s, 7, %s, %s)',
+                    (mp_id, json.dumps(resource), PROJECT, [PROJECT], f"Patient/{patient}"))
+                conn.execute('INSERT INTO "Observation_History" ("versionId", id, content,'
+                             ' "lastUpdated") VALUES (%s, %s, %s, now())',
+                             (version, mp_id, json.dumps(resource)))
+            data = assert_update(client.recv_update(), "created", "Observation", mp_id, patient,
+                                 resource)
+            assert "resource_gone" not in data
+            logged = conn.execute("SELECT count(*) FILTER (WHERE resource IS NULL"
+                                  " AND source_key IS NOT NULL), count(*)"
+                                  " FROM fhir_notify.changes").fetchone()
+            assert logged == (3, 3), logged
+            client.expect_no_message()
+        assert bridge.proc.poll() is None, bridge.log()[-4000:]

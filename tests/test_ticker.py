@@ -245,7 +245,8 @@ def test_commits_while_worker_is_down_are_rung_on_restart(ticker_cluster):
             # Stop the worker and commit before it comes back (restart after 1 s).
             pid = wait_for_worker(ticker_cluster)
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            while worker_pid(ticker_cluster) and worker_pid(ticker_cluster)[0] == pid:
+            # one query per turn: the worker may be gone between two
+            while (row := worker_pid(ticker_cluster)) and row[0] == pid:
                 time.sleep(0.01)
             write_condition(admin, "while-down")
         wait_for_worker(ticker_cluster, not_pid=pid)

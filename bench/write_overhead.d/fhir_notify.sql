@@ -1,3 +1,4 @@
 -- fhir_notify watching the WintEHR table. The doorbell mode (commit or
 -- ticker) is set per database by the benchmark.
-SELECT fhir_notify.watch('fhir.resources');
+-- :options is the watch() options the benchmark passes: {"body": ...}.
+SELECT fhir_notify.watch('fhir.resources', 'auto', :options);

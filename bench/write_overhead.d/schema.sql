@@ -11,6 +11,17 @@ CREATE TABLE fhir.resources (
 	resource jsonb NOT NULL,
 	UNIQUE (resource_type, fhir_id)
 );
+-- Every version, as WintEHR keeps it, with the index that reading a body
+-- back by version ("body": "by_version") needs.
+CREATE TABLE fhir.resource_history (
+	id bigserial PRIMARY KEY,
+	resource_id bigint REFERENCES fhir.resources (id),
+	version_id integer,
+	operation varchar,
+	resource jsonb,
+	created_at timestamp DEFAULT now()
+);
+CREATE INDEX resource_history_version_idx ON fhir.resource_history (resource_id, version_id);
 
 INSERT INTO fhir.resources (resource_type, fhir_id, resource)
 SELECT 'Patient', 'pat-' || g,
@@ -37,3 +48,6 @@ SELECT t, 'seed-' || g,
 FROM generate_series(101, :seeded) g,
      LATERAL (SELECT CASE WHEN g % 2 = 0 THEN 'Observation' ELSE 'Condition' END AS t) k
 ORDER BY g;
+
+INSERT INTO fhir.resource_history (resource_id, version_id, operation, resource)
+SELECT id, version_id, 'create', resource FROM fhir.resources ORDER BY id;

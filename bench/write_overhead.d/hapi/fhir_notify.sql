@@ -1,2 +1,3 @@
 -- fhir_notify watching HAPI's version table, as a HAPI operator does.
-SELECT fhir_notify.watch('hapi.hfj_res_ver');
+-- :options is the watch() options the benchmark passes: {"body": ...}.
+SELECT fhir_notify.watch('hapi.hfj_res_ver', 'auto', :options);
