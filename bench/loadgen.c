@@ -11,6 +11,7 @@
  *
  * Progress goes to stdout as lines a driver can wait for:
  *   READY {...}         every client is connected (and subscribed)
+ *   WARM {...}          --warmup: every client has had its first update
  *   DISCONNECTED {...}  catch-up mode: cursors saved, every client closed
  *   RESULT {...}        the measurements, last line before exit
  * SIGUSR1 starts the reconnect in catch-up mode; SIGINT/SIGTERM end the run.
@@ -32,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -50,6 +52,13 @@
 #define MAX_MESSAGE       (1024 * 1024)
 #define MAX_SAMPLES       (32 * 1024 * 1024)
 #define SERVICE_TICK_USEC (5 * 1000)
+/*
+ * --bind-from picks source ports here: below Linux's default ephemeral
+ * range (32768-60999), so they do not collide with ports the kernel hands
+ * out to other programs; past the last, the next address.
+ */
+#define SOURCE_PORT_FIRST 10000
+#define SOURCE_PORT_LAST  32767
 
 typedef enum mode
 {
@@ -108,6 +117,7 @@ static struct
 	int nclients;
 	int npatients;
 	const char *patient_prefix;
+	const char *subscription_prefix;
 	mode mode;
 	double duration;
 	uint32_t expect;
@@ -121,6 +131,9 @@ static struct
 	int epfd;             /* the raw transport's epoll */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
+	bool bind_source;     /* --bind-from: each socket bound to an address and port we pick */
+	uint32_t source_addr; /* the next source address (host order) */
+	int source_port;      /* the next source port */
 
 	/* state */
 	struct lws_context *context;
@@ -145,6 +158,8 @@ static struct
 	int phase; /* catch-up: 0 first connect, 1 closed, 2 reconnect */
 	lws_sorted_usec_list_t tick;
 	bool finished;
+	bool warmup; /* --warmup: the first update of every client is not measured */
+	int nwarm;   /* clients that have their warm-up update */
 } run;
 
 static volatile sig_atomic_t got_stop;
@@ -200,7 +215,16 @@ usage(FILE *out)
 	        "  --retries R         reconnect attempts after a failed handshake (default 3)\n"
 	        "  --transport T       raw (default for ws://: WebSocket by hand on epoll) or lws\n"
 	        "  --event-loop L      with lws: epoll (default; poll if lws's libev plugin is\n"
-	        "                      missing) or poll\n");
+	        "                      missing) or poll\n"
+	        "  --subscription-prefix S  client i's subscription id is S<i> (default s): the\n"
+	        "                      bridge keeps resume points by user, patient and id\n"
+	        "  --warmup            print WARM once every client has had one update, which\n"
+	        "                      is not counted: measure from there\n"
+	        "  --bind-from ADDR    raw transport: bind every socket to ADDR (then the next\n"
+	        "                      addresses) and a port of %d-%d chosen here, not by the\n"
+	        "                      kernel, whose search for a free port costs more the more\n"
+	        "                      are in use (most of the CPU of 19,000 connects)\n",
+	        SOURCE_PORT_FIRST, SOURCE_PORT_LAST);
 }
 
 /* Splits ws://host:port/path into the run's host, port and path. */
@@ -409,12 +433,42 @@ client_ready(client *c)
 }
 
 /* Handles an update: counts it and measures its delay. */
+/*
+ * --warmup: a client's first update only shows that its subscription is
+ * live (a bridge confirms a subscription before its resume-point lookup
+ * has answered, and only then delivers to it live). Once every ready
+ * client has had one, WARM is printed and the counts start from zero.
+ */
+static bool
+warming_up(client *c)
+{
+	if (!run.warmup || run.nwarm < 0)
+		return false;
+	if (c->updates == 0)
+	{
+		c->updates = 1;
+		if (++run.nwarm == run.nready)
+		{
+			for (int i = 0; i < run.nclients; i++)
+				run.clients[i].updates = 0;
+			run.nwarm = -1; /* done */
+			printf("WARM {\"clients\":%d,\"seconds\":%.3f}\n", run.nready,
+			       (now_mono_ns() - run.ready_mono) / 1e9);
+			fflush(stdout);
+		}
+	}
+	return true;
+}
+
 static void
 handle_update(client *c, const char *buf, size_t len)
 {
 	int64_t now = now_real_ns();
-	int64_t stamp = find_stamp(buf, len);
+	int64_t stamp;
 
+	if (warming_up(c))
+		return;
+	stamp = find_stamp(buf, len);
 	c->updates++;
 	run.updates++;
 	if (run.first_update_ns == 0)
@@ -514,14 +568,16 @@ subscribe_message(client *c, char *buf, size_t size)
 
 	if (run.phase == 2 && c->cursor)
 		n = snprintf(buf, size,
-		             "{\"type\":\"subscribe\",\"data\":{\"subscription_id\":\"s%d\","
+		             "{\"type\":\"subscribe\",\"data\":{\"subscription_id\":\"%s%d\","
 		             "\"patient_ids\":[\"%s%d\"],\"resource_types\":[],\"since\":\"%s\"}}",
-		             c->index, run.patient_prefix, c->index % run.npatients, c->cursor);
+		             run.subscription_prefix, c->index, run.patient_prefix,
+		             c->index % run.npatients, c->cursor);
 	else
 		n = snprintf(buf, size,
-		             "{\"type\":\"subscribe\",\"data\":{\"subscription_id\":\"s%d\","
+		             "{\"type\":\"subscribe\",\"data\":{\"subscription_id\":\"%s%d\","
 		             "\"patient_ids\":[\"%s%d\"],\"resource_types\":[]}}",
-		             c->index, run.patient_prefix, c->index % run.npatients);
+		             run.subscription_prefix, c->index, run.patient_prefix,
+		             c->index % run.npatients);
 	return n < 0 || (size_t) n >= size ? 0 : (size_t) n;
 }
 
@@ -877,6 +933,38 @@ request_write(client *c)
 		raw_write_wants(c);
 }
 
+/*
+ * --bind-from: binds fd to the next source address and port. A port in use
+ * (a listener, an earlier run's TIME_WAIT without SO_REUSEADDR's leave) is
+ * skipped. connect() then needs no search for a free ephemeral port, which
+ * on Linux walks the ports already connected to the same destination.
+ */
+static bool
+bind_source(int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	for (int tries = 0; tries < 1000; tries++)
+	{
+		struct sockaddr_in sin = {.sin_family = AF_INET,
+		                          .sin_port = htons((uint16_t) run.source_port),
+		                          .sin_addr.s_addr = htonl(run.source_addr)};
+		int rc = bind(fd, (struct sockaddr *) &sin, sizeof(sin));
+
+		if (++run.source_port > SOURCE_PORT_LAST)
+		{
+			run.source_port = SOURCE_PORT_FIRST;
+			run.source_addr++;
+		}
+		if (rc == 0)
+			return true;
+		if (errno != EADDRINUSE)
+			return false;
+	}
+	return false;
+}
+
 /* Opens one client's socket and queues its upgrade request. */
 static void
 raw_connect(client *c)
@@ -898,6 +986,12 @@ raw_connect(client *c)
 		return;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (run.bind_source && !bind_source(fd))
+	{
+		close(fd);
+		on_connection_error(c, strerror(errno));
+		return;
+	}
 	if (connect(fd, (struct sockaddr *) &run.addr, run.addrlen) < 0 && errno != EINPROGRESS)
 	{
 		close(fd);
@@ -1328,6 +1422,9 @@ parse_options(int argc, char **argv)
 	                                        {"retries", required_argument, NULL, 'r'},
 	                                        {"event-loop", required_argument, NULL, 'l'},
 	                                        {"transport", required_argument, NULL, 'T'},
+	                                        {"bind-from", required_argument, NULL, 'b'},
+	                                        {"warmup", no_argument, NULL, 'w'},
+	                                        {"subscription-prefix", required_argument, NULL, 's'},
 	                                        {"help", no_argument, NULL, 'h'},
 	                                        {NULL, 0, NULL, 0}};
 	const char *mode_name = "latency";
@@ -1336,6 +1433,7 @@ parse_options(int argc, char **argv)
 	run.nclients = 1000;
 	run.npatients = 100;
 	run.patient_prefix = "bench-";
+	run.subscription_prefix = "s";
 	run.duration = 60;
 	run.concurrency = 200;
 	run.retries = 3;
@@ -1391,6 +1489,26 @@ parse_options(int argc, char **argv)
 				}
 				run.use_lws = strcmp(optarg, "lws") == 0;
 				break;
+			case 'w':
+				run.warmup = true;
+				break;
+			case 's':
+				run.subscription_prefix = optarg;
+				break;
+			case 'b':
+			{
+				struct in_addr a;
+
+				if (inet_pton(AF_INET, optarg, &a) != 1)
+				{
+					fprintf(stderr, "loadgen: --bind-from takes an IPv4 address\n");
+					exit(2);
+				}
+				run.bind_source = true;
+				run.source_addr = ntohl(a.s_addr);
+				run.source_port = SOURCE_PORT_FIRST;
+				break;
+			}
 			case 'h':
 				usage(stdout);
 				exit(0);
@@ -1456,6 +1574,11 @@ main(int argc, char **argv)
 	}
 	if (run.tls)
 		run.use_lws = true; /* the raw transport has no TLS */
+	if (run.use_lws && run.bind_source)
+	{
+		fprintf(stderr, "loadgen: --bind-from is for the raw transport only: ignored\n");
+		run.bind_source = false;
+	}
 	if (!run.use_lws)
 	{
 		struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *found = NULL;

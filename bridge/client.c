@@ -4,8 +4,10 @@
  */
 #include "client.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <jansson.h>
 
@@ -385,4 +387,103 @@ client_release(client *c)
 		c->next->prev = c->prev;
 	c->prev = c->next = NULL;
 	the_bridge.nclients--;
+}
+
+/*
+ * Open files the bridge needs besides its connections: stdio, the listener,
+ * the event loop's, its database connections and the files it reads; and
+ * room for connections over --max-connections, which are accepted to be
+ * refused with 503 at the upgrade.
+ */
+#define FD_RESERVE_FIXED 64
+#define FD_RESERVE_SHARE 64 /* one more for every this many connections */
+/*
+ * Accepted sockets this close to the limit are closed at once, so that
+ * accept() never fails for want of a descriptor: lws 4.1 logs that and
+ * returns, and the listener, still readable, is retried at once, for ever.
+ */
+#define FD_GUARD 16
+/* At most one "open-files limit reached" warning in this long. */
+#define FD_WARNING_US (10 * 1000000LL)
+
+static rlim_t fd_limit; /* the soft limit the bridge runs with */
+
+static long long
+fds_for(long long connections)
+{
+	return connections + connections / FD_RESERVE_SHARE + FD_RESERVE_FIXED;
+}
+
+/*
+ * See client.h. Not simply the hard limit, as nginx and pgbouncer raise
+ * it: lws 4.1 sizes two tables by the soft limit (a pointer and a pollfd
+ * per possible descriptor) and Debian's build, with lws's debug checks,
+ * walks the whole pointer table on every accept, so a soft limit raised to
+ * systemd's default hard limit (524,288) would cost about a millisecond per
+ * accepted connection. A soft limit above the need is lowered for the same
+ * reason.
+ */
+void
+clients_size_fd_limit(void)
+{
+	int *max_connections = &the_bridge.settings.max_connections;
+	struct rlimit rl;
+	rlim_t was;
+	long long room;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+	{
+		log_warning("cannot read the open-files limit: %s", strerror(errno));
+		return;
+	}
+	was = rl.rlim_cur;
+	rl.rlim_cur = (rlim_t) fds_for(*max_connections);
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_cur > rl.rlim_max)
+		rl.rlim_cur = rl.rlim_max;
+	if (rl.rlim_cur != was && setrlimit(RLIMIT_NOFILE, &rl) != 0)
+	{
+		log_warning("cannot set the open-files limit to %llu: %s", (unsigned long long) rl.rlim_cur,
+		            strerror(errno));
+		rl.rlim_cur = was;
+	}
+	fd_limit = rl.rlim_cur;
+	/* the most connections n with fds_for(n) <= the limit */
+	room = ((long long) fd_limit - FD_RESERVE_FIXED) * FD_RESERVE_SHARE / (FD_RESERVE_SHARE + 1);
+	while (fds_for(room + 1) <= (long long) fd_limit)
+		room++;
+	if (room < 1)
+		room = 1;
+	if (room < *max_connections)
+	{
+		log_warning("--max-connections %d needs %lld open files but the hard limit is %llu "
+		            "(ulimit -Hn; LimitNOFILE= in a systemd unit): holding at most %lld "
+		            "connections, refusing more with 503",
+		            *max_connections, fds_for(*max_connections), (unsigned long long) rl.rlim_max,
+		            room);
+		*max_connections = (int) room;
+	}
+	log_info("open files: limit %llu (was %llu, hard %s%llu): room for %d connections",
+	         (unsigned long long) fd_limit, (unsigned long long) was,
+	         rl.rlim_max == RLIM_INFINITY ? "unlimited, " : "",
+	         (unsigned long long) (rl.rlim_max == RLIM_INFINITY ? 0 : rl.rlim_max),
+	         *max_connections);
+}
+
+/* See client.h. */
+bool
+client_fd_has_room(int fd)
+{
+	static long long last_warning_us;
+
+	if (fd_limit == 0 || (rlim_t) fd + FD_GUARD < fd_limit)
+		return true;
+	the_metrics.connections_refused_fd_limit++;
+	if (now_monotonic_us() - last_warning_us >= FD_WARNING_US)
+	{
+		last_warning_us = now_monotonic_us();
+		log_warning("refused a connection: descriptor %d of an open-files limit of %llu "
+		            "(%d connections open); raise the limit or lower --max-connections",
+		            fd, (unsigned long long) fd_limit, the_bridge.nclients);
+	}
+	return false;
 }

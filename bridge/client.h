@@ -120,6 +120,31 @@ int client_timer_fired(client *c);
  */
 #define MAX_UNREAD_REPLIES 1024
 /*
+ * lws's receive buffer per connection (protocols[].rx_buffer_size): a
+ * client message longer than this arrives in pieces, which ws.c
+ * reassembles. Clients send little (subscribe, ping), so 1 KB, not the
+ * 4 KB it was: 3 KB less per connection. lws 4.1 also sets the socket's
+ * SO_SNDBUF from this size; ws.c puts that back to CLIENT_SNDBUF, what it
+ * was with 4 KB, so that sending is unchanged.
+ */
+#define CLIENT_RX_BUFFER 1024
+#define CLIENT_SNDBUF    (4096 + LWS_PRE)
+
+/*
+ * Sets the soft open-files limit to what --max-connections needs (up to
+ * the hard limit) and lowers --max-connections to what the hard limit can
+ * hold, logging both; before the lws context is made, which sizes its
+ * tables by that limit.
+ */
+void clients_size_fd_limit(void);
+/*
+ * LWS_CALLBACK_FILTER_NETWORK_CONNECTION: false (close it at once) when
+ * the accepted socket fd is so close to the open-files limit that the next
+ * accept() would fail, which lws 4.1 would retry in a busy loop.
+ */
+bool client_fd_has_room(int fd);
+
+/*
  * Frees everything the connection holds (its subscriptions must be gone:
  * subscriptions_client_closed); called when it is closed.
  */

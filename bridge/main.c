@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -169,18 +168,6 @@ parse_listen(const char *listen, char *host, size_t hostlen, int *port)
 	return true;
 }
 
-static void
-raise_fd_limit(void)
-{
-	struct rlimit rl;
-
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
-	{
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-}
-
 /*
  * No lws idle-validity timer per connection (lws 4.1 keeps timers in one
  * sorted list: a far deadline per connection makes accepting N connections
@@ -263,7 +250,7 @@ create_context(struct lws_context_creation_info *info, event_loop_kind kind)
 }
 
 static const struct lws_protocols protocols[] = {
-    {"fhir-notify", ws_callback, sizeof(client), 4096, 0, NULL, 0},
+    {"fhir-notify", ws_callback, sizeof(client), CLIENT_RX_BUFFER, 0, NULL, 0},
     {PG_LINK_PROTOCOL, pg_link_callback, 0, 0, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
@@ -339,7 +326,7 @@ main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	raise_fd_limit();
+	clients_size_fd_limit();
 
 	log_install_lws();
 	memset(&info, 0, sizeof(info));

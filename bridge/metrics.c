@@ -56,6 +56,9 @@ metrics_render(strbuf *out)
 	gauge(out, "fhir_notify_bridge_connections", "WebSocket connections open", the_bridge.nclients);
 	counter(out, "fhir_notify_bridge_connections_total", "WebSocket connections accepted",
 	        the_metrics.connections_total);
+	counter(out, "fhir_notify_bridge_connections_refused_fd_limit_total",
+	        "connections closed at accept because the open-files limit was near",
+	        the_metrics.connections_refused_fd_limit);
 	gauge(out, "fhir_notify_bridge_subscriptions", "subscriptions of open connections",
 	      subscriptions);
 	gauge(out, "fhir_notify_bridge_rooms", "patient rooms with at least one member", rooms_count());

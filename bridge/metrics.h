@@ -13,6 +13,7 @@
 typedef struct bridge_metrics
 {
 	long long connections_total;
+	long long connections_refused_fd_limit; /* closed at accept: the open-files limit was near */
 	long long changes_read;
 	long long log_reads;         /* reads of the change log (read_next) */
 	long long doorbells_skipped; /* for transactions a read had covered already */

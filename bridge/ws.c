@@ -9,7 +9,9 @@
 
 #include <limits.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -142,6 +144,12 @@ on_established(struct lws *wsi, client *c)
 	memset(c, 0, sizeof(*c));
 	c->wsi = wsi;
 	c->established = true;
+	{
+		/* lws set it from CLIENT_RX_BUFFER: what it was before that was made smaller */
+		int sndbuf = CLIENT_SNDBUF;
+
+		setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	}
 	make_uuid(c->id);
 	proxy_address_of(wsi, c->peer, sizeof(c->peer));
 	c->connected_us = now_monotonic_us();
@@ -336,6 +344,8 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 
 	switch (reason)
 	{
+		case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+			return client_fd_has_room((int) (intptr_t) in) ? 0 : 1;
 		case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 			return http_confirm_upgrade(wsi, in);
 		case LWS_CALLBACK_HTTP:

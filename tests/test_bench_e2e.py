@@ -20,6 +20,10 @@ TINY = {
     "E2E_LATENCY_PATIENTS": "8",
     "E2E_LATENCY_RATE": "100",
     "E2E_LATENCY_SECONDS": "2",
+    "E2E_LATENCY_10K_CLIENTS": "60",
+    "E2E_LATENCY_10K_PATIENTS": "12",
+    "E2E_LATENCY_10K_RATE": "100",
+    "E2E_LATENCY_10K_SECONDS": "2",
     "E2E_FANOUT_CLIENTS": "30",
     "E2E_FANOUT_CHANGES": "20",
     "E2E_IDLE_CLIENTS": "50",
@@ -46,7 +50,7 @@ def e2e_results(tmp_path_factory):
     return results
 
 
-@pytest.mark.parametrize("scenario", ["latency", "fanout"])
+@pytest.mark.parametrize("scenario", ["latency", "latency_10k", "fanout"])
 @pytest.mark.parametrize("server", ["bridge", "relay"])
 def test_every_update_arrives(e2e_results, scenario, server):
     assert e2e_results[f"e2e.{scenario}.{server}.delivered_fraction"] == 1.0
@@ -57,6 +61,14 @@ def test_latency_is_measured_from_the_writers_stamp(e2e_results):
         p50 = e2e_results[f"e2e.latency.{server}.p50"]
         p99 = e2e_results[f"e2e.latency.{server}.p99"]
         assert 0 < p50 <= p99 <= e2e_results[f"e2e.latency.{server}.max"]
+
+
+def test_latency_is_measured_once_every_subscription_is_live(e2e_results):
+    """A warm-up change per room first (loadgen --warmup): not counted."""
+    for scenario in ("latency", "latency_10k"):
+        for server in ("bridge", "relay"):
+            assert e2e_results[f"e2e.{scenario}.{server}.live_seconds"] >= 0
+            assert e2e_results[f"e2e.{scenario}.{server}.loadgen_cpu_us_per_update"] > 0
 
 
 def test_catch_up_with_since_only_on_the_bridge(e2e_results):
@@ -71,6 +83,8 @@ def test_catch_up_with_since_only_on_the_bridge(e2e_results):
 def test_idle_connections_are_all_accepted_and_measured(e2e_results):
     for server in ("bridge", "relay"):
         assert e2e_results[f"e2e.idle.{server}.connected"] == 50
+        assert e2e_results[f"e2e.idle.{server}.target_connections"] == 50
+        assert e2e_results[f"e2e.idle.{server}.loadgen_processes"] == 1
         assert e2e_results[f"e2e.idle.{server}.rss_total"] > 0
     assert e2e_results["e2e.idle.rss_per_connection.bridge_vs_relay"] > 0
 
@@ -80,7 +94,8 @@ def test_loadgen_rejects_bad_arguments():
                    timeout=120)
     for argv in ([], ["--url", "http://x/"], ["--url", "ws://127.0.0.1:1/", "--mode", "nope"],
                  ["--url", "ws://127.0.0.1:1/", "--mode", "fanout"],
-                 ["--url", "ws://127.0.0.1:1/", "--clients", "0"]):
+                 ["--url", "ws://127.0.0.1:1/", "--clients", "0"],
+                 ["--url", "ws://127.0.0.1:1/", "--bind-from", "not-an-address"]):
         run = subprocess.run([LOADGEN] + argv, capture_output=True, text=True, timeout=10)
         assert run.returncode == 2, argv
         assert run.stderr.startswith("loadgen: ")
