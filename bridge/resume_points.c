@@ -77,6 +77,7 @@ static void link_result(pg_link *link, const PGresult *res);
 static void link_query_done(pg_link *link);
 static void link_disconnected(pg_link *link);
 static void link_notify(pg_link *link, const PGnotify *notify);
+static void check_cb(lws_sorted_usec_list_t *sul);
 
 static const pg_link_ops link_ops = {link_connected, link_result, link_query_done,
                                      link_disconnected, link_notify};
@@ -557,6 +558,13 @@ link_query_done(pg_link *link)
 		nsending = 0;
 	}
 	run_callbacks();
+	/*
+	 * More lookups queued meanwhile (a restarted bridge's clients all
+	 * reconnect at once): the next batch goes now, not at the next check,
+	 * since each of them waits for its answer to go live.
+	 */
+	if (waiting)
+		lws_sul_schedule(the_bridge.context, 0, &check_timer, check_cb, 1);
 }
 
 static void
