@@ -116,6 +116,17 @@ static catch_up_answer answer;        /* of a full read in flight */
 static lws_sorted_usec_list_t poll_timer;
 
 /*
+ * A read that failed (a serialization failure when a prune commits during
+ * it, a revoked grant, a statement timeout) is made again after
+ * READ_RETRY_FIRST_US, the wait doubling up to the poll interval while it
+ * keeps failing: what it was to deliver does not wait for the next
+ * doorbell or poll, and a lasting failure does not become a busy loop.
+ */
+#define READ_RETRY_FIRST_US (50 * 1000LL)
+static lws_sorted_usec_list_t retry_timer;
+static long long retry_wait_us; /* 0: the last read did not fail */
+
+/*
  * The snapshot taken just before the last tick() (pg_current_snapshot(),
  * in the tick's statement): a transaction visible in it has its changes in
  * that tick or an earlier one, which the reader has read or reads on to
@@ -231,6 +242,24 @@ set_state(reader_state to)
 }
 
 static void
+retry_cb(lws_sorted_usec_list_t *sul)
+{
+	pg_request_fetch();
+}
+
+/* The read failed: again after a wait that grows while it keeps failing. */
+static void
+read_failed(void)
+{
+	long long longest = (long long) the_bridge.settings.poll_interval * LWS_US_PER_SEC;
+
+	retry_wait_us = retry_wait_us ? retry_wait_us * 2 : READ_RETRY_FIRST_US;
+	if (retry_wait_us > longest)
+		retry_wait_us = longest;
+	lws_sul_schedule(the_bridge.context, 0, &retry_timer, retry_cb, (lws_usec_t) retry_wait_us);
+}
+
+static void
 poll_cb(lws_sorted_usec_list_t *sul)
 {
 	pg_request_fetch();
@@ -282,6 +311,7 @@ void
 pg_stop(void)
 {
 	lws_sul_cancel(&poll_timer);
+	lws_sul_cancel(&retry_timer);
 	lws_sul_cancel(&fan_out_timer);
 	drop_pending();
 	free(pending);
@@ -1000,9 +1030,11 @@ reader_query_done(pg_link *link)
 				/* nothing of a failed read is delivered: it is read again */
 				drop_pending();
 				doorbells_unanswered();
+				read_failed();
 				next();
 				return;
 			}
+			retry_wait_us = 0;
 			if (read_position_checked())
 				fan_out();
 			else

@@ -338,3 +338,35 @@ def test_writers_without_pause_every_change_once_in_order_with_doorbells_skipped
         finally:
             for client in clients:
                 client.close()
+
+
+def test_a_failed_read_is_made_again_soon_not_at_the_next_poll(token):
+    """A read that fails (in production: a prune committing during it, 40001; here the
+    reader's grant on read_next() revoked for a moment) is made again within a fraction
+    of a second: its change must not wait for another write's doorbell or the poll."""
+    cluster = shared_cluster()
+    db = create_fhir_database(cluster)
+    role = ReaderRole(cluster, db)
+    store = FhirStore(cluster, db)
+    read_next = "fhir_notify.read_next(text, bigint, bigint, integer)"
+    patient = new_id("pat")
+    try:
+        with Bridge(cluster, db, secret_file=SECRET_FILE, db=role.dsn(),
+                    args=VALIDATION_ARGS + ["--poll-interval", "60"]) as bridge:
+            with bridge.connect(token) as client:
+                client.subscribe("chart-retry", [patient])
+                first = store.create(condition(patient))
+                assert_update(client.recv_update(), "created", "Condition", first["id"], patient)
+                offset = bridge.log_size()
+                cluster.execute(f'REVOKE EXECUTE ON FUNCTION {read_next} FROM "{role.name}"',
+                                dbname=db)
+                second = store.create(condition(patient))
+                bridge.wait_for_log("reading the change log failed", since=offset)
+                cluster.execute(f'GRANT EXECUTE ON FUNCTION {read_next} TO "{role.name}"',
+                                dbname=db)
+                # no other write rings, and the poll is a minute away
+                assert_update(client.recv_update(timeout=10), "created", "Condition",
+                              second["id"], patient)
+    finally:
+        store.close()
+        role.drop()
