@@ -266,20 +266,36 @@ point_sid(int i, void *arg)
 	return ((saved_point *) arg)[i].subscription_id;
 }
 
-static char *
-bigint_array(saved_point *points, int n, int which)
+static cursor
+point_at(int i, void *arg)
 {
-	strbuf buf;
+	return ((saved_point *) arg)[i].at;
+}
 
-	strbuf_init(&buf, 16 + (size_t) n * 12);
-	strbuf_append(&buf, "{");
+/* The ticks, positions and epochs of n cursors taken by get(i), as three bigint[] literals. */
+static void
+cursor_arrays(int n, cursor (*get)(int i, void *arg), void *arg, char *values[3])
+{
+	strbuf buf[3];
+
+	for (int w = 0; w < 3; w++)
+	{
+		strbuf_init(&buf[w], 16 + (size_t) n * 12);
+		strbuf_append(&buf[w], "{");
+	}
 	for (int i = 0; i < n; i++)
-		strbuf_appendf(&buf, "%s%lld", i > 0 ? "," : "",
-		               which == 0   ? points[i].at.tick
-		               : which == 1 ? points[i].at.position
-		                            : points[i].at.epoch);
-	strbuf_append(&buf, "}");
-	return buf.data;
+	{
+		cursor c = get(i, arg);
+
+		strbuf_appendf(&buf[0], "%s%lld", i > 0 ? "," : "", c.tick);
+		strbuf_appendf(&buf[1], "%s%lld", i > 0 ? "," : "", c.position);
+		strbuf_appendf(&buf[2], "%s%lld", i > 0 ? "," : "", c.epoch);
+	}
+	for (int w = 0; w < 3; w++)
+	{
+		strbuf_append(&buf[w], "}");
+		values[w] = buf[w].data;
+	}
 }
 
 static void
@@ -299,9 +315,7 @@ save_params(saved_point *points, int n, char *values[7], char *age, size_t agele
 	values[0] = text_array(n, point_user, points);
 	values[1] = text_array(n, point_patient, points);
 	values[2] = text_array(n, point_sid, points);
-	values[3] = bigint_array(points, n, 0);
-	values[4] = bigint_array(points, n, 1);
-	values[5] = bigint_array(points, n, 2);
+	cursor_arrays(n, point_at, points, &values[3]);
 	max_age_text(age, agelen);
 	values[6] = age;
 }
@@ -340,30 +354,11 @@ key_sid(int i, void *arg)
 	return ((lookup_keys *) arg)->lookups[i]->subscription_id;
 }
 
-/* The claims of the lookups in flight, as the bigint[]s the query takes. */
-static void
-claim_arrays(char *values[3])
+/* The claim of the lookup filling row i. */
+static cursor
+key_claim(int i, void *arg)
 {
-	strbuf buf[3];
-
-	for (int w = 0; w < 3; w++)
-	{
-		strbuf_init(&buf[w], 16 + (size_t) nin_flight * 12);
-		strbuf_append(&buf[w], "{");
-	}
-	for (int i = 0; i < nin_flight; i++)
-	{
-		cursor c = in_flight[i]->claim;
-
-		strbuf_appendf(&buf[0], "%s%lld", i > 0 ? "," : "", c.tick);
-		strbuf_appendf(&buf[1], "%s%lld", i > 0 ? "," : "", c.position);
-		strbuf_appendf(&buf[2], "%s%lld", i > 0 ? "," : "", c.epoch);
-	}
-	for (int w = 0; w < 3; w++)
-	{
-		strbuf_append(&buf[w], "}");
-		values[w] = buf[w].data;
-	}
+	return ((lookup_keys *) arg)->lookups[i]->claim;
 }
 
 static int *in_flight_patient;
@@ -404,7 +399,7 @@ send_lookups(void)
 	values[0] = text_array(nin_flight, key_user, &keys);
 	values[1] = text_array(nin_flight, key_patient, &keys);
 	values[2] = text_array(nin_flight, key_sid, &keys);
-	claim_arrays(&values[3]);
+	cursor_arrays(nin_flight, key_claim, &keys, &values[3]);
 	max_age_text(age, sizeof(age));
 	values[6] = age;
 	sent = pg_link_send(&link_, CLAIM_SQL, 7, (const char *const *) values);

@@ -431,8 +431,10 @@ fhir_notify_reader_max_lag(PG_FUNCTION_ARGS)
 }
 
 /*
- * Appends one row to fhir_notify.changes with the rights of the table's
- * owner (like SECURITY DEFINER), so the writing role needs no grant.
+ * Whether the log has the source_key column (0.2.0; a 0.1.0 table before
+ * ALTER EXTENSION UPDATE has not, and its rows keep the body). Opening the
+ * table takes the lock that append() would take anyway, so the column
+ * cannot go away between this answer and the row.
  */
 bool
 fhir_notify_change_log_has_source_key(void)
@@ -443,6 +445,10 @@ fhir_notify_change_log_has_source_key(void)
 	return log_has_source_key;
 }
 
+/*
+ * Appends one row to fhir_notify.changes with the rights of the table's
+ * owner (like SECURITY DEFINER), so the writing role needs no grant.
+ */
 void
 fhir_notify_change_log_append(const ChangeRow *row)
 {
